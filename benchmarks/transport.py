@@ -1,0 +1,154 @@
+"""Camera frames publish -> receive: rate, delivered fraction and latency, with the shipped Fast DDS
+profile and, as the baseline in the same run, Fast DDS's builtin transports.
+
+For 640x480 and 1280x720 rgb8 at 30 Hz (sensor-data QoS), in one process (camera_node and a
+subscriber node in one executor) and across processes (camera_node entry point + subscriber here).
+Latency = receive time - header stamp (the capture time), so it includes conversion, publishing,
+transport and deserialisation. Each configuration runs in a fresh process because Fast DDS reads
+its profile when the first participant is created.
+
+    .venv/bin/python benchmarks/transport.py [--seconds 6] [--sizes 640x480,1280x720]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _worker(mode: str, size: str, seconds: float, fps: float) -> dict:
+    import rclpy
+    from rclpy.executors import MultiThreadedExecutor
+    from rclpy.node import Node
+    from rclpy.signals import SignalHandlerOptions
+    from sensor_msgs.msg import Image
+
+    from dli_perception.nodes.qos import SENSOR_DATA
+
+    width, height = (int(v) for v in size.split("x"))
+    rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
+    received: list[tuple[int, int]] = []
+
+    class Sink(Node):
+        def __init__(self) -> None:
+            super().__init__("transport_bench_sink")
+            self.create_subscription(Image, "image_raw", self.on_image, SENSOR_DATA)
+
+        def on_image(self, msg: Image) -> None:
+            now = time.time_ns()
+            received.append((now, msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec))
+
+    params = [("width", width), ("height", height), ("fps", fps), ("synthetic.scene_period_s", 1.0)]
+    sink = Sink()
+    executor = MultiThreadedExecutor(num_threads=2)
+    executor.add_node(sink)
+    camera = proc = None
+    if mode == "in-process":
+        from rclpy.parameter import Parameter
+
+        from dli_perception.nodes.camera_node import CameraNode
+
+        camera = CameraNode(parameter_overrides=[Parameter(k, value=v) for k, v in params])
+        executor.add_node(camera)
+    else:
+        args = [a for k, v in params for a in ("-p", f"{k}:={v}")]
+        exe = Path(sys.prefix) / "bin" / "camera_node"
+        proc = subprocess.Popen([str(exe), "--ros-args", *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 20.0
+    while not received and time.monotonic() < deadline:
+        executor.spin_once(timeout_sec=0.05)
+    warm = len(received)
+    start = time.monotonic()
+    while time.monotonic() - start < seconds:
+        executor.spin_once(timeout_sec=0.05)
+    window = received[warm:]
+    result = {"mode": mode, "size": size, "fps_target": fps, "received": len(window)}
+    if camera is not None:
+        camera.destroy_node()
+    if proc is not None:
+        proc.send_signal(2)
+        proc.wait(timeout=15)
+    sink.destroy_node()
+    executor.shutdown()
+    rclpy.try_shutdown()
+    if len(window) >= 2:
+        lat = sorted((r - s) / 1e6 for r, s in window)
+        result.update(
+            rate_hz=(len(window) - 1) / ((window[-1][0] - window[0][0]) / 1e9),
+            latency_mean_ms=statistics.fmean(lat),
+            latency_p50_ms=lat[len(lat) // 2],
+            latency_p95_ms=lat[min(len(lat) - 1, int(0.95 * len(lat)))],
+        )
+    else:
+        result.update(rate_hz=len(window) / seconds, latency_mean_ms=None, latency_p50_ms=None, latency_p95_ms=None)
+    result["delivered_fraction"] = min(1.0, result["received"] / (seconds * fps))
+    return result
+
+
+def _run(mode: str, size: str, profile: bool, seconds: float, fps: float) -> dict:
+    env = dict(os.environ)
+    env.pop("FASTDDS_DEFAULT_PROFILES_FILE", None)
+    env["DLI_PERCEPTION_FASTDDS_PROFILE"] = "1" if profile else "0"
+    out = subprocess.run(
+        [sys.executable, __file__, "--worker", mode, size, str(seconds), str(fps)],
+        env=env, capture_output=True, text=True, timeout=seconds + 90,
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"worker {mode} {size} failed:\n{out.stderr[-2000:]}")
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result["transport"] = "shipped profile" if profile else "builtin (baseline)"
+    return result
+
+
+def _fmt(v, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=6.0, help="measurement window per configuration")
+    parser.add_argument("--fps", type=float, default=30.0)
+    parser.add_argument("--sizes", default="640x480,1280x720")
+    parser.add_argument("--modes", default="in-process,cross-process")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--worker", nargs=4, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        mode, size, seconds, fps = args.worker
+        print(json.dumps(_worker(mode, size, float(seconds), float(fps))))
+        return 0
+    rows = []
+    for size in args.sizes.split(","):
+        for mode in args.modes.split(","):
+            for profile in (False, True):
+                rows.append(_run(mode, size, profile, args.seconds, args.fps))
+    header = f"{'size':>9} {'mode':>13} {'transport':>20} {'rate Hz':>8} {'delivered':>9} {'mean ms':>8} {'p95 ms':>8}"
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        print(
+            f"{r['size']:>9} {r['mode']:>13} {r['transport']:>20} {r['rate_hz']:8.1f} "
+            f"{r['delivered_fraction']:9.1%} {_fmt(r['latency_mean_ms'], '8.2f')} {_fmt(r['latency_p95_ms'], '8.2f')}"
+        )
+    print("\nratio shipped/builtin (delivered frames):")
+    for size in args.sizes.split(","):
+        for mode in args.modes.split(","):
+            base, ours = (next(r for r in rows if r["size"] == size and r["mode"] == mode and r["transport"] == t)
+                          for t in ("builtin (baseline)", "shipped profile"))
+            ratio = ours["received"] / base["received"] if base["received"] else float("inf")
+            print(f"  {size:>9} {mode:>13}: {ours['received']} vs {base['received']} frames -> x{ratio:.1f}")
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

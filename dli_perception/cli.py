@@ -1,0 +1,59 @@
+"""``dli-perception``: the command line for everything that is not a long-running node.
+
+Each subcommand lives in its own module under :mod:`dli_perception.commands` and provides
+``register(subparsers)`` (adds its parser and sets ``func``) — see :data:`COMMANDS`.
+Errors of the package print as one line (no traceback) and exit with code 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from typing import Sequence
+
+from dli_perception import __version__
+from dli_perception.errors import DliPerceptionError
+
+# Subcommand modules, in the order `--help` lists them.
+COMMANDS = [
+    "dli_perception.commands.info",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dli-perception",
+        description="Record, convert, train, export, classify and benchmark with dli_perception.",
+    )
+    parser.add_argument("--version", action="version", version=f"dli_perception {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name in COMMANDS:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console-script entry point; returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--ros-args" in argv:  # launch appends ROS arguments; the CLI has none of its own
+        argv = argv[: argv.index("--ros-args")]
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        return int(args.func(args) or 0)
+    except DliPerceptionError as exc:
+        print(f"dli-perception {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"dli-perception {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""ROS-free core of dli_perception. Nothing under this package imports rclpy."""

@@ -1,0 +1,1 @@
+"""Thin rclpy nodes wiring parameters, topics and services to the core."""

@@ -1,0 +1,101 @@
+"""Declaring validated, described parameters with one call per parameter.
+
+Validation callbacks are registered before the parameters are declared, so
+launch-time overrides and run-time ``ros2 param set`` go through the same
+check, which returns a reason when it refuses a value. Descriptors carry the
+description (with units) and numeric ranges, so rclpy itself refuses
+out-of-range values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Sequence
+
+from rcl_interfaces.msg import (
+    FloatingPointRange,
+    IntegerRange,
+    ParameterDescriptor,
+    SetParametersResult,
+)
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+
+Check = Callable[[Any], str | None]
+"""A validator returns None when the value is fine, else the reason it is refused."""
+
+
+@dataclass(frozen=True)
+class Param:
+    """One parameter: name, default, description (say the units), optional range/choices/validator."""
+
+    name: str
+    default: Any
+    description: str
+    choices: Sequence[Any] | None = None
+    min: float | int | None = None
+    max: float | int | None = None
+    step: float | int | None = None
+    read_only: bool = False
+    check: Check | None = None
+
+    def descriptor(self) -> ParameterDescriptor:
+        desc = self.description
+        if self.choices:
+            desc += f" One of: {', '.join(map(str, self.choices))}."
+        d = ParameterDescriptor(description=desc, read_only=self.read_only)
+        if self.min is not None and self.max is not None:
+            if isinstance(self.default, bool):
+                pass
+            elif isinstance(self.default, int):
+                d.integer_range = [IntegerRange(from_value=int(self.min), to_value=int(self.max), step=int(self.step or 0))]
+            elif isinstance(self.default, float):
+                d.floating_point_range = [
+                    FloatingPointRange(from_value=float(self.min), to_value=float(self.max), step=float(self.step or 0.0))
+                ]
+        return d
+
+    def validate(self, value: Any) -> str | None:
+        if self.choices is not None and value not in self.choices:
+            return f"{self.name}={value!r} is not one of {list(self.choices)}"
+        if self.check is not None:
+            return self.check(value)
+        return None
+
+
+def declare(node: Node, params: Iterable[Param], on_change: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Register validation (and an optional post-change hook), declare ``params``, return their values.
+
+    ``on_change`` receives ``{name: new_value}`` after a run-time change was accepted,
+    so the node keeps plain attributes current and never calls ``get_parameter`` on a hot path.
+    """
+    params = list(params)
+    by_name = {p.name: p for p in params}
+
+    def validate(changes: list[Parameter]) -> SetParametersResult:
+        for change in changes:
+            spec = by_name.get(change.name)
+            if spec is None:
+                continue  # use_sim_time and other parameters that are not ours
+            reason = spec.validate(change.value)
+            if reason:
+                return SetParametersResult(successful=False, reason=reason)
+        return SetParametersResult(successful=True)
+
+    node.add_on_set_parameters_callback(validate)
+    if on_change is not None and hasattr(node, "add_post_set_parameters_callback"):
+        node.add_post_set_parameters_callback(
+            lambda changes: on_change({c.name: c.value for c in changes if c.name in by_name})
+        )
+    elif on_change is not None:
+        # Humble has no post-set callback: apply after validation succeeded in the same callback.
+        def validate_and_apply(changes: list[Parameter]) -> SetParametersResult:
+            result = validate(changes)
+            if result.successful:
+                on_change({c.name: c.value for c in changes if c.name in by_name})
+            return result
+
+        node.remove_on_set_parameters_callback(validate)
+        node.add_on_set_parameters_callback(validate_and_apply)
+    declared = node.declare_parameters("", [(p.name, p.default, p.descriptor()) for p in params])
+    return {p.name: v.value for p, v in zip(params, declared)}

@@ -1,0 +1,176 @@
+"""The one init/spin/shutdown helper behind every node entry point and the one-process runner.
+
+How a process ends matters on a robot: under ``ros2 launch`` a Ctrl-C sends
+SIGINT to every process, launch sends another SIGINT (and later SIGTERM), and
+the node must still finish its last duties (publish a zero Twist, flush a
+file, release the camera) and exit with code 0 and no traceback.
+
+rclpy's own signal handler shuts the context down from another thread, after
+which nothing can be published any more. So this helper asks rclpy not to
+install it (``SignalHandlerOptions.NO``) and installs Python handlers for
+SIGINT and SIGTERM that only set a stop event. The main thread spins in short
+slices and notices the event within one slice; cleanup then runs with the
+context still valid, with further signals ignored, and ends in
+``rclpy.try_shutdown()``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import signal
+import sys
+import threading
+from typing import Callable, Sequence
+
+from dli_perception import transport
+from dli_perception.errors import DliPerceptionError
+
+SPIN_SLICE_S = 0.1
+"""Longest the main thread waits in the executor before checking the stop event."""
+
+log = logging.getLogger(__name__)
+
+NodeFactory = Callable[..., "object"]
+
+
+class StopSignal:
+    """Python SIGINT/SIGTERM handlers that only record the request to stop."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.received: list[int] = []
+        self._previous: dict[int, object] = {}
+
+    def _handler(self, signum: int, _frame) -> None:
+        self.received.append(signum)
+        self.event.set()
+
+    def install(self) -> "StopSignal":
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handler)
+        return self
+
+    def ignore(self) -> None:
+        """Ignore further signals while cleanup runs (launch may send a second SIGINT)."""
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                signal.signal(sig, signal.SIG_IGN)
+
+    def restore(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            for sig, previous in self._previous.items():
+                signal.signal(sig, previous)
+
+
+def _init_rclpy(args: Sequence[str] | None, context) -> None:
+    import rclpy
+
+    kwargs = {"args": list(args) if args is not None else None, "context": context}
+    if "signal_handler_options" in inspect.signature(rclpy.init).parameters:
+        from rclpy.signals import SignalHandlerOptions
+
+        kwargs["signal_handler_options"] = SignalHandlerOptions.NO
+    rclpy.init(**kwargs)
+
+
+def spin_until_stopped(executor, stop: threading.Event, context=None) -> None:
+    """Spin ``executor`` in short slices until ``stop`` is set or the context shuts down."""
+    import rclpy
+
+    while not stop.is_set() and rclpy.ok(context=context):
+        executor.spin_once(timeout_sec=SPIN_SLICE_S)
+
+
+def run_nodes(
+    factories: Sequence[NodeFactory],
+    args: Sequence[str] | None = None,
+    *,
+    multithreaded: bool = False,
+    stop: threading.Event | None = None,
+) -> int:
+    """Initialise rclpy, build the nodes, spin them in one executor, clean up, return an exit code.
+
+    ``factories`` are called with no arguments (node classes work as they are). Returns
+    0 after a signal or ``stop``; 1 after a :class:`DliPerceptionError` during start-up
+    (logged as one clear line, no traceback). Any other exception while rclpy is
+    still up propagates (a bug should show its traceback).
+    """
+    import rclpy
+    from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
+
+    transport.apply_default_profile()
+    signals = StopSignal().install()
+    stop_event = signals.event
+    if stop is not None:
+        threading.Thread(target=lambda: (stop.wait(), stop_event.set()), daemon=True).start()
+    nodes: list = []
+    executor = None
+    code = 0
+    try:
+        _init_rclpy(args, None)
+        executor = MultiThreadedExecutor() if multithreaded else SingleThreadedExecutor()
+        for factory in factories:
+            if stop_event.is_set():
+                break
+            node = factory()
+            nodes.append(node)
+            executor.add_node(node)
+        spin_until_stopped(executor, stop_event)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    except DliPerceptionError as exc:
+        _log_fatal(nodes, exc)
+        code = 1
+    except Exception:
+        if rclpy.ok():
+            raise
+    finally:
+        signals.ignore()
+        _cleanup(nodes, executor)
+        signals.restore()
+    return code
+
+
+def _log_fatal(nodes, exc: Exception) -> None:
+    message = f"{type(exc).__name__}: {exc}"
+    if nodes:
+        nodes[-1].get_logger().fatal(message)
+    else:
+        print(f"[FATAL] {message}", file=sys.stderr)
+
+
+def _cleanup(nodes: list, executor) -> None:
+    import rclpy
+
+    for node in reversed(nodes):
+        try:
+            if executor is not None:
+                executor.remove_node(node)
+            node.destroy_node()
+        except Exception as exc:  # cleanup of the other nodes must still happen
+            print(f"[ERROR] cleanup of {getattr(node, 'get_name', lambda: node)()} failed: {exc}", file=sys.stderr)
+    if executor is not None:
+        try:
+            executor.shutdown(timeout_sec=1.0)
+        except Exception:
+            pass
+    rclpy.try_shutdown()
+
+
+def node_main(node_cls: NodeFactory, *, multithreaded: bool = False) -> Callable[[Sequence[str] | None], int]:
+    """Build the console-script ``main(args=None) -> int`` for one node class."""
+
+    def main(args: Sequence[str] | None = None) -> int:
+        return run_nodes([node_cls], args=args if args is not None else sys.argv, multithreaded=multithreaded)
+
+    main.__doc__ = f"Run {getattr(node_cls, '__name__', node_cls)} until SIGINT/SIGTERM; returns the exit code."
+    return main
+
+
+def exit_with(main: Callable[[], int]) -> None:
+    """``sys.exit(main())`` for ``if __name__ == '__main__'`` blocks."""
+    sys.exit(main())

@@ -1,0 +1,66 @@
+"""Where the package's shared files live, and the Fast DDS transport profile every process uses.
+
+Fast DDS's default transports deliver large best-effort frames badly between
+processes (measured with the Kilted wheels: 640x480 rgb8 at 30 Hz, 1 frame of
+180 arrived; 1280x720, none). ``config/fastdds_shm.xml`` replaces them with a
+shared-memory transport with a 32 MiB segment plus UDPv4 with large socket
+buffers. :func:`apply_default_profile` points ``FASTDDS_DEFAULT_PROFILES_FILE``
+at it before rclpy starts, unless the user already set that variable (their
+choice wins) or set ``DLI_PERCEPTION_FASTDDS_PROFILE=0``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+PACKAGE = "dli_perception"
+PROFILE_ENV = "FASTDDS_DEFAULT_PROFILES_FILE"
+OPT_OUT_ENV = "DLI_PERCEPTION_FASTDDS_PROFILE"
+PROFILE_FILE = "fastdds_shm.xml"
+
+
+def share_dir() -> Path:
+    """The package's share directory: ament index (colcon install), source tree, or the venv prefix."""
+    try:
+        from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
+
+        try:
+            return Path(get_package_share_directory(PACKAGE))
+        except (PackageNotFoundError, LookupError, OSError, ValueError):
+            pass  # not installed through colcon, or no AMENT_PREFIX_PATH at all
+    except ImportError:
+        pass
+    source_root = Path(__file__).resolve().parent.parent
+    if (source_root / "config").is_dir() and (source_root / "package.xml").is_file():
+        return source_root
+    return Path(sys.prefix) / "share" / PACKAGE
+
+
+def config_dir() -> Path:
+    """Directory holding the shipped YAML parameter files and the Fast DDS profile."""
+    return share_dir() / "config"
+
+
+def default_profile_path() -> Path:
+    """Path of the shipped Fast DDS profile."""
+    return config_dir() / PROFILE_FILE
+
+
+def apply_default_profile(env: dict | None = None) -> str | None:
+    """Set ``FASTDDS_DEFAULT_PROFILES_FILE`` to the shipped profile unless already set or opted out.
+
+    Must run before the first rclpy context is initialised in this process. Returns
+    the profile path in effect (None when none is).
+    """
+    env = os.environ if env is None else env
+    if env.get(OPT_OUT_ENV, "1") == "0":
+        return env.get(PROFILE_ENV)
+    if env.get(PROFILE_ENV):
+        return env[PROFILE_ENV]
+    path = default_profile_path()
+    if path.is_file():
+        env[PROFILE_ENV] = str(path)
+        return str(path)
+    return None

@@ -1,0 +1,40 @@
+"""Install dli_perception as an ament_python package (colcon) or a plain pip package (off-robot)."""
+
+from glob import glob
+
+from setuptools import find_packages, setup
+
+PACKAGE = "dli_perception"
+
+# Node executables: `ros2 run dli_perception <name>` and console scripts of the same name.
+NODES = {
+    "camera_node": "dli_perception.nodes.camera_node:main",
+    "recorder_node": "dli_perception.nodes.recorder_node:main",
+    "trainer_node": "dli_perception.nodes.trainer_node:main",
+    "classifier_node": "dli_perception.nodes.classifier_node:main",
+    "reaction_node": "dli_perception.nodes.reaction_node:main",
+}
+
+setup(
+    name=PACKAGE,
+    version="0.1.0",
+    packages=find_packages(exclude=["test", "test.*", "benchmarks"]),
+    data_files=[
+        ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
+        (f"share/{PACKAGE}", ["package.xml"]),
+        (f"share/{PACKAGE}/launch", glob("launch/*.launch.py")),
+        (f"share/{PACKAGE}/config", glob("config/*.yaml") + glob("config/*.xml")),
+    ],
+    package_data={PACKAGE: ["py.typed"]},
+    install_requires=["setuptools", "numpy", "PyYAML"],
+    zip_safe=True,
+    maintainer="dli_perception maintainers",
+    maintainer_email="maintainers@dli-perception.dev",
+    description="ROS 2 perception package: record, fine-tune ResNet-18, classify with TensorRT, react.",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    entry_points={
+        "console_scripts": [f"{name}={target}" for name, target in NODES.items()]
+        + ["dli-perception=dli_perception.cli:main"],
+    },
+)

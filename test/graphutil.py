@@ -1,0 +1,163 @@
+"""Helpers for tests that spin real rclpy nodes: private contexts, spinners, deadlines, node processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+import rclpy
+from rclpy.context import Context
+from rclpy.executors import MultiThreadedExecutor
+from rclpy.node import Node
+
+
+def new_context() -> Context:
+    """An initialised private Context that installs no signal handlers."""
+    from rclpy.signals import SignalHandlerOptions
+
+    ctx = Context()
+    rclpy.init(context=ctx, signal_handler_options=SignalHandlerOptions.NO)
+    return ctx
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float, interval: float = 0.02) -> bool:
+    """Poll ``predicate`` until it is true or ``timeout`` seconds pass; returns its last value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if predicate():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(interval)
+
+
+class Spinner:
+    """Spins nodes of one context in a background thread; ``with Spinner(ctx, a, b): ...``."""
+
+    def __init__(self, context: Context, *nodes: Node, threads: int = 2) -> None:
+        self.executor = MultiThreadedExecutor(num_threads=threads, context=context)
+        self.nodes = list(nodes)
+        for node in nodes:
+            self.executor.add_node(node)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._spin, daemon=True)
+
+    def _spin(self) -> None:
+        while not self._stop.is_set() and self.executor.context.ok():
+            self.executor.spin_once(timeout_sec=0.05)
+
+    def add(self, node: Node) -> Node:
+        self.nodes.append(node)
+        self.executor.add_node(node)
+        return node
+
+    def __enter__(self) -> "Spinner":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5.0)
+        for node in reversed(self.nodes):
+            self.executor.remove_node(node)
+            node.destroy_node()
+        self.executor.shutdown(timeout_sec=2.0)
+
+
+class Collector(Node):
+    """Subscribes to one topic and keeps every message with its receive time (time.time_ns)."""
+
+    def __init__(self, context: Context, msg_type, topic: str, qos, name: str = "collector") -> None:
+        super().__init__(name, context=context)
+        self.msgs: list = []
+        self.received_ns: list[int] = []
+        self._lock = threading.Lock()
+        self.subscription = self.create_subscription(msg_type, topic, self._on_msg, qos)
+
+    def _on_msg(self, msg) -> None:
+        with self._lock:
+            self.received_ns.append(time.time_ns())
+            self.msgs.append(msg)
+
+    def count(self) -> int:
+        with self._lock:
+            return len(self.msgs)
+
+
+def entry_point(name: str) -> str:
+    """Path of an installed console script in this environment (the venv's bin directory)."""
+    path = Path(sys.prefix) / "bin" / name
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: install the package (scripts/setup_venv.sh)")
+    return str(path)
+
+
+class NodeProcess:
+    """A node entry point running as its own process, with stdout/stderr captured to files."""
+
+    def __init__(self, executable: str, ros_args: list[str], env: dict | None = None, cwd: str | None = None) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="dli_node_"))
+        self.stdout_path = self.dir / "stdout.txt"
+        self.stderr_path = self.dir / "stderr.txt"
+        cmd = [entry_point(executable) if "/" not in executable else executable]
+        if ros_args:
+            cmd += ["--ros-args", *ros_args]
+        self.cmd = cmd
+        self.proc = subprocess.Popen(
+            cmd,
+            stdout=open(self.stdout_path, "wb"),
+            stderr=open(self.stderr_path, "wb"),
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+            cwd=cwd,
+            start_new_session=True,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def send(self, sig: int) -> None:
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, sig)
+
+    def wait(self, timeout: float = 15.0) -> int:
+        return self.proc.wait(timeout=timeout)
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace")
+
+    def stdout(self) -> str:
+        return self.stdout_path.read_text(errors="replace")
+
+    def output(self) -> str:
+        return self.stdout() + self.stderr()
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.proc.wait(timeout=5)
+
+
+def stop_and_check(proc: NodeProcess, mode: str, timeout: float = 15.0) -> int:
+    """Stop a node process the way launch/a terminal does; ``mode`` is int, int2 or term. Returns rc."""
+    if mode == "int":
+        proc.send(signal.SIGINT)
+    elif mode == "int2":
+        proc.send(signal.SIGINT)
+        time.sleep(0.005)
+        proc.send(signal.SIGINT)
+    elif mode == "term":
+        proc.send(signal.SIGTERM)
+    else:
+        raise ValueError(mode)
+    return proc.wait(timeout=timeout)
