@@ -33,18 +33,30 @@ def _worker(mode: str, size: str, seconds: float, fps: float) -> dict:
 
     from dli_perception.nodes.qos import SENSOR_DATA
 
+    from diagnostic_msgs.msg import DiagnosticArray
+
+    from dli_perception.nodes.qos import EVENTS
+
     width, height = (int(v) for v in size.split("x"))
     rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
     received: list[tuple[int, int]] = []
+    published: list[tuple[int, int]] = []  # (receive time ns, frames_published) from the camera's diagnostics
 
     class Sink(Node):
         def __init__(self) -> None:
             super().__init__("transport_bench_sink")
             self.create_subscription(Image, "image_raw", self.on_image, SENSOR_DATA)
+            self.create_subscription(DiagnosticArray, "/diagnostics", self.on_diagnostics, EVENTS)
 
         def on_image(self, msg: Image) -> None:
             now = time.time_ns()
             received.append((now, msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec))
+
+        def on_diagnostics(self, msg: DiagnosticArray) -> None:
+            for status in msg.status:
+                if status.name.endswith("camera_node"):
+                    values = {kv.key: kv.value for kv in status.values}
+                    published.append((time.time_ns(), int(values["frames_published"])))
 
     params = [("width", width), ("height", height), ("fps", fps), ("synthetic.scene_period_s", 1.0)]
     sink = Sink()
@@ -65,12 +77,22 @@ def _worker(mode: str, size: str, seconds: float, fps: float) -> dict:
     deadline = time.monotonic() + 20.0
     while not received and time.monotonic() < deadline:
         executor.spin_once(timeout_sec=0.05)
-    warm = len(received)
+    warm_diag = len(published)
     start = time.monotonic()
-    while time.monotonic() - start < seconds:
+    while time.monotonic() - start < seconds or len(published) < warm_diag + 2:
         executor.spin_once(timeout_sec=0.05)
-    window = received[warm:]
-    result = {"mode": mode, "size": size, "fps_target": fps, "received": len(window)}
+        if time.monotonic() - start > seconds + 10:
+            break
+    # The window runs between two diagnostics reports of the camera, so frames published and
+    # frames received are counted over the same span.
+    diag = published[warm_diag:]
+    if len(diag) >= 2:
+        (t0, p0), (t1, p1) = diag[0], diag[-1]
+        window = [r for r in received if t0 < r[0] <= t1]
+        sent = p1 - p0
+    else:
+        window, sent = received, 0
+    result = {"mode": mode, "size": size, "fps_target": fps, "received": len(window), "published": sent}
     if camera is not None:
         camera.destroy_node()
     if proc is not None:
@@ -89,11 +111,12 @@ def _worker(mode: str, size: str, seconds: float, fps: float) -> dict:
         )
     else:
         result.update(rate_hz=len(window) / seconds, latency_mean_ms=None, latency_p50_ms=None, latency_p95_ms=None)
-    result["delivered_fraction"] = min(1.0, result["received"] / (seconds * fps))
+    result["delivered_fraction"] = min(1.0, len(window) / sent) if sent else 0.0
     return result
 
 
-def _run(mode: str, size: str, profile: bool, seconds: float, fps: float) -> dict:
+def run_configuration(mode: str, size: str, profile: bool, seconds: float, fps: float) -> dict:
+    """Measure one configuration in a fresh process; returns the result dict."""
     env = dict(os.environ)
     env.pop("FASTDDS_DEFAULT_PROFILES_FILE", None)
     env["DLI_PERCEPTION_FASTDDS_PROFILE"] = "1" if profile else "0"
@@ -129,14 +152,17 @@ def main() -> int:
     for size in args.sizes.split(","):
         for mode in args.modes.split(","):
             for profile in (False, True):
-                rows.append(_run(mode, size, profile, args.seconds, args.fps))
-    header = f"{'size':>9} {'mode':>13} {'transport':>20} {'rate Hz':>8} {'delivered':>9} {'mean ms':>8} {'p95 ms':>8}"
+                rows.append(run_configuration(mode, size, profile, args.seconds, args.fps))
+    header = (
+        f"{'size':>9} {'mode':>13} {'transport':>20} {'rate Hz':>8} {'sent':>5} {'got':>5} {'delivered':>9}"
+        f" {'mean ms':>8} {'p95 ms':>8}"
+    )
     print(header)
     print("-" * len(header))
     for r in rows:
         print(
-            f"{r['size']:>9} {r['mode']:>13} {r['transport']:>20} {r['rate_hz']:8.1f} "
-            f"{r['delivered_fraction']:9.1%} {_fmt(r['latency_mean_ms'], '8.2f')} {_fmt(r['latency_p95_ms'], '8.2f')}"
+            f"{r['size']:>9} {r['mode']:>13} {r['transport']:>20} {r['rate_hz']:8.1f} {r['published']:5d} "
+            f"{r['received']:5d} {r['delivered_fraction']:9.1%} {_fmt(r['latency_mean_ms'], '8.2f')} {_fmt(r['latency_p95_ms'], '8.2f')}"
         )
     print("\nratio shipped/builtin (delivered frames):")
     for size in args.sizes.split(","):

@@ -11,7 +11,7 @@ import argparse
 import importlib
 import logging
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from dli_perception import __version__
 from dli_perception.errors import DliPerceptionError

@@ -63,3 +63,7 @@ class ModelError(DliPerceptionError, RuntimeError):
 
 class BackendUnavailableError(DliPerceptionError, RuntimeError):
     """An inference backend cannot run here (library missing, no GPU, build failed)."""
+
+
+class BadMessageError(DliPerceptionError, ValueError):
+    """A received message cannot be interpreted (malformed JSON, a missing field, a value out of range)."""

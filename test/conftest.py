@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+COLCON = Path(sys.prefix) / "bin" / "colcon"
 sys.path.insert(0, str(REPO / "test"))
 
 # One ROS domain per test session, discovery kept on this host, and the package's Fast DDS
@@ -49,3 +52,50 @@ def node_process():
     yield start
     for proc in started:
         proc.kill()
+
+
+def _copy_sources(dest: Path) -> None:
+    files = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO, capture_output=True, text=True, check=True,
+    ).stdout.split()
+    for rel in files:
+        src = REPO / rel
+        if src.is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / rel)
+
+
+@pytest.fixture(scope="session")
+def colcon_workspace(tmp_path_factory) -> Path:
+    """A colcon workspace with a copy of this package in src/."""
+    if not COLCON.exists():
+        pytest.skip("colcon-common-extensions is not installed")
+    ws = tmp_path_factory.mktemp("ws")
+    _copy_sources(ws / "src" / "dli_perception")
+    return ws
+
+
+def run_colcon(ws: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "COLCON_HOME": str(ws / ".colcon"), "PATH": f"{Path(sys.prefix) / 'bin'}:{os.environ['PATH']}"}
+    return subprocess.run([str(COLCON), *args], cwd=ws, env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="session")
+def colcon_installed(colcon_workspace) -> Path:
+    """``colcon build`` of the package; returns install/dli_perception."""
+    out = run_colcon(colcon_workspace, "build", "--event-handlers", "console_direct-")
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return colcon_workspace / "install" / "dli_perception"
+
+
+def installed_env(installed: Path) -> dict:
+    """Environment entries that make a colcon install of the package importable and indexed."""
+    site = next((installed / "lib").glob("python3*/site-packages"))
+    return {
+        "PYTHONPATH": f"{site}:{os.environ.get('PYTHONPATH', '')}",
+        "AMENT_PREFIX_PATH": f"{installed}:{os.environ.get('AMENT_PREFIX_PATH', '')}",
+        "FASTDDS_DEFAULT_PROFILES_FILE": "",
+    }
+
+

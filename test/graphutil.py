@@ -9,8 +9,8 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import rclpy
 from rclpy.context import Context

@@ -21,6 +21,16 @@ CONFIG_FILES = sorted((REPO / "config").glob("*.yaml"))
 LAUNCH_ONLY_ARGUMENTS = {"namespace", "params_file", "fastdds_profile"}
 
 
+def _is_action_table(path: Path) -> bool:
+    """Action tables for reaction_node (top-level ``actions:``) are not ROS parameter files."""
+    data = yaml.safe_load(path.read_text())
+    return isinstance(data, dict) and "actions" in data
+
+
+ACTION_TABLES = [p for p in CONFIG_FILES if _is_action_table(p)]
+PARAM_FILES = [p for p in CONFIG_FILES if p not in ACTION_TABLES]
+
+
 def _setup_nodes() -> dict[str, str]:
     tree = ast.parse((REPO / "setup.py").read_text())
     for node in ast.walk(tree):
@@ -90,12 +100,15 @@ def test_launch_file_references_existing_executables_and_parameters(path):
         assert converted == declared[name].default, f"{path.name}: default of {name} differs from the node's"
 
 
-@pytest.mark.parametrize("path", CONFIG_FILES, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", PARAM_FILES, ids=lambda p: p.name)
 def test_yaml_parameters_are_declared_with_matching_types(path):
+    """Every config YAML that is not an action table must be a valid ``<node>: ros__parameters`` file."""
     data = yaml.safe_load(path.read_text())
     assert isinstance(data, dict) and data
     for node_name, section in data.items():
         assert node_name in NODES, f"{path.name}: {node_name} is not a node of this package"
+        has_params = isinstance(section, dict) and "ros__parameters" in section
+        assert has_params, f"{path.name}: {node_name} has no ros__parameters section"
         values = _flatten(section["ros__parameters"])
         declared = _node_params(node_name)
         for key, value in values.items():
@@ -105,9 +118,17 @@ def test_yaml_parameters_are_declared_with_matching_types(path):
             assert declared[key].validate(value) is None, declared[key].validate(value)
 
 
+@pytest.mark.parametrize("path", ACTION_TABLES, ids=lambda p: p.name)
+def test_action_tables_load(path):
+    """Files with a top-level ``actions:`` are reaction_node action tables and must load as such."""
+    from dli_perception.core.reaction import load_action_table
+
+    assert load_action_table(path).actions
+
+
 def test_shipped_yaml_matches_node_defaults():
     """``<node>.yaml`` documents a node's defaults: a value that differs is a silent behaviour change."""
-    for path in CONFIG_FILES:
+    for path in PARAM_FILES:
         if f"{path.stem}_node" not in NODES:
             continue  # application configs (e.g. a reaction table) choose their own values
         for node_name, section in yaml.safe_load(path.read_text()).items():

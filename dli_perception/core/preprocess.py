@@ -13,8 +13,9 @@ trainer did.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -138,7 +139,7 @@ def normalize(image: np.ndarray, cfg: PreprocessConfig, out: np.ndarray | None =
     """
     image = _check_rgb(image)
     scale = np.asarray([1.0 / (255.0 * s) for s in cfg.std], dtype=np.float32)
-    offset = np.asarray([m / s for m, s in zip(cfg.mean, cfg.std)], dtype=np.float32)
+    offset = np.asarray([m / s for m, s in zip(cfg.mean, cfg.std, strict=True)], dtype=np.float32)
     chw = image.transpose(2, 0, 1)
     if out is None:
         out = np.empty(chw.shape, dtype=np.float32)

@@ -9,8 +9,9 @@ out-of-range values.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 from rcl_interfaces.msg import (
     FloatingPointRange,
@@ -83,19 +84,22 @@ def declare(node: Node, params: Iterable[Param], on_change: Callable[[dict[str, 
         return SetParametersResult(successful=True)
 
     node.add_on_set_parameters_callback(validate)
-    if on_change is not None and hasattr(node, "add_post_set_parameters_callback"):
-        node.add_post_set_parameters_callback(
-            lambda changes: on_change({c.name: c.value for c in changes if c.name in by_name})
-        )
-    elif on_change is not None:
-        # Humble has no post-set callback: apply after validation succeeded in the same callback.
-        def validate_and_apply(changes: list[Parameter]) -> SetParametersResult:
-            result = validate(changes)
-            if result.successful:
-                on_change({c.name: c.value for c in changes if c.name in by_name})
-            return result
-
-        node.remove_on_set_parameters_callback(validate)
-        node.add_on_set_parameters_callback(validate_and_apply)
     declared = node.declare_parameters("", [(p.name, p.default, p.descriptor()) for p in params])
-    return {p.name: v.value for p, v in zip(params, declared)}
+    values = {p.name: v.value for p, v in zip(params, declared, strict=True)}
+    if on_change is not None:
+        # Registered after declaring: the values above are the start-up state, later changes arrive here.
+        if hasattr(node, "add_post_set_parameters_callback"):
+            node.add_post_set_parameters_callback(
+                lambda changes: on_change({c.name: c.value for c in changes if c.name in by_name})
+            )
+        else:  # Humble has no post-set callback: apply inside the validating callback once accepted.
+
+            def validate_and_apply(changes: list[Parameter]) -> SetParametersResult:
+                result = validate(changes)
+                if result.successful:
+                    on_change({c.name: c.value for c in changes if c.name in by_name})
+                return result
+
+            node.remove_on_set_parameters_callback(validate)
+            node.add_on_set_parameters_callback(validate_and_apply)
+    return values

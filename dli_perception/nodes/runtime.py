@@ -21,7 +21,7 @@ import logging
 import signal
 import sys
 import threading
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from dli_perception import transport
 from dli_perception.errors import DliPerceptionError
@@ -151,13 +151,13 @@ def _cleanup(nodes: list, executor) -> None:
             if executor is not None:
                 executor.remove_node(node)
             node.destroy_node()
-        except Exception as exc:  # cleanup of the other nodes must still happen
-            print(f"[ERROR] cleanup of {getattr(node, 'get_name', lambda: node)()} failed: {exc}", file=sys.stderr)
+        except Exception as exc:  # noqa: BLE001 - the other nodes' cleanup must still happen
+            print(f"[ERROR] cleanup of {type(node).__name__} failed: {exc}", file=sys.stderr)
     if executor is not None:
         try:
             executor.shutdown(timeout_sec=1.0)
-        except Exception:
-            pass
+        except Exception as exc:  # noqa: BLE001 - shutting down anyway; say why it was not clean
+            print(f"[WARN] executor shutdown: {exc}", file=sys.stderr)
     rclpy.try_shutdown()
 
 

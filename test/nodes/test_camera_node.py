@@ -1,0 +1,204 @@
+"""camera_node over real topics: in one process, across processes, for every file-backed source,
+with a vanished camera, across processes at 30 Hz for 640x480 and 1280x720, and on shutdown."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+from graphutil import Collector, Spinner, stop_and_check, wait_for
+from rclpy.parameter import Parameter
+from sensor_msgs.msg import CameraInfo, Image
+
+from dli_perception.core.imaging import imgmsg_to_cv2
+from dli_perception.nodes.camera_node import CameraNode
+from dli_perception.nodes.qos import EVENTS, SENSOR_DATA
+
+pytestmark = pytest.mark.graph
+REPO = Path(__file__).resolve().parents[2]
+DISCOVERY_S = 20.0  # deadline for the first message across processes (discovery took up to ~3 s here)
+
+
+def _stamp_ns(msg) -> int:
+    return msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+
+
+def _params(**values) -> list[Parameter]:
+    return [Parameter(k, value=v) for k, v in values.items()]
+
+
+def _ros_args(**values) -> list[str]:
+    out = []
+    for k, v in values.items():
+        out += ["-p", f"{k}:={json.dumps(v) if isinstance(v, list) else v}"]
+    return out
+
+
+def test_in_process_frames_have_size_encoding_stamps_and_camera_info(ros_context):
+    t_start = time.time_ns()
+    camera = CameraNode(context=ros_context, parameter_overrides=_params(width=96, height=64, fps=20.0, frame_id="cam_optical"))
+    images = Collector(ros_context, Image, "image_raw", SENSOR_DATA, name="images")
+    infos = Collector(ros_context, CameraInfo, "camera_info", SENSOR_DATA, name="infos")
+    with Spinner(ros_context, camera, images, infos):
+        assert wait_for(lambda: images.count() >= 10 and infos.count() >= 5, timeout=DISCOVERY_S)
+    msgs = list(images.msgs)
+    for msg in msgs:
+        assert (msg.width, msg.height, msg.encoding, msg.step) == (96, 64, "rgb8", 96 * 3)
+        assert len(msg.data) == 96 * 64 * 3
+        assert msg.header.frame_id == "cam_optical"
+    stamps = [_stamp_ns(m) for m in msgs]
+    assert stamps == sorted(stamps) and len(set(stamps)) == len(stamps)
+    assert t_start <= stamps[0] and stamps[-1] <= time.time_ns()
+    # receive minus capture time is positive and small: the stamp is the capture time, not a later one
+    assert all(0 <= r - s < 5e9 for r, s in zip(images.received_ns[: len(stamps)], stamps, strict=True))
+    info = infos.msgs[-1]
+    assert (info.width, info.height, info.header.frame_id) == (96, 64, "cam_optical")
+    assert info.k[2] == 48.0 and info.k[5] == 32.0 and info.k[0] > 0
+
+
+def test_run_time_parameters_are_validated_and_applied(ros_context):
+    camera = CameraNode(context=ros_context, parameter_overrides=_params(width=32, height=24, fps=30.0))
+    images = Collector(ros_context, Image, "image_raw", SENSOR_DATA)
+    with Spinner(ros_context, camera, images):
+        assert wait_for(lambda: images.count() >= 2, timeout=DISCOVERY_S)
+        results = camera.set_parameters(
+            [Parameter("flip", value="sideways"), Parameter("fps", value=0.0), Parameter("width", value=64)]
+        )
+        assert [r.successful for r in results] == [False, False, False]
+        assert "sideways" in results[0].reason
+        assert camera.set_parameters([Parameter("encoding", value="bgr8")])[0].successful
+        n = images.count()
+        assert wait_for(lambda: images.count() >= n + 3 and images.msgs[-1].encoding == "bgr8", timeout=10)
+    rgb = [m for m in images.msgs if m.encoding == "rgb8"][-1]
+    bgr = images.msgs[-1]
+    # the same scene class, published in the other channel order: the mean colours mirror each other
+    mean_rgb = imgmsg_to_cv2(rgb, "rgb8").reshape(-1, 3).mean(0)
+    mean_bgr_as_rgb = imgmsg_to_cv2(bgr, "rgb8").reshape(-1, 3).mean(0)
+    assert np.abs(mean_rgb - mean_bgr_as_rgb).max() < 40
+
+
+def _frames_via_process(node_process, ros_context, count: int, **params) -> tuple[list[Image], object]:
+    proc = node_process("camera_node", *_ros_args(**params))
+    images = Collector(ros_context, Image, "image_raw", SENSOR_DATA)
+    with Spinner(ros_context, images):
+        ok = wait_for(lambda: images.count() >= count, timeout=DISCOVERY_S)
+        assert ok, f"got {images.count()} frames; node output:\n{proc.output()}"
+    return list(images.msgs), proc
+
+
+def test_synthetic_source_across_processes(node_process, ros_context):
+    msgs, proc = _frames_via_process(node_process, ros_context, 5, width=80, height=60, fps=15.0)
+    assert all((m.width, m.height, m.encoding) == (80, 60, "rgb8") for m in msgs)
+    assert stop_and_check(proc, "int") == 0
+
+
+def _write_video(path: Path, colours: list[tuple[int, int, int]], size=(64, 48)) -> None:
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, size)
+    assert writer.isOpened(), "OpenCV cannot write MJPG video here"
+    for rgb in colours:
+        frame = np.zeros((size[1], size[0], 3), np.uint8)
+        frame[:] = rgb[::-1]  # OpenCV writes BGR
+        writer.write(frame)
+    writer.release()
+
+
+def test_video_file_source_loops_its_frames(node_process, ros_context, tmp_path):
+    colours = [(250, 10, 10), (10, 250, 10), (10, 10, 250)] * 2
+    video = tmp_path / "clip.avi"
+    _write_video(video, colours)
+    msgs, proc = _frames_via_process(
+        node_process, ros_context, 8, source="video", path=str(video), width=64, height=48, fps=20.0
+    )
+    seen = set()
+    for m in msgs:
+        mean = imgmsg_to_cv2(m, "rgb8").reshape(-1, 3).mean(0)
+        match = [i for i, c in enumerate(colours[:3]) if np.abs(mean - np.array(c)).max() < 20]  # MJPG is lossy
+        assert match, mean
+        seen.add(match[0])
+    assert seen == {0, 1, 2}
+    assert stop_and_check(proc, "int") == 0
+
+
+def test_video_file_without_loop_stops_at_its_end_and_keeps_running(node_process, tmp_path):
+    video = tmp_path / "clip.avi"
+    _write_video(video, [(100, 100, 100)] * 12)
+    proc = node_process("camera_node", *_ros_args(source="video", path=str(video), loop=False, fps=30.0))
+    assert wait_for(lambda: "end of video stream after 12 frames" in proc.output(), timeout=DISCOVERY_S), proc.output()
+    assert proc.proc.poll() is None, "the node keeps running after the end of a non-looping video"
+    assert stop_and_check(proc, "int2") == 0
+    assert "Traceback" not in proc.stderr()
+
+
+def test_image_folder_slideshow_skips_corrupt_files(node_process, ros_context, tmp_path):
+    folder = tmp_path / "slides"
+    folder.mkdir()
+    colours = {"a.png": (200, 30, 30), "b.jpg": (30, 200, 30), "c.png": (30, 30, 200)}
+    for name, rgb in colours.items():
+        img = np.zeros((40, 50, 3), np.uint8)
+        img[:] = rgb[::-1]
+        assert cv2.imwrite(str(folder / name), img)
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    msgs, proc = _frames_via_process(
+        node_process, ros_context, 8, source="folder", path=str(folder), width=50, height=40, fps=20.0
+    )
+    seen = set()
+    for m in msgs:
+        mean = imgmsg_to_cv2(m, "rgb8").reshape(-1, 3).mean(0)
+        match = [n for n, c in colours.items() if np.abs(mean - np.array(c)).max() < 12]
+        assert match, mean
+        seen.add(match[0])
+    assert seen == set(colours), seen
+    assert stop_and_check(proc, "term") == 0
+    assert "Traceback" not in proc.stderr()
+
+
+def test_missing_camera_is_retried_and_reported_not_fatal(node_process, ros_context):
+    proc = node_process("camera_node", *_ros_args(source="v4l2", device="/dev/video99", **{"reconnect.initial_s": 0.1}))
+    diags = Collector(ros_context, DiagnosticArray, "/diagnostics", EVENTS)
+
+    def failures() -> int:
+        for msg in reversed(diags.msgs):
+            for status in msg.status:
+                if status.name.endswith("camera_node"):
+                    values = {kv.key: kv.value for kv in status.values}
+                    return int(values["failures"]) if status.level == DiagnosticStatus.ERROR else 0
+        return 0
+
+    with Spinner(ros_context, diags):
+        assert wait_for(lambda: failures() >= 3, timeout=DISCOVERY_S), proc.output()
+    status = next(s for s in diags.msgs[-1].status if s.name.endswith("camera_node"))
+    assert "camera unavailable" in status.message and "/dev/video99" in status.message
+    assert proc.proc.poll() is None
+    assert stop_and_check(proc, "int") == 0
+    assert "Traceback" not in proc.stderr()
+
+
+@pytest.mark.parametrize("mode", ["int", "int2", "term"])
+def test_exit_code_zero_and_camera_released_after_signals(node_process, ros_context, mode):
+    proc = node_process("camera_node", *_ros_args(width=64, height=48))
+    images = Collector(ros_context, Image, "image_raw", SENSOR_DATA)
+    with Spinner(ros_context, images):
+        assert wait_for(lambda: images.count() >= 3, timeout=DISCOVERY_S), proc.output()
+    assert stop_and_check(proc, mode) == 0
+    assert "Traceback" not in proc.stderr(), proc.stderr()
+    assert "camera released after" in proc.output()
+
+
+@pytest.mark.parametrize("size", ["640x480", "1280x720"])
+def test_30_hz_frames_cross_processes_with_the_shipped_profile(size):
+    """Sensor-data QoS frames at 30 Hz reach a subscriber in another process (issue: 1 of 180 without it)."""
+    out = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "transport.py"), "--worker", "cross-process", size, "4", "30"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["published"] >= 60, result
+    assert result["delivered_fraction"] >= 0.95, result
