@@ -19,6 +19,7 @@ from dli_perception.errors import DliPerceptionError
 # Subcommand modules, in the order `--help` lists them.
 COMMANDS = [
     "dli_perception.commands.info",
+    "dli_perception.commands.classify",
 ]
 
 

@@ -6,7 +6,7 @@ Layout (all written together by :mod:`dli_perception.core.export`)::
       model.onnx        float32 input ``input`` (N, 3, S, S), output ``logits`` (N, C), dynamic batch
       labels.txt        one class name per line, in output order
       metadata.json     :class:`ModelMetadata` as JSON
-      checkpoint.pt     torch state dict + classes + backbone (loaded with weights_only=True)
+      checkpoint.pt     model_checkpoint(): state dict, classes, backbone, preprocessing (weights_only=True)
       report/           training curves, confusion matrix, per-class table
 
 A directory is self-describing: :func:`load_metadata` refuses one whose files
@@ -129,3 +129,55 @@ def write_metadata_files(model_dir: str | os.PathLike, meta: ModelMetadata) -> N
     model_dir = Path(model_dir)
     (model_dir / METADATA_FILE).write_text(json.dumps(meta.to_dict(), indent=2, sort_keys=True) + "\n")
     (model_dir / LABELS_FILE).write_text("".join(f"{c}\n" for c in meta.classes))
+
+
+MODEL_CHECKPOINT_FORMAT = "dli_perception.model_checkpoint"
+MODEL_CHECKPOINT_VERSION = 1
+
+
+def model_checkpoint(state_dict: dict, meta: ModelMetadata) -> dict[str, Any]:
+    """The ``checkpoint.pt`` content for a model directory: tensors and plain values only."""
+    return {
+        "format": MODEL_CHECKPOINT_FORMAT,
+        "format_version": MODEL_CHECKPOINT_VERSION,
+        "state_dict": state_dict,
+        "classes": list(meta.classes),
+        "backbone": meta.backbone,
+        "preprocess": meta.preprocess.to_dict(),
+        "weights_source": meta.weights_source,
+    }
+
+
+def read_model_checkpoint(model_dir: str | os.PathLike, meta: ModelMetadata) -> dict:
+    """The state dict of ``model_dir/checkpoint.pt``, loaded with ``weights_only=True`` and checked.
+
+    Raises :class:`ModelError` for a missing, corrupt or unsafe file (pickled objects are
+    refused), another format, or classes/backbone/preprocessing that disagree with ``meta``.
+    """
+    import torch
+
+    path = Path(model_dir) / CHECKPOINT_FILE
+    if not path.is_file():
+        raise ModelError(f"{path} is missing; re-export the model (dli-perception export) or use an ONNX backend")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - UnpicklingError for pickled objects, RuntimeError for a bad zip, ...
+        raise ModelError(
+            f"{path} cannot be loaded with weights_only=True ({type(exc).__name__}: {str(exc)[:200]}); it is "
+            "corrupt or holds pickled objects, which are refused for safety; re-export the model"
+        ) from exc
+    if not isinstance(ckpt, dict) or ckpt.get("format") != MODEL_CHECKPOINT_FORMAT:
+        raise ModelError(f"{path} is not a dli_perception model checkpoint; re-export the model")
+    if not isinstance(ckpt.get("state_dict"), dict):
+        raise ModelError(f"{path} has no state dict; re-export the model")
+    if list(ckpt.get("classes", [])) != meta.classes:
+        raise ModelError(f"{path} was trained for classes {ckpt.get('classes')}, metadata.json lists {meta.classes}")
+    if ckpt.get("backbone") != meta.backbone:
+        raise ModelError(f"{path} holds backbone {ckpt.get('backbone')!r}, metadata.json says {meta.backbone!r}")
+    try:
+        same = PreprocessConfig.from_dict(ckpt.get("preprocess", {})) == meta.preprocess
+    except (ConfigError, TypeError) as exc:
+        raise ModelError(f"{path} has invalid preprocessing: {exc}") from exc
+    if not same:
+        raise ModelError(f"{path} preprocessing differs from metadata.json; re-export the model")
+    return ckpt["state_dict"]

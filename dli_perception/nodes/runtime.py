@@ -95,11 +95,12 @@ def run_nodes(
     """Initialise rclpy, build the nodes, spin them in one executor, clean up, return an exit code.
 
     ``factories`` are called with no arguments (node classes work as they are). Returns
-    0 after a signal or ``stop``; 1 after a :class:`DliPerceptionError` during start-up
-    (logged as one clear line, no traceback). Any other exception while rclpy is
+    0 after a signal or ``stop``; 1 after a :class:`DliPerceptionError` or an invalid
+    parameter value during start-up (logged as one clear line, no traceback). Any other exception while rclpy is
     still up propagates (a bug should show its traceback).
     """
     import rclpy
+    from rclpy.exceptions import ParameterException
     from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
 
     transport.apply_default_profile()
@@ -122,7 +123,8 @@ def run_nodes(
         spin_until_stopped(executor, stop_event)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
-    except DliPerceptionError as exc:
+    except (DliPerceptionError, ParameterException) as exc:
+        # a bad parameter or configuration: one clear line, no traceback (it is not a bug of ours)
         _log_fatal(nodes, exc)
         code = 1
     except Exception:
@@ -131,7 +133,10 @@ def run_nodes(
     finally:
         signals.ignore()
         _cleanup(nodes, executor)
-        signals.restore()
+        if not signals.received:
+            # After a signal the process is ending: keep ignoring, so the second SIGINT that launch
+            # sends (it may come 100 ms later, while the interpreter exits) cannot kill it with -2.
+            signals.restore()
     return code
 
 

@@ -202,3 +202,12 @@ def test_30_hz_frames_cross_processes_with_the_shipped_profile(size):
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["published"] >= 60, result
     assert result["delivered_fraction"] >= 0.95, result
+
+
+@pytest.mark.parametrize("bad", ["fps:=0.0", "flip:=sideways", "width:=abc", "source:=webcam"])
+def test_invalid_start_parameters_exit_1_with_one_clear_line(node_process, bad):
+    proc = node_process("camera_node", "-p", bad)
+    assert proc.wait(timeout=30) == 1
+    err = proc.stderr()
+    assert "Traceback" not in err, err
+    assert "[FATAL]" in err and bad.split(":=")[0] in err, err

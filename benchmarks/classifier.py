@@ -1,0 +1,140 @@
+"""Classification throughput: dli_perception's inference path vs a DLI-notebook-style loop, same CPU, same run.
+
+Baseline (what the DLI notebooks do, one frame at a time): PIL image -> torchvision
+``Resize((224, 224))``, ``ToTensor``, ``Normalize`` -> eager torch ResNet-18 under ``no_grad``.
+Ours: the shared preprocessing (OpenCV + NumPy) -> a backend from ``create_backend``:
+torch (channels_last, inference_mode), ONNX Runtime fp32, ONNX Runtime INT8 (static QDQ,
+calibrated on frames of the same scenes), one frame at a time and in batches of 4.
+
+The model is a ResNet-18 (random weights: speed does not depend on them) with a 3-class head,
+exported by the package's own exporter; frames are 640x480 synthetic scenes.
+
+    .venv/bin/python benchmarks/classifier.py [--frames 60] [--threads 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+CLASSES = ("free", "blocked", "thumbs_up")
+
+
+def _model_dir(root: Path, size: int) -> Path:
+    import torch
+
+    from dli_perception.core.export import export_model_dir
+    from dli_perception.core.preprocess import PreprocessConfig
+    from dli_perception.core.training import build_model
+
+    torch.manual_seed(0)
+    model, _ = build_model("resnet18", num_classes=len(CLASSES), weights="none")
+    return export_model_dir(
+        model.eval(), root / "model", classes=list(CLASSES), preprocess=PreprocessConfig(size=size),
+        backbone="resnet18", report=False,
+    )
+
+
+def _calibration_dir(root: Path, scenes) -> Path:
+    import cv2
+
+    calib = root / "calibration"
+    for cls in CLASSES:
+        (calib / cls).mkdir(parents=True)
+        for i in range(8):
+            cv2.imwrite(str(calib / cls / f"{i}.png"), cv2.cvtColor(scenes.render(cls, 1000 + i), cv2.COLOR_RGB2BGR))
+    return calib
+
+
+def _rate(step, frames: list[np.ndarray], n: int, batch: int = 1) -> float:
+    step(frames[:batch])  # warm-up
+    done = 0
+    start = time.perf_counter()
+    while done < n:
+        step([frames[(done + j) % len(frames)] for j in range(batch)])
+        done += batch
+    return done / (time.perf_counter() - start)
+
+
+def naive_dli_loop(model_dir: Path, threads: int):
+    """The notebook way: PIL + torchvision transforms + eager torch, one frame at a time."""
+    import torch
+    from PIL import Image
+    from torchvision import transforms
+
+    from dli_perception.core.export import load_checkpoint_model
+
+    if threads:
+        torch.set_num_threads(threads)
+    model = load_checkpoint_model(model_dir).eval()
+    tf = transforms.Compose(
+        [transforms.Resize((224, 224)), transforms.ToTensor(),
+         transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])]
+    )
+
+    def step(images):
+        for image in images:
+            x = tf(Image.fromarray(image)).unsqueeze(0)
+            with torch.no_grad():
+                torch.softmax(model(x), dim=1)
+
+    return step
+
+
+def backend_step(backend):
+    from dli_perception.core.preprocess import preprocess_batch
+
+    cfg = backend.metadata.preprocess
+
+    def step(images):
+        backend.infer(preprocess_batch(images, cfg))
+
+    return step
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--frames", type=int, default=60, help="frames per measurement")
+    parser.add_argument("--threads", type=int, default=0, help="intra-op threads (0: library default)")
+    parser.add_argument("--size", type=int, default=224, help="model input size")
+    args = parser.parse_args()
+
+    from dli_perception.core.backends.select import create_backend
+    from dli_perception.core.synthetic import SyntheticScenes
+
+    scenes = SyntheticScenes(CLASSES, 640, 480)
+    frames = [scenes.render(CLASSES[i % 3], i) for i in range(12)]
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        model_dir = _model_dir(root, args.size)
+        calib = _calibration_dir(root, scenes)
+        opts = {"intra_op_threads": args.threads}
+        rows = [("naive DLI loop (PIL + torchvision + eager torch)", 1, _rate(naive_dli_loop(model_dir, args.threads),
+                                                                              frames, args.frames))]
+        configs = [
+            ("torch backend (channels_last, inference_mode)", "torch", {}),
+            ("onnxruntime fp32", "onnxruntime", dict(opts, device="cpu")),
+            ("onnxruntime int8", "onnxruntime",
+             dict(opts, device="cpu", precision="int8", calibration_dir=str(calib), int8_cache_dir=str(root / "q"))),
+        ]
+        for label, name, kw in configs:
+            backend, _ = create_backend(model_dir, name, **kw)
+            for batch in (1, 4):
+                rows.append((label, batch, _rate(backend_step(backend), frames, args.frames, batch)))
+            backend.close()
+    base = rows[0][2]
+    print(f"ResNet-18 {args.size}x{args.size}, {len(CLASSES)} classes, 640x480 frames, {os.cpu_count()} CPUs")
+    print(f"{'pipeline':<52} {'batch':>5} {'frames/s':>9} {'vs naive':>9}")
+    for label, batch, fps in rows:
+        print(f"{label:<52} {batch:>5} {fps:9.2f} {fps / base:8.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,285 @@
+"""ONNX Runtime backend: ``model.onnx`` on the TensorRT, CUDA or CPU execution provider.
+
+Providers are taken from what the installed ``onnxruntime`` offers, fastest
+first (TensorRT EP, CUDA EP, CPU), or forced with ``providers=`` or
+``device="cpu"|"cuda"``. Graph optimisation is at ``ORT_ENABLE_ALL``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dli_perception.core.backends.base import Backend, check_io_shape, check_onnx_integrity, check_options
+from dli_perception.errors import BackendUnavailableError, ConfigError, ModelError
+
+log = logging.getLogger(__name__)
+
+TRT_EP = "TensorrtExecutionProvider"
+CUDA_EP = "CUDAExecutionProvider"
+CPU_EP = "CPUExecutionProvider"
+PREFERRED_PROVIDERS = (TRT_EP, CUDA_EP, CPU_EP)
+GPU_PROVIDERS = (TRT_EP, CUDA_EP)
+DEVICES = ("auto", "cpu", "cuda")
+
+INSTALL_HINT = (
+    "install it with `pip install onnxruntime` (CPU) or `pip install onnxruntime-gpu` (CUDA/TensorRT); "
+    "on a Jetson use the onnxruntime-gpu wheel built for your JetPack"
+)
+
+
+def import_onnxruntime():
+    """Import ``onnxruntime`` or raise :class:`BackendUnavailableError` saying what to install."""
+    try:
+        import onnxruntime
+    except ImportError as exc:
+        raise BackendUnavailableError(f"the onnxruntime backend needs onnxruntime: {INSTALL_HINT}") from exc
+    return onnxruntime
+
+
+def available_providers() -> list[str]:
+    """Execution providers of the installed onnxruntime ([] when it is not installed)."""
+    try:
+        return list(import_onnxruntime().get_available_providers())
+    except BackendUnavailableError:
+        return []
+
+
+def plan_providers(
+    available: Sequence[str], device: str = "auto", providers: Sequence[str] | None = None
+) -> list[str]:
+    """Provider list to ask ONNX Runtime for, fastest first.
+
+    ``providers`` forces an exact list (each must be available); otherwise ``device``
+    picks: ``auto`` = every available GPU provider then CPU, ``cuda`` = GPU providers
+    (at least one required) then CPU, ``cpu`` = CPU only. Raises
+    :class:`BackendUnavailableError` for a provider or device this onnxruntime lacks.
+    """
+    if device not in DEVICES:
+        raise ConfigError(f"onnxruntime device must be one of {DEVICES}, got {device!r}")
+    if providers is not None:
+        if isinstance(providers, str):
+            providers = [p.strip() for p in providers.split(",") if p.strip()]
+        providers = list(providers)
+        if not providers:
+            raise ConfigError("providers must name at least one execution provider")
+        missing = [p for p in providers if p not in available]
+        if missing:
+            raise BackendUnavailableError(
+                f"onnxruntime execution provider(s) {missing} are not available here (available: "
+                f"{list(available)}); {INSTALL_HINT}"
+            )
+        return providers
+    gpu = [p for p in GPU_PROVIDERS if p in available]
+    if device == "cuda" and not gpu:
+        raise BackendUnavailableError(
+            f"device='cuda' asked for, but this onnxruntime only offers {list(available)}; {INSTALL_HINT}"
+        )
+    plan = [] if device == "cpu" else gpu
+    if CPU_EP in available:
+        plan.append(CPU_EP)
+    if not plan:
+        raise BackendUnavailableError(f"onnxruntime offers no usable execution provider ({list(available)})")
+    return plan
+
+
+def _provider_options(provider: str, options: dict[str, Any]) -> dict[str, Any]:
+    if provider == TRT_EP:
+        from dli_perception.core.backends.tensorrt import default_engine_cache_dir
+
+        opts: dict[str, Any] = {"trt_fp16_enable": False}
+        cache_dir = Path(options.get("trt_cache_dir") or default_engine_cache_dir() / "onnxruntime-trt")
+        try:
+            cache_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            log.warning(
+                "no TensorRT EP engine cache (%s: %s); engines are rebuilt every start", cache_dir, exc
+            )
+        else:
+            opts.update(trt_engine_cache_enable=True, trt_engine_cache_path=str(cache_dir))
+        return opts
+    return {}
+
+
+def _is_model_error(ort, exc: BaseException) -> bool:
+    """Whether an InferenceSession failure is the model's fault rather than the provider's."""
+    state = getattr(getattr(ort, "capi", None), "onnxruntime_pybind11_state", None)
+    names = ("InvalidProtobuf", "InvalidGraph", "NoSuchFile", "NoModel")
+    classes = tuple(getattr(state, n) for n in names if state is not None and hasattr(state, n))
+    return bool(classes) and isinstance(exc, classes)
+
+
+def _int8_model(onnx_path: Path, meta, ort_version: str, calibration_dir, count: int, cache_dir) -> Path:
+    """The cached INT8 copy of ``onnx_path``, quantised now when it is not cached yet."""
+    from dli_perception.core.backends.calibration import calibration_images
+    from dli_perception.core.backends.quantize import int8_cache_path, quantize_int8
+    from dli_perception.core.backends.tensorrt import default_engine_cache_dir
+
+    images = calibration_images(calibration_dir, count)
+    cache_dir = Path(cache_dir) if cache_dir else default_engine_cache_dir() / "onnxruntime-int8"
+    path = int8_cache_path(cache_dir, onnx_path, images, ort_version)
+    if path.is_file():
+        log.info("using cached INT8 model %s", path)
+        return path
+    return quantize_int8(onnx_path, images, meta.preprocess, path, input_name=meta.input_name)
+
+
+class OnnxRuntimeBackend(Backend):
+    """``model.onnx`` through an ``onnxruntime.InferenceSession``.
+
+    Options: ``device`` ("auto"|"cpu"|"cuda"), ``providers`` (exact list, overrides
+    ``device``), ``intra_op_threads`` / ``inter_op_threads`` (0 = ONNX Runtime's
+    choice), ``io_binding`` (bind input/output buffers explicitly), ``trt_cache_dir``
+    (engine cache of the TensorRT execution provider; default under
+    :func:`~dli_perception.core.backends.tensorrt.default_engine_cache_dir`).
+    ``precision="int8"`` runs a statically quantised copy of the model on the CPU
+    provider, calibrated on up to ``calibration_images`` images of ``calibration_dir``
+    and cached in ``int8_cache_dir`` (see :mod:`~dli_perception.core.backends.quantize`).
+    """
+
+    name = "onnxruntime"
+    OPTIONS = (
+        "device",
+        "providers",
+        "intra_op_threads",
+        "inter_op_threads",
+        "io_binding",
+        "trt_cache_dir",
+        "precision",
+        "calibration_dir",
+        "calibration_images",
+        "int8_cache_dir",
+    )
+    PRECISIONS = ("fp32", "int8")
+
+    def __init__(self, model_dir, metadata, session, io_binding: bool) -> None:
+        super().__init__(model_dir, metadata)
+        self._session = session
+        self.providers: list[str] = list(session.get_providers())
+        self.device = "cuda" if any(p in GPU_PROVIDERS for p in self.providers) else "cpu"
+        self.precision = "fp32"
+        self.notes: list[str] = []
+        self._io_binding = io_binding
+        self._input_name = metadata.input_name
+        self._output_name = metadata.output_name
+
+    def describe(self) -> str:
+        return f"{self.name} on {self.device} ({self.precision}, {'+'.join(self.providers)})"
+
+    @classmethod
+    def load(
+        cls,
+        model_dir: str | os.PathLike,
+        *,
+        device: str = "auto",
+        providers: Sequence[str] | str | None = None,
+        intra_op_threads: int = 0,
+        inter_op_threads: int = 0,
+        io_binding: bool = False,
+        trt_cache_dir: str | os.PathLike | None = None,
+        precision: str = "fp32",
+        calibration_dir: str | os.PathLike | None = None,
+        calibration_images: int = 64,
+        int8_cache_dir: str | os.PathLike | None = None,
+        **unknown: Any,
+    ) -> OnnxRuntimeBackend:
+        """Open ``model_dir/model.onnx``; raises ModelError (bad model) or BackendUnavailableError."""
+        check_options(cls.name, unknown, cls.OPTIONS)
+        if precision == "fp16":  # a TensorRT precision (``auto`` passes it to every backend)
+            log.info("onnxruntime runs fp32; fp16 applies to the tensorrt backend")
+            precision = "fp32"
+        if precision not in cls.PRECISIONS:
+            raise ConfigError(f"onnxruntime precision must be one of {cls.PRECISIONS}, got {precision!r}")
+        if precision == "int8":
+            if device == "cuda" or providers is not None:
+                raise ConfigError("onnxruntime int8 runs on the CPU provider; for INT8 on a GPU use backend tensorrt")
+            if not calibration_dir:
+                raise ConfigError("precision int8 needs calibration_dir: a dataset of the model's classes")
+            device = "cpu"
+        for key, value in (("intra_op_threads", intra_op_threads), ("inter_op_threads", inter_op_threads)):
+            if not isinstance(value, int) or value < 0:
+                raise ConfigError(f"{key} must be an integer >= 0 (0 = onnxruntime's default), got {value!r}")
+        ort = import_onnxruntime()
+        plan = plan_providers(ort.get_available_providers(), device, providers)
+        forced = providers is not None or device == "cuda"
+        meta = cls.read_metadata(model_dir)
+        onnx_path = check_onnx_integrity(Path(model_dir), meta)
+        if precision == "int8":
+            onnx_path = _int8_model(onnx_path, meta, ort.__version__, calibration_dir, calibration_images, int8_cache_dir)
+
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.intra_op_num_threads = intra_op_threads
+        so.inter_op_num_threads = inter_op_threads
+        so.log_severity_level = 3  # errors only: provider fall-backs are reported by us
+        popts = {"trt_cache_dir": trt_cache_dir}
+        notes: list[str] = []
+
+        def open_session(plist: list[str]):
+            return ort.InferenceSession(
+                str(onnx_path), sess_options=so, providers=[(p, _provider_options(p, popts)) for p in plist]
+            )
+
+        try:
+            session = open_session(plan)
+        except Exception as exc:  # onnxruntime raises its own pybind exception types
+            if _is_model_error(ort, exc) or plan == [CPU_EP]:
+                raise ModelError(f"onnxruntime cannot load {onnx_path}: {exc}") from exc
+            if forced:
+                raise BackendUnavailableError(f"onnxruntime could not start providers {plan}: {exc}") from exc
+            notes.append(f"GPU providers {plan[:-1]} failed ({exc}); fell back to CPU")
+            log.warning("onnxruntime: %s", notes[-1])
+            try:
+                session = open_session([CPU_EP])
+            except Exception as exc2:
+                raise ModelError(f"onnxruntime cannot load {onnx_path}: {exc2}") from exc2
+
+        started = list(session.get_providers())
+        dropped = [p for p in plan if p not in started]
+        if dropped and not notes:
+            if forced and not any(p in GPU_PROVIDERS for p in started):
+                raise BackendUnavailableError(
+                    f"onnxruntime did not start {dropped} (CUDA/cuDNN libraries missing or no GPU); "
+                    f"{INSTALL_HINT}"
+                )
+            notes.append(
+                f"providers {dropped} did not start (missing CUDA/TensorRT libraries?); using {started}"
+            )
+            log.warning("onnxruntime: %s", notes[-1])
+
+        inputs, outputs = session.get_inputs(), session.get_outputs()
+        where = str(onnx_path)
+        if [i.name for i in inputs] != [meta.input_name]:
+            raise ModelError(
+                f"{where}: inputs are {[i.name for i in inputs]}, metadata.json expects [{meta.input_name!r}]"
+            )
+        out_names = [o.name for o in outputs]
+        if meta.output_name not in out_names:
+            raise ModelError(f"{where}: outputs are {out_names}, metadata.json expects {meta.output_name!r}")
+        if inputs[0].type != "tensor(float)":
+            raise ModelError(f"{where}: input type is {inputs[0].type}, expected tensor(float)")
+        output = outputs[out_names.index(meta.output_name)]
+        check_io_shape(where, inputs[0].shape, output.shape, meta)
+
+        backend = cls(model_dir, meta, session, io_binding=io_binding)
+        backend.precision = precision
+        backend.notes = notes
+        log.info("loaded %s with %s", onnx_path, backend.describe())
+        return backend
+
+    def _logits(self, batch: np.ndarray) -> np.ndarray:
+        if not self._io_binding:
+            return self._session.run([self._output_name], {self._input_name: batch})[0]
+        binding = self._session.io_binding()
+        binding.bind_cpu_input(self._input_name, batch)
+        binding.bind_output(self._output_name, "cuda" if self.device == "cuda" else "cpu")
+        self._session.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()[0]
+
+    def _release(self) -> None:
+        self._session = None

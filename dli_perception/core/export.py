@@ -1,0 +1,392 @@
+"""Export a trained classifier as a self-describing model directory (see :mod:`.modeldir`).
+
+The directory is built in a temp dir beside the destination and swapped in with
+:func:`dli_perception.core.fsutil.replace_dir`, so a failed export (exporter error, ONNX
+that fails ``onnx.checker``, ONNX Runtime outputs that differ from torch, a full disk)
+never replaces the model a classifier is serving.
+
+``model.onnx`` comes from torch's dynamo exporter (which needs ``onnxscript``) as one
+self-contained file. Opset 18 is the default: with torch 2.14 a request for opset 17 goes
+through a version conversion that fails and silently leaves opset 18, so the exported opset
+is checked and a mismatch is refused rather than recorded wrongly.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as _dt
+import logging
+import math
+import os
+import platform
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from dli_perception.core import fsutil
+from dli_perception.core.modeldir import (
+    CHECKPOINT_FILE,
+    INPUT_NAME,
+    ONNX_FILE,
+    OUTPUT_NAME,
+    REPORT_DIR,
+    ModelMetadata,
+    load_metadata,
+    model_checkpoint,
+    read_model_checkpoint,
+    write_metadata_files,
+)
+from dli_perception.core.preprocess import PreprocessConfig
+from dli_perception.core.training import BACKBONES, TrainResult, build_model, result_from_checkpoint
+from dli_perception.errors import ConfigError, ModelError
+
+if TYPE_CHECKING:
+    import torch
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_OPSET = 18
+MIN_OPSET = 17
+MAX_SKIPPED_LISTED = 100
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries that produced (and can reproduce) a model."""
+    import importlib
+
+    import dli_perception
+
+    versions = {"dli_perception": dli_perception.__version__, "python": platform.python_version()}
+    for module, key in (
+        ("torch", "torch"),
+        ("torchvision", "torchvision"),
+        ("onnx", "onnx"),
+        ("onnxruntime", "onnxruntime"),
+        ("onnxscript", "onnxscript"),
+        ("numpy", "numpy"),
+        ("cv2", "opencv"),
+    ):
+        try:
+            versions[key] = str(importlib.import_module(module).__version__)
+        except (ImportError, AttributeError):
+            versions[key] = "unavailable"
+    return versions
+
+
+def _jsonable(obj: Any) -> Any:
+    """Plain JSON values: numpy scalars and arrays converted, tuples to lists, NaN/inf to None."""
+    if isinstance(obj, Mapping):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _jsonable(obj.tolist())
+    if isinstance(obj, np.generic):
+        return _jsonable(obj.item())
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    if hasattr(obj, "to_dict"):
+        return _jsonable(obj.to_dict())
+    return str(obj)
+
+
+def _export_onnx(model: torch.nn.Module, path: Path, size: int, opset: int) -> None:
+    import torch
+
+    dummy = torch.zeros((2, 3, size, size), dtype=torch.float32)
+    try:
+        torch.onnx.export(
+            model,
+            (dummy,),
+            str(path),
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            opset_version=opset,
+            dynamo=True,
+            external_data=False,
+            verbose=False,
+            dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},),
+        )
+    except Exception as exc:  # the exporter raises many types
+        raise ModelError(
+            f"ONNX export failed ({type(exc).__name__}: {exc}); the model directory was not written"
+        ) from exc
+    if not path.is_file():
+        raise ModelError(f"the ONNX exporter wrote no {path.name}; the model directory was not written")
+
+
+def _check_onnx(path: Path, opset: int, num_classes: int) -> None:
+    """``onnx.checker`` (with shape inference), exported opset, names and a dynamic batch axis."""
+    import onnx
+
+    proto = onnx.load(str(path))
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except Exception as exc:  # onnx.checker.ValidationError and shape-inference errors
+        raise ModelError(f"exported ONNX fails onnx.checker: {exc}") from exc
+    got = {o.domain or "ai.onnx": o.version for o in proto.opset_import}.get("ai.onnx")
+    if got != opset:
+        raise ModelError(
+            f"the exporter produced opset {got} instead of the requested {opset} (its version conversion "
+            f"failed); export with opset={DEFAULT_OPSET}"
+        )
+    inputs = [i for i in proto.graph.input if i.name not in {t.name for t in proto.graph.initializer}]
+    if [i.name for i in inputs] != [INPUT_NAME] or [o.name for o in proto.graph.output] != [OUTPUT_NAME]:
+        raise ModelError(
+            f"exported ONNX has inputs {[i.name for i in inputs]} and outputs "
+            f"{[o.name for o in proto.graph.output]}, expected [{INPUT_NAME!r}] and [{OUTPUT_NAME!r}]"
+        )
+    batch = inputs[0].type.tensor_type.shape.dim[0]
+    if not batch.dim_param:
+        raise ModelError(
+            f"exported ONNX input has a fixed batch size {batch.dim_value}; expected a dynamic one"
+        )
+    out_dims = proto.graph.output[0].type.tensor_type.shape.dim
+    if len(out_dims) != 2 or (out_dims[1].dim_value and out_dims[1].dim_value != num_classes):
+        raise ModelError(f"exported ONNX output shape does not match {num_classes} classes")
+
+
+def _compare_with_torch(model: torch.nn.Module, path: Path, size: int, atol: float, rtol: float) -> float:
+    """Run ONNX Runtime and torch on seeded random batches of 2 and 1; ModelError if they differ."""
+    import onnxruntime as ort
+    import torch
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    worst = 0.0
+    for batch in (2, 1):
+        x = rng.standard_normal((batch, 3, size, size)).astype(np.float32)
+        with torch.no_grad():
+            expected = model(torch.from_numpy(x)).numpy()
+        (got,) = session.run([OUTPUT_NAME], {INPUT_NAME: x})
+        if got.shape != expected.shape:
+            raise ModelError(f"ONNX Runtime returned shape {got.shape}, torch {expected.shape}")
+        diff = float(np.max(np.abs(got - expected)))
+        worst = max(worst, diff)
+        if not np.allclose(got, expected, atol=atol, rtol=rtol):
+            raise ModelError(
+                f"ONNX Runtime output differs from torch by up to {diff:.3g} (atol {atol}, rtol {rtol}) on a "
+                f"batch of {batch}; the model directory was not written"
+            )
+    return worst
+
+
+def _prepare_model(model: torch.nn.Module, size: int, num_classes: int) -> torch.nn.Module:
+    import torch
+
+    model = copy.deepcopy(model).to("cpu").float().eval()
+    with torch.no_grad():
+        out = model(torch.zeros((1, 3, size, size)))
+    if out.ndim != 2 or out.shape[1] != num_classes:
+        raise ModelError(f"the model outputs shape {tuple(out.shape)} but there are {num_classes} classes")
+    return model
+
+
+def _training_sections(result: TrainResult) -> tuple[dict, dict, dict]:
+    dataset = result.dataset.to_dict()
+    if len(dataset.get("skipped", [])) > MAX_SKIPPED_LISTED:
+        dataset["skipped"] = dataset["skipped"][:MAX_SKIPPED_LISTED]
+    metrics = {
+        "best_val_acc": result.best_val_acc,
+        "best_val_loss": result.best_val_loss,
+        "best_epoch": result.best_epoch,
+        "per_class": result.per_class,
+        "confusion": result.confusion,
+    }
+    training = {
+        "status": result.status,
+        "config": result.config.to_dict(),
+        "epochs_run": len(result.history),
+        "best_epoch": result.best_epoch,
+        "history": [h.to_dict() for h in result.history],
+        "timings": result.timings,
+        "weights": result.weights.to_dict(),
+    }
+    return dataset, metrics, training
+
+
+def export_model_dir(
+    source: TrainResult | torch.nn.Module,
+    out_dir: str | os.PathLike,
+    *,
+    classes: Sequence[str] | None = None,
+    preprocess: PreprocessConfig | None = None,
+    backbone: str | None = None,
+    weights_source: str | None = None,
+    dataset: Mapping[str, Any] | None = None,
+    metrics: Mapping[str, Any] | None = None,
+    training: Mapping[str, Any] | None = None,
+    history: Sequence[Any] = (),
+    confusion: Any = None,
+    per_class: Mapping[str, Mapping[str, float]] | None = None,
+    opset: int = DEFAULT_OPSET,
+    atol: float = 1e-4,
+    rtol: float = 1e-3,
+    report: bool = True,
+    allow_cancelled: bool = False,
+) -> Path:
+    """Write ``out_dir`` (model.onnx, labels.txt, metadata.json, checkpoint.pt, report/) atomically.
+
+    ``source`` is a :class:`TrainResult` (classes, preprocessing, metrics, history and dataset
+    are taken from it) or a bare ``torch.nn.Module`` mapping ``(N, 3, S, S)`` float32 to
+    ``(N, len(classes))`` logits, for which ``classes`` and ``preprocess`` are required.
+    Keyword values override what a result provides. The ONNX model is checked with
+    ``onnx.checker`` and must agree with torch on random batches within ``atol + rtol * |y|``.
+
+    Raises :class:`ConfigError` (bad arguments, opset < 17, a cancelled result without
+    ``allow_cancelled``) or :class:`ModelError` (export, check or comparison failed, directory
+    not writable); in every failure an existing ``out_dir`` is left as it was.
+    """
+    if int(opset) < MIN_OPSET:
+        raise ConfigError(f"opset must be >= {MIN_OPSET} (use {DEFAULT_OPSET}), got {opset}")
+    if isinstance(source, TrainResult):
+        if source.cancelled and not allow_cancelled:
+            raise ConfigError(
+                "training was cancelled; export its best epoch only on purpose (allow_cancelled=True)"
+            )
+        if not source.history:
+            raise ConfigError("the training result has no completed epoch; there is nothing to export")
+        r_dataset, r_metrics, r_training = _training_sections(source)
+        model = source.model
+        classes = list(classes if classes is not None else source.classes)
+        preprocess = preprocess or source.preprocess
+        backbone = backbone or source.backbone
+        weights_source = weights_source or source.weights.describe()
+        dataset = dataset if dataset is not None else r_dataset
+        metrics = metrics if metrics is not None else r_metrics
+        training = training if training is not None else r_training
+        history = history or source.history
+        confusion = confusion if confusion is not None else (source.confusion or None)
+        per_class = per_class if per_class is not None else source.per_class
+    else:
+        model = source
+        if classes is None or preprocess is None:
+            raise ConfigError(
+                "exporting a bare model needs classes=[...] and preprocess=PreprocessConfig(...)"
+            )
+        classes = list(classes)
+    meta = ModelMetadata(
+        classes=classes,
+        preprocess=preprocess,
+        backbone=backbone or "custom",
+        weights_source=weights_source or "unknown",
+        opset=int(opset),
+        dataset=_jsonable(dict(dataset or {})),
+        metrics=_jsonable(dict(metrics or {})),
+        training=_jsonable(dict(training or {})),
+        versions=library_versions(),
+        created=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+    )
+    try:
+        ModelMetadata.from_dict(meta.to_dict())  # the checks a classifier applies when loading
+    except ModelError as exc:
+        raise ConfigError(f"cannot export: {exc}") from exc
+    size = preprocess.size
+    model = _prepare_model(model, size, len(classes))
+
+    def build(tmp: Path) -> None:
+        import torch
+
+        onnx_path = tmp / ONNX_FILE
+        _export_onnx(model, onnx_path, size, int(opset))
+        _check_onnx(onnx_path, int(opset), len(classes))
+        worst = _compare_with_torch(model, onnx_path, size, atol, rtol)
+        meta.onnx_sha256 = fsutil.sha256_file(onnx_path)
+        meta.metrics = {**meta.metrics, "onnx_max_abs_diff": worst}
+        torch.save(model_checkpoint(model.state_dict(), meta), tmp / CHECKPOINT_FILE)
+        write_metadata_files(tmp, meta)
+        if report:
+            _write_report(tmp / REPORT_DIR, classes, history, confusion, per_class)
+        load_metadata(tmp)  # the finished directory must load before it replaces anything
+        _apply_umask(tmp)
+
+    out_dir = Path(out_dir).expanduser()
+    try:
+        fsutil.replace_dir(build, out_dir)
+    except OSError as exc:
+        raise ModelError(
+            f"cannot write model directory {out_dir}: {exc}; check the path, permissions and free space"
+        ) from exc
+    logger.info(
+        "exported %s: %d classes, opset %d, onnx sha256 %s",
+        out_dir,
+        len(classes),
+        opset,
+        meta.onnx_sha256[:12],
+    )
+    return out_dir
+
+
+def _umask() -> int:
+    """The process umask, read without changing it (Linux); 0o022 where unknown."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o022
+
+
+def _apply_umask(root: Path) -> None:
+    """Give the built directory ordinary permissions (temp dirs and files are created private)."""
+    mask = _umask()
+    os.chmod(root, 0o777 & ~mask)
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames:
+            os.chmod(os.path.join(dirpath, name), 0o777 & ~mask)
+        for name in filenames:
+            os.chmod(os.path.join(dirpath, name), 0o666 & ~mask)
+
+
+def _write_report(
+    report_dir: Path,
+    classes: Sequence[str],
+    history: Sequence[Any],
+    confusion: Any,
+    per_class: Mapping[str, Mapping[str, float]] | None,
+) -> None:
+    from dli_perception.core import report
+
+    try:
+        report.write_report(
+            report_dir, classes=classes, history=history, confusion=confusion, per_class=per_class
+        )
+    except ImportError as exc:  # matplotlib missing: the model is still usable
+        logger.warning("no plots in the report (%s); install matplotlib for training curves", exc)
+        report_dir.mkdir(parents=True, exist_ok=True)
+        if per_class:
+            report.write_per_class_table(per_class, report_dir / report.PER_CLASS_FILE)
+
+
+def export_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, **kwargs: Any) -> Path:
+    """Export a training checkpoint (``best.pt``) as a model directory; see :func:`export_model_dir`."""
+    return export_model_dir(result_from_checkpoint(checkpoint), out_dir, **kwargs)
+
+
+def load_checkpoint_model(model_dir: str | os.PathLike, *, device: str = "cpu") -> torch.nn.Module:
+    """The torch model of a model directory (from ``checkpoint.pt``, ``weights_only=True``), in eval mode.
+
+    Raises :class:`ModelError` when the checkpoint is missing, unreadable, of an unknown backbone
+    or inconsistent with ``metadata.json``.
+    """
+
+    model_dir = Path(model_dir).expanduser()
+    meta = load_metadata(model_dir, require_onnx=False)
+    if meta.backbone not in BACKBONES:
+        raise ModelError(
+            f"{model_dir} holds a {meta.backbone!r} model, which only the ONNX backends can run "
+            f"(the torch backend builds {sorted(BACKBONES)})"
+        )
+    state = read_model_checkpoint(model_dir, meta)
+    model, _ = build_model(meta.backbone, num_classes=len(meta.classes), weights="none")
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ModelError(f"{model_dir / CHECKPOINT_FILE} does not fit a {meta.backbone} with "
+                         f"{len(meta.classes)} classes: {str(exc)[:300]}") from exc
+    return model.to(device).eval()

@@ -1,0 +1,319 @@
+"""reaction_node: turns the classifier's ``label`` stream into ``cmd_vel`` velocity commands.
+
+An action table (YAML, see :mod:`dli_perception.core.reaction`) maps each class to
+velocities. A timer publishes one command every period from
+:class:`~dli_perception.core.reaction.ReactionPolicy`, which stops the robot when
+disabled, when labels stop arriving for ``stale_timeout_s``, on the unknown label,
+on unmapped labels and stop actions, and limits speed and acceleration.
+
+Topics and services (relative names, so a namespace or remapping moves them):
+
+* ``label`` (std_msgs/String, in): a class name, or JSON ``{"label": "free", "score": 0.93}``
+  when ``min_score`` should apply (a label without a score then stops the robot). The
+  publisher must repeat the current label (e.g. every frame): silence is staleness.
+* ``cmd_vel`` (geometry_msgs/Twist, or TwistStamped with ``stamped``; out, every 1/``rate_hz`` s).
+* ``~/state`` (std_msgs/String, latched, out): JSON ``{enabled, label, reason, linear_x, angular_z}``
+  whenever enable/label/reason changes; ``reason`` is one of
+  :data:`~dli_perception.core.reaction.REASONS`, or ``"shutdown"`` in the last one.
+* ``~/enable`` (std_srvs/SetBool): gates all motion.
+* ``/diagnostics``: label, reason, last command, label age, labels received, stale events.
+
+Safety: motion starts disabled (call ``~/enable`` with ``data: true``, or set
+``start_enabled``); a zero Twist is published on every stop path, at once when a
+label or ``~/enable`` stops the robot, and as the node's last message on shutdown.
+The watchdog runs on the wall clock (``time.monotonic``), not on sim time.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from geometry_msgs.msg import Twist, TwistStamped
+from rclpy.duration import Duration
+from rclpy.node import Node
+from std_msgs.msg import String
+from std_srvs.srv import SetBool
+
+from dli_perception import transport
+from dli_perception.core.reaction import (
+    COLLISION_AVOIDANCE,
+    MOVING,
+    STALE,
+    ActionTable,
+    Command,
+    PolicyConfig,
+    ReactionPolicy,
+    load_action_table,
+    parse_label_message,
+)
+from dli_perception.errors import BadMessageError
+from dli_perception.nodes.diagnostics import OK, WARN, DiagnosticsPublisher
+from dli_perception.nodes.params import Param, declare
+from dli_perception.nodes.qos import EVENTS, LATCHED
+from dli_perception.nodes.runtime import node_main
+
+SHUTDOWN_ACK_TIMEOUT_S = 0.5
+"""How long destroy_node waits for subscribers to acknowledge the final zero Twist."""
+
+PARAMS = [
+    Param(
+        "actions_file",
+        "",
+        "Action table YAML (label -> velocities); a bare name is looked up in the "
+        "package's config/ folder; empty: the built-in collision-avoidance table (free -> forward, "
+        "blocked -> turn).",
+        read_only=True,
+    ),
+    Param(
+        "start_enabled",
+        False,
+        "Allow motion from start-up; false: call ~/enable (SetBool) first.",
+        read_only=True,
+    ),
+    Param(
+        "stale_timeout_s",
+        0.5,
+        "Stop when no label arrived for this long, seconds (0.5 = diff_drive_controller's cmd_vel timeout).",
+        min=0.01,
+        max=10.0,
+    ),
+    Param(
+        "max_linear",
+        0.3,
+        "Largest |linear.x| sent, m/s; table values above it are clipped.",
+        min=0.0,
+        max=10.0,
+    ),
+    Param(
+        "max_angular",
+        2.0,
+        "Largest |angular.z| sent, rad/s; table values above it are clipped.",
+        min=0.0,
+        max=20.0,
+    ),
+    Param(
+        "max_linear_accel",
+        0.5,
+        "Largest growth of |linear.x|, m/s^2; 0: no ramp. Stopping is never ramped.",
+        min=0.0,
+        max=100.0,
+    ),
+    Param(
+        "max_angular_accel",
+        4.0,
+        "Largest growth of |angular.z|, rad/s^2; 0: no ramp. Stopping is never ramped.",
+        min=0.0,
+        max=200.0,
+    ),
+    Param("rate_hz", 20.0, "cmd_vel publishing rate, Hz.", min=1.0, max=200.0, read_only=True),
+    Param(
+        "min_score",
+        0.0,
+        "Stop when a label's score (JSON label messages) is below this, 0-1; 0: off.",
+        min=0.0,
+        max=1.0,
+    ),
+    Param(
+        "stamped",
+        False,
+        "Publish geometry_msgs/TwistStamped (ros2_control diff_drive_controller on "
+        "Jazzy and later) instead of Twist.",
+        read_only=True,
+    ),
+]
+
+POLICY_PARAMS = (
+    "stale_timeout_s",
+    "max_linear",
+    "max_angular",
+    "max_linear_accel",
+    "max_angular_accel",
+    "min_score",
+)
+
+
+def resolve_actions_file(name: str) -> Path:
+    """``name`` as given when it exists, else the same name in the package's config folder."""
+    path = Path(name).expanduser()
+    if path.is_file() or path.is_absolute() or len(path.parts) > 1:
+        return path
+    shipped = transport.share_dir() / "config" / path
+    return shipped if shipped.is_file() else path
+
+
+def load_table(actions_file: str) -> ActionTable:
+    """The table ``actions_file`` names (empty: the built-in one); ConfigError when it is bad."""
+    if not actions_file:
+        return load_action_table(COLLISION_AVOIDANCE)
+    return load_action_table(resolve_actions_file(actions_file))
+
+
+class ReactionNode(Node):
+    """Subscribes ``label`` (std_msgs/String), publishes ``cmd_vel`` at ``rate_hz``; ``~/enable`` gates it."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__("reaction_node", **kwargs)
+        p = declare(self, PARAMS, on_change=self._on_params)
+        self._rate_hz = p["rate_hz"]
+        self._stamped = p["stamped"]
+        self._actions_source = (
+            str(resolve_actions_file(p["actions_file"]))
+            if p["actions_file"]
+            else "<built-in collision avoidance>"
+        )
+        config = PolicyConfig(max_step_s=2.0 / self._rate_hz, **{name: p[name] for name in POLICY_PARAMS})
+        self._policy = ReactionPolicy(load_table(p["actions_file"]), config, enabled=p["start_enabled"])
+        self._lock = threading.Lock()
+        self._closing = False
+        self._last_published: Command | None = None
+        self._last_state: tuple | None = None
+        self.commands_published = 0
+        self.bad_messages = 0
+
+        self.cmd_pub = self.create_publisher(TwistStamped if self._stamped else Twist, "cmd_vel", EVENTS)
+        self.state_pub = self.create_publisher(String, "~/state", LATCHED)
+        self.label_sub = self.create_subscription(String, "label", self._on_label, EVENTS)
+        self.enable_srv = self.create_service(SetBool, "~/enable", self._on_enable)
+        self.diagnostics = DiagnosticsPublisher(self, self._diagnostics)
+        self.timer = self.create_timer(1.0 / self._rate_hz, self._on_timer)
+        self._publish_command(self._policy.command(time.monotonic()))
+
+        table = self._policy.table
+        mapped = ", ".join(table.actions)
+        self.get_logger().info(
+            f"reacting to {self.label_sub.topic_name} ({mapped}) from {self._actions_source}; publishing "
+            f"{self.cmd_pub.topic_name} at {self._rate_hz:g} Hz; motion "
+            f"{'ENABLED' if self._policy.enabled else 'disabled until ~/enable'}"
+        )
+
+    # -- parameters -----------------------------------------------------------------------------
+    def _on_params(self, changes: dict[str, Any]) -> None:
+        policy_changes = {k: v for k, v in changes.items() if k in POLICY_PARAMS}
+        if policy_changes:
+            with self._lock:
+                self._policy.set_config(**policy_changes)
+
+    # -- events ---------------------------------------------------------------------------------
+    def _on_label(self, msg: String) -> None:
+        try:
+            label, score = parse_label_message(msg.data)
+        except BadMessageError as exc:
+            self.bad_messages += 1
+            self.get_logger().warning(
+                f"bad label message {msg.data[:80]!r}: {exc}; stopping", throttle_duration_sec=5.0
+            )
+            label, score = self._policy.table.unknown_label, None
+        now = time.monotonic()
+        with self._lock:
+            if self._closing:
+                return
+            self._policy.on_label(label, now, score)
+            last = self._last_published
+            if last is not None and not last.is_zero and self._policy.target(now).reason != MOVING:
+                self._publish_command(self._policy.command(now))  # stop now, not at the next tick
+
+    def _on_timer(self) -> None:
+        with self._lock:
+            if self._closing:
+                return
+            self._publish_command(self._policy.command(time.monotonic()))
+
+    def _on_enable(self, request: SetBool.Request, response: SetBool.Response) -> SetBool.Response:
+        with self._lock:
+            self._policy.set_enabled(request.data)
+            if not self._closing:
+                self._publish_command(self._policy.command(time.monotonic()))
+        response.success = True
+        response.message = "motion enabled" if request.data else "motion disabled: robot stopped"
+        self.get_logger().info(response.message)
+        return response
+
+    # -- output ---------------------------------------------------------------------------------
+    def _publish_command(self, cmd: Command) -> None:
+        """Publish ``cmd`` on cmd_vel and, when enable/label/reason changed, the latched ``~/state``."""
+        twist = Twist()
+        twist.linear.x = float(cmd.linear_x)
+        twist.angular.z = float(cmd.angular_z)
+        if self._stamped:
+            msg = TwistStamped(twist=twist)
+            msg.header.stamp = self.get_clock().now().to_msg()
+            self.cmd_pub.publish(msg)
+        else:
+            self.cmd_pub.publish(twist)
+        self.commands_published += 1
+        self._last_published = cmd
+        state = (self._policy.enabled, cmd.label, cmd.reason)
+        if state != self._last_state:
+            self._last_state = state
+            self._publish_state(cmd)
+
+    def _publish_state(self, cmd: Command) -> None:
+        state = {
+            "enabled": self._policy.enabled,
+            "label": cmd.label,
+            "reason": cmd.reason,
+            "linear_x": cmd.linear_x,
+            "angular_z": cmd.angular_z,
+        }
+        self.state_pub.publish(String(data=json.dumps(state)))
+
+    # -- health ---------------------------------------------------------------------------------
+    def _diagnostics(self):
+        with self._lock:
+            policy = self._policy
+            cmd = policy.last_command
+            age = policy.label_age(time.monotonic())
+            values = {
+                "enabled": policy.enabled,
+                "label": policy.label or "",
+                "reason": cmd.reason,
+                "linear_x": cmd.linear_x,
+                "angular_z": cmd.angular_z,
+                "label_age_s": -1.0 if age is None else age,
+                "labels_received": policy.counters.labels_received,
+                "stale_events": policy.counters.stale_events,
+                "bad_messages": self.bad_messages,
+                "commands_published": self.commands_published,
+                "actions_file": self._actions_source,
+            }
+        if not policy.enabled:
+            return OK, "disabled: call ~/enable to allow motion", values
+        if cmd.reason == STALE:
+            return WARN, f"stopped: no label for {policy.config.stale_timeout_s:g} s", values
+        if cmd.reason == MOVING:
+            return OK, f"moving: {cmd.label}", values
+        return OK, f"stopped: {cmd.reason}", values
+
+    def destroy_node(self) -> None:
+        """Stop the timer, publish a final zero Twist (waiting briefly for acknowledgement), then destroy."""
+        if not hasattr(self, "timer"):  # the constructor failed part-way (e.g. a bad actions_file)
+            super().destroy_node()
+            return
+        with self._lock:
+            self._closing = True
+            self.destroy_timer(self.timer)
+            try:
+                self._publish_command(Command(reason="shutdown", label=self._policy.label))
+            except Exception as exc:  # the context may already be gone; the rest must still be destroyed
+                self.get_logger().error(f"could not publish the final zero Twist: {exc}")
+        try:
+            acked = self.cmd_pub.wait_for_all_acked(Duration(seconds=SHUTDOWN_ACK_TIMEOUT_S))
+            if not acked and self.cmd_pub.get_subscription_count() > 0:
+                self.get_logger().warning(
+                    f"final zero Twist not acknowledged within {SHUTDOWN_ACK_TIMEOUT_S:g} s"
+                )
+        except Exception as exc:
+            self.get_logger().warning(f"could not confirm delivery of the final zero Twist: {exc}")
+        super().destroy_node()
+
+
+main = node_main(ReactionNode)
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""Small real model directories for tests that need a model but not training (node and CLI tests).
+
+:func:`build_colour_model_dir` writes a genuine model directory (``model.onnx``, ``labels.txt``,
+``metadata.json``) whose ONNX graph is a nearest-mean-colour classifier: it averages the
+preprocessed frame over its pixels and scores each class by minus the squared distance to the
+class's colour (as a linear layer: ``2 s m.c_k - s |c_k|^2``). Built with onnx.helper, so it
+needs no torch and loads and runs in milliseconds, which keeps graph tests fast; every backend
+path (metadata checks, ONNX hash, onnxruntime session, softmax) is the real one.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from dli_perception.core.fsutil import sha256_file
+from dli_perception.core.modeldir import (
+    INPUT_NAME,
+    ONNX_FILE,
+    OUTPUT_NAME,
+    ModelMetadata,
+    write_metadata_files,
+)
+from dli_perception.core.preprocess import PreprocessConfig, normalize
+
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (255, 0, 0),
+    "green": (0, 255, 0),
+    "blue": (0, 0, 255),
+    "cyan": (0, 255, 255),
+    "magenta": (255, 0, 255),
+    "yellow": (255, 255, 0),
+}
+
+
+def solid(colour: Sequence[int] | str, height: int = 24, width: int = 32) -> np.ndarray:
+    """An ``height x width`` RGB uint8 frame of one colour (an RGB triple or a name of :data:`COLOURS`)."""
+    rgb = COLOURS[colour] if isinstance(colour, str) else tuple(colour)
+    return np.broadcast_to(np.asarray(rgb, np.uint8), (height, width, 3)).copy()
+
+
+def normalised_mean(rgb: Sequence[int], cfg: PreprocessConfig) -> np.ndarray:
+    """The model-space (mean/std normalised) value of a solid colour, shape (3,)."""
+    return normalize(solid(rgb, 1, 1), cfg)[:, 0, 0].astype(np.float64)
+
+
+def build_colour_model_dir(
+    dest: Path,
+    classes: Sequence[str] = ("red", "green", "blue"),
+    colours: Mapping[str, Sequence[int]] | None = None,
+    size: int = 32,
+    sharpness: float = 1.0,
+) -> Path:
+    """Write a model directory at ``dest`` classifying frames by their nearest class colour.
+
+    ``colours`` maps each class to an RGB triple (default: :data:`COLOURS` by class name).
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    colours = dict(colours or {c: COLOURS[c] for c in classes})
+    cfg = PreprocessConfig(size=size)
+    centres = np.stack([normalised_mean(colours[c], cfg) for c in classes])  # (C, 3)
+    weight = (2.0 * sharpness * centres.T).astype(np.float32)  # (3, C)
+    bias = (-sharpness * (centres**2).sum(axis=1)).astype(np.float32)  # (C,)
+    graph = helper.make_graph(
+        [
+            helper.make_node("ReduceMean", [INPUT_NAME, "axes"], ["pooled"], keepdims=0),
+            helper.make_node("Gemm", ["pooled", "weight", "bias"], [OUTPUT_NAME]),
+        ],
+        "nearest_colour",
+        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, ["batch", 3, size, size])],
+        [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["batch", len(classes)])],
+        initializer=[
+            numpy_helper.from_array(np.asarray([2, 3], np.int64), "axes"),
+            numpy_helper.from_array(weight, "weight"),
+            numpy_helper.from_array(bias, "bias"),
+        ],
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 18)], producer_name="dli_perception tests"
+    )
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    dest.mkdir(parents=True)
+    onnx.save(model, str(dest / ONNX_FILE))
+    meta = ModelMetadata(
+        classes=list(classes),
+        preprocess=cfg,
+        backbone="nearest-colour (test fixture)",
+        onnx_sha256=sha256_file(dest / ONNX_FILE),
+    )
+    write_metadata_files(dest, meta)
+    return dest
+
+
+def corrupt_copy(src: Path, dest: Path) -> Path:
+    """A copy of model directory ``src`` whose ``model.onnx`` bytes are garbage (refused on load)."""
+    shutil.copytree(src, dest)
+    (dest / ONNX_FILE).write_bytes(b"this is not an onnx model")
+    return dest

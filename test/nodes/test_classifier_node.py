@@ -1,0 +1,517 @@
+"""classifier_node in a real ROS graph: labels, stamps, bad frames, hot reload, overload, signals, camera -> label.
+
+In-process tests run the node with a nearest-colour model (test/fixtures_models.py) in a
+private context next to a frame publisher and collectors; process tests run the console
+scripts. Frames are published one at a time and each result awaited (with a deadline) where
+the test needs every frame classified.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from diagnostic_msgs.msg import DiagnosticArray
+from fixtures_models import build_colour_model_dir, corrupt_copy, solid
+from graphutil import Collector, Spinner, stop_and_check, wait_for
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+from sensor_msgs.msg import Image
+from std_msgs.msg import String
+
+from dli_perception.core.imaging import cv2_to_imgmsg
+from dli_perception.nodes.classifier_node import PARAMS, ClassifierNode, backend_options
+from dli_perception.nodes.qos import EVENTS, LATCHED, SENSOR_DATA
+
+pytestmark = pytest.mark.graph
+
+CLASSES_A = ["red", "green", "blue"]
+CLASSES_B = ["cyan", "magenta", "yellow"]
+DEADLINE = 15.0
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("classifier_models")
+    a = build_colour_model_dir(root / "a", CLASSES_A)
+    b = build_colour_model_dir(root / "b", CLASSES_B)
+    return {"a": a, "b": b, "corrupt": corrupt_copy(b, root / "corrupt"), "missing": root / "does_not_exist"}
+
+
+def image_msg(rgb: np.ndarray, stamp_ns: int, frame_id: str = "camera", encoding: str = "rgb8") -> Image:
+    if encoding == "bgr8":
+        arr = np.ascontiguousarray(rgb[:, :, ::-1])
+    elif encoding == "rgba8":
+        arr = np.dstack([rgb, np.full(rgb.shape[:2], 255, np.uint8)])
+    else:
+        arr = rgb
+    msg = cv2_to_imgmsg(arr, encoding=encoding)
+    msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp_ns, 1_000_000_000)
+    msg.header.frame_id = frame_id
+    return msg
+
+
+def stamp_of(result: dict) -> int:
+    return result["stamp"]["sec"] * 1_000_000_000 + result["stamp"]["nanosec"]
+
+
+class Graph:
+    """The classifier node, a frame/model publisher and collectors, all in one private context."""
+
+    def __init__(self, context, spinner: Spinner, **params) -> None:
+        overrides = [
+            Parameter(k, value=v) for k, v in {"backend": "onnxruntime", "threads": 1, **params}.items()
+        ]
+        self.spinner = spinner
+        self.node = spinner.add(ClassifierNode(context=context, parameter_overrides=overrides))
+        self.source = spinner.add(Node("frame_source", context=context))
+        self.image_pub = self.source.create_publisher(Image, "image_raw", SENSOR_DATA)
+        self.model_pub = self.source.create_publisher(String, "model_updated", EVENTS)
+        self.labels = spinner.add(Collector(context, String, "label", EVENTS, name="labels"))
+        self.scores = spinner.add(
+            Collector(context, String, "/classifier_node/scores", EVENTS, name="scores")
+        )
+        self.classes = spinner.add(
+            Collector(context, String, "/classifier_node/classes", LATCHED, name="classes")
+        )
+        self.diags = spinner.add(Collector(context, DiagnosticArray, "/diagnostics", EVENTS, name="diags"))
+
+    def ready(self) -> None:
+        node = self.node
+        assert wait_for(
+            lambda: (
+                node.model is not None
+                and self.image_pub.get_subscription_count() > 0
+                and self.model_pub.get_subscription_count() > 0
+                and node.label_pub.get_subscription_count() > 0
+                and node.scores_pub.get_subscription_count() > 0
+            ),
+            DEADLINE,
+        ), f"node not ready: status {node.status()!r}, last error {node.last_error!r}"
+
+    def results(self) -> list[dict]:
+        return [json.loads(m.data) for m in list(self.scores.msgs)]
+
+    def result_for(self, stamp_ns: int) -> dict | None:
+        for r in reversed(self.results()):
+            if stamp_of(r) == stamp_ns:
+                return r
+        return None
+
+    def classify(self, rgb: np.ndarray, stamp_ns: int, **kw) -> dict:
+        """Publish one frame and wait for its result."""
+        self.image_pub.publish(image_msg(rgb, stamp_ns, **kw))
+        assert wait_for(lambda: self.result_for(stamp_ns) is not None, DEADLINE), (
+            f"no result for frame {stamp_ns}: {self.node.status()}, last error {self.node.last_error!r}"
+        )
+        return self.result_for(stamp_ns)
+
+    def current_classes(self) -> list[str] | None:
+        msgs = list(self.classes.msgs)
+        return json.loads(msgs[-1].data) if msgs else None
+
+    def latest_diagnostics(self) -> dict[str, str] | None:
+        for array in reversed(list(self.diags.msgs)):
+            for status in array.status:
+                if status.name.endswith("classifier_node"):
+                    return {
+                        "message": status.message,
+                        "level": status.level,
+                        **{kv.key: kv.value for kv in status.values},
+                    }
+        return None
+
+
+@pytest.fixture
+def graph(ros_context, request):
+    params = getattr(request, "param", {})
+    with Spinner(ros_context, threads=3) as spinner:
+        yield lambda **kw: Graph(ros_context, spinner, **{**params, **kw})
+
+
+# -- labels, stamps, scores ---------------------------------------------------------------------
+def test_labels_scores_stamps_and_frame_ids(graph, models):
+    g = graph(model_dir=str(models["a"]), smoothing="none")
+    g.ready()
+    assert wait_for(lambda: g.current_classes() == CLASSES_A, DEADLINE)
+    frames = [
+        ("red", "rgb8", (24, 32)),
+        ("green", "bgr8", (48, 40)),
+        ("blue", "rgba8", (17, 23)),
+        ("green", "rgb8", (120, 160)),
+        ("red", "bgr8", (24, 32)),
+        ("blue", "rgb8", (32, 32)),
+    ]
+    for i, (colour, encoding, (h, w)) in enumerate(frames):
+        stamp = 1_700_000_000_000_000_000 + i * 33_000_123
+        result = g.classify(solid(colour, h, w), stamp, frame_id=f"cam_{i}", encoding=encoding)
+        assert result["label"] == colour and result["raw_label"] == colour
+        assert result["frame_id"] == f"cam_{i}"
+        assert stamp_of(result) == stamp
+        assert set(result["scores"]) == set(CLASSES_A)
+        assert sum(result["scores"].values()) == pytest.approx(1.0, abs=1e-4)
+        assert 0.5 < result["score"] <= 1.0 and result["scores"][colour] == pytest.approx(result["raw_score"])
+        assert result["model"] == str(models["a"])
+        assert result["latency_ms"] >= result["inference_ms"] >= 0.0
+    assert wait_for(lambda: g.labels.count() == len(frames), DEADLINE)
+    assert [m.data for m in g.labels.msgs] == [c for c, _, _ in frames]
+    assert g.node.classified == len(frames) and g.node.bad == 0
+    assert wait_for(
+        lambda: (g.latest_diagnostics() or {}).get("frames_classified") == str(len(frames)), DEADLINE
+    )
+    diag = g.latest_diagnostics()
+    assert diag["status"] == "serving" and diag["backend"] == "onnxruntime" and diag["device"] == "cpu"
+    assert diag["model_dir"] == str(models["a"]) and diag["classes"] == ",".join(CLASSES_A)
+    assert float(diag["latency_p95_ms"]) >= float(diag["latency_p50_ms"]) > 0.0
+
+
+@pytest.mark.parametrize(
+    ("hysteresis", "expected"),
+    [(0.0, ["red", "red", "nothing", "green", "green"]), (0.2, ["red", "red", "red", "green", "green"])],
+)
+def test_smoothing_threshold_and_hysteresis(graph, models, hysteresis, expected):
+    g = graph(
+        model_dir=str(models["a"]),
+        smoothing="ema",
+        ema_alpha=0.5,
+        threshold=0.6,
+        hysteresis=hysteresis,
+        unknown_label="nothing",
+    )
+    g.ready()
+    labels = [
+        g.classify(solid(c), 10 + i)["label"] for i, c in enumerate(["red", "red", "green", "green", "green"])
+    ]
+    # EMA 0.5: after two red frames the first green frame leaves red and green at 0.5 each: below the
+    # threshold, but not below threshold - hysteresis when hysteresis is 0.2.
+    assert labels == expected
+
+
+def test_overlay_only_when_subscribed(graph, models, ros_context):
+    g = graph(model_dir=str(models["a"]))
+    g.ready()
+    g.classify(solid("red"), 1)
+    assert g.node.overlays == 0  # nobody subscribed: nothing drawn
+    overlays = g.spinner.add(
+        Collector(ros_context, Image, "/classifier_node/overlay", SENSOR_DATA, name="overlays")
+    )
+    assert wait_for(lambda: g.node.overlay_pub.get_subscription_count() > 0, DEADLINE)
+    stamp = 2_000_000_007
+    g.classify(solid("blue", 60, 80), stamp, frame_id="overlay_cam")
+    assert wait_for(lambda: overlays.count() >= 1, DEADLINE)
+    assert g.node.overlays == 1
+    msg = overlays.msgs[-1]
+    assert (msg.width, msg.height, msg.encoding) == (80, 60, "rgb8")
+    assert msg.header.frame_id == "overlay_cam" and msg.header.stamp.nanosec == 7
+    pixels = np.frombuffer(bytes(msg.data), np.uint8).reshape(60, 80, 3)
+    assert np.all(pixels[-1] == (0, 0, 255))  # the frame below the banner
+    assert np.any(pixels[0] != (0, 0, 255))  # the banner
+
+
+# -- bad frames -----------------------------------------------------------------------------------
+def _bad_frames() -> list[tuple[str, Image]]:
+    unknown = image_msg(solid("red", 4, 4), 101)
+    unknown.encoding = "not_an_encoding"
+    truncated = image_msg(solid("red", 8, 8), 102)
+    truncated.data = bytes(truncated.data)[:100]
+    empty = image_msg(solid("red", 4, 4), 103)
+    empty.width, empty.height, empty.step, empty.data = 0, 0, 0, b""
+    wrong_step = image_msg(solid("red", 8, 8), 104)
+    wrong_step.step = 5
+    return [("unknown encoding", unknown), ("truncated", truncated), ("empty", empty), ("step", wrong_step)]
+
+
+def test_bad_frames_are_counted_and_skipped(graph, models):
+    g = graph(model_dir=str(models["a"]), smoothing="none")
+    g.ready()
+    assert g.classify(solid("green"), 1)["label"] == "green"
+    errors = []
+    for n, (what, msg) in enumerate(_bad_frames(), start=1):
+        g.image_pub.publish(msg)
+        assert wait_for(lambda n=n: g.node.bad == n, DEADLINE), f"{what} frame not counted as bad"
+        errors.append(g.node.last_error)
+        assert g.classify(solid("blue"), 1000 + n)["label"] == "blue"  # keeps classifying after it
+    assert "not_an_encoding" in errors[0]
+    assert g.node.errors == 0 and g.node.classified == 5
+    assert wait_for(lambda: (g.latest_diagnostics() or {}).get("frames_bad") == "4", DEADLINE)
+    assert g.latest_diagnostics()["last_error"].startswith("bad frame")
+
+
+# -- hot reload -----------------------------------------------------------------------------------
+def test_hot_reload_by_topic_and_parameter(graph, models):
+    g = graph(model_dir=str(models["a"]), smoothing="none")
+    g.ready()
+    assert wait_for(lambda: g.current_classes() == CLASSES_A, DEADLINE)
+    assert g.classify(solid("red"), 1)["label"] == "red"
+
+    g.model_pub.publish(String(data=str(models["b"])))
+    assert wait_for(lambda: g.current_classes() == CLASSES_B, DEADLINE), g.node.last_error
+    result = g.classify(solid("cyan"), 2)
+    assert result["label"] == "cyan" and set(result["scores"]) == set(CLASSES_B)
+    assert result["model"] == str(models["b"])
+    assert g.node.get_parameter("model_dir").value == str(models["a"])  # the topic does not rewrite it
+
+    # A corrupt model is refused; the old one keeps serving and the error is reported.
+    g.model_pub.publish(String(data=str(models["corrupt"])))
+    assert wait_for(lambda: g.node.load_failures == 1 and not g.node.loading, DEADLINE)
+    assert g.classify(solid("magenta"), 3)["label"] == "magenta"
+    assert g.node.status() == "load failed; previous model serving"
+    assert wait_for(
+        lambda: str(models["corrupt"]) in (g.latest_diagnostics() or {}).get("last_error", ""), DEADLINE
+    )
+    diag = g.latest_diagnostics()
+    assert (
+        diag["level"] == b"\x01"
+        and "ModelError" in diag["last_error"]
+        and diag["model_dir"] == str(models["b"])
+    )
+
+    # A parameter change loads in the background; a successful load clears the error.
+    result = g.node.set_parameters([Parameter("model_dir", value=str(models["a"]))])[0]
+    assert result.successful
+    assert wait_for(lambda: g.current_classes() == CLASSES_A, DEADLINE), g.node.last_error
+    assert g.classify(solid("blue"), 4)["label"] == "blue"
+    assert g.node.status() == "serving"
+
+    # A missing directory is accepted as a value, fails to load, and the model keeps serving.
+    result = g.node.set_parameters([Parameter("model_dir", value=str(models["missing"]))])[0]
+    assert result.successful
+    assert wait_for(lambda: g.node.load_failures == 2 and not g.node.loading, DEADLINE)
+    assert "does not exist" in g.node.last_load_error
+    assert g.classify(solid("green"), 5)["label"] == "green"
+    assert g.node.loads == 3
+
+
+def test_waits_for_a_model_then_loads_one_from_the_topic(graph, models):
+    g = graph()  # no model_dir
+    assert wait_for(
+        lambda: g.image_pub.get_subscription_count() > 0 and g.model_pub.get_subscription_count() > 0,
+        DEADLINE,
+    )
+    assert g.node.status() == "waiting for a model"
+    g.image_pub.publish(image_msg(solid("red"), 1))
+    assert wait_for(lambda: g.node.without_model == 1, DEADLINE)
+    assert g.node.classified == 0
+    g.model_pub.publish(String(data=str(models["b"])))
+    g.ready()
+    assert g.classify(solid("yellow"), 2)["label"] == "yellow"
+
+
+def test_decision_parameters_are_validated_together(graph, models):
+    g = graph(model_dir=str(models["a"]), smoothing="k_of_n", k=2, n=3)
+    g.ready()
+    assert not g.node.set_parameters([Parameter("k", value=4)])[0].successful  # k > n
+    assert not g.node.set_parameters([Parameter("unknown_label", value="red")])[0].successful  # a class name
+    assert not g.node.set_parameters([Parameter("ema_alpha", value=0.0)])[0].successful
+    assert not g.node.set_parameters([Parameter("backend", value="tflite")])[0].successful
+    assert g.node.set_parameters([Parameter("n", value=5), Parameter("k", value=4)])[0].successful
+    labels = [g.classify(solid("blue"), 10 + i)["label"] for i in range(4)]
+    assert labels == ["unknown", "unknown", "unknown", "blue"]  # 4 of the last 5 votes needed
+
+
+def test_refuses_contradictory_decision_overrides(ros_context, models):
+    from rclpy.exceptions import InvalidParameterValueException
+
+    with pytest.raises(InvalidParameterValueException):
+        ClassifierNode(context=ros_context, parameter_overrides=[Parameter("k", value=9)])
+
+
+# -- overload ------------------------------------------------------------------------------------
+def test_overload_drops_stale_frames_and_never_queues(graph, models):
+    g = graph(model_dir=str(models["a"]), smoothing="none", max_rate_hz=20.0)
+    g.ready()
+    node = g.node
+    first = 5_000_000_000
+    n_frames = 150
+    for i in range(n_frames):  # ~200 Hz: every frame reaches the callback, the node classifies at 20 Hz
+        g.image_pub.publish(image_msg(solid(CLASSES_A[i % 3]), first + i))
+        time.sleep(0.005)
+
+    def settled() -> bool:
+        accounted = node.classified + node.dropped + node.bad + node.errors + node.without_model
+        return (
+            node.received > 0
+            and node.pending == 0
+            and accounted == node.received
+            and g.scores.count() == node.classified
+        )
+
+    assert wait_for(settled, DEADLINE), (node.received, node.classified, node.dropped, node.pending)
+    assert node.max_pending == 1
+    assert node.dropped > node.classified >= 1
+    stamps = [stamp_of(r) for r in g.results()]
+    assert stamps == sorted(set(stamps))  # always a newer frame, never an old one after a new one
+    for r in g.results():  # every result belongs to its own frame
+        assert r["label"] == CLASSES_A[(stamp_of(r) - first) % 3]
+    # Right after the burst the next frame is classified next: no backlog is worked off.
+    before = g.scores.count()
+    last = first + 10_000
+    g.classify(solid("blue"), last)
+    assert [stamp_of(r) for r in g.results()[before:]] == [last]
+
+
+# -- process: signals -----------------------------------------------------------------------------
+@pytest.mark.parametrize("mode", ["int", "int2", "term"])
+def test_process_stops_cleanly(mode, node_process, ros_context, models):
+    proc = node_process("classifier_node", "-p", f"model_dir:={models['a']}", "-p", "backend:=onnxruntime")
+    source = Node("frame_source", context=ros_context)
+    pub = source.create_publisher(Image, "image_raw", SENSOR_DATA)
+    scores = Collector(ros_context, String, "/classifier_node/scores", EVENTS, name="scores")
+    classes = Collector(ros_context, String, "/classifier_node/classes", LATCHED, name="classes")
+    with Spinner(ros_context, source, scores, classes):
+        assert wait_for(lambda: classes.count() > 0 or proc.proc.poll() is not None, 40.0)
+        assert classes.count() > 0, proc.output()
+        assert json.loads(classes.msgs[-1].data) == CLASSES_A
+
+        def got_result() -> bool:  # stream frames like a camera until one is classified
+            pub.publish(image_msg(solid("green"), time.time_ns()))
+            return scores.count() > 0
+
+        assert wait_for(got_result, 20.0, interval=0.1), proc.output()
+        assert json.loads(scores.msgs[-1].data)["label"] == "green"
+        for _ in range(5):  # keep the worker busy while the signal arrives
+            pub.publish(image_msg(solid("red"), time.time_ns()))
+        rc = stop_and_check(proc, mode)
+    assert rc == 0, proc.output()
+    assert "Traceback" not in proc.stderr(), proc.stderr()
+    assert "worker joined" in proc.output(), proc.output()
+
+
+# -- camera -> classifier across processes, with a model trained here ------------------------------
+CAMERA_CLASSES = ["free", "blocked"]
+SCENE_PERIOD_S = 1.5
+
+
+@pytest.fixture(scope="module")
+def trained_model(tmp_path_factory) -> Path:
+    cv2 = pytest.importorskip("cv2")
+    pytest.importorskip("torch")
+    from dli_perception.core.export import export_model_dir
+    from dli_perception.core.preprocess import PreprocessConfig
+    from dli_perception.core.synthetic import SyntheticScenes, iter_samples
+    from dli_perception.core.training import TrainConfig, train
+
+    root = tmp_path_factory.mktemp("trained")
+    scenes = SyntheticScenes(CAMERA_CLASSES, width=64, height=48, seed=3)
+    for name, index, image in iter_samples(scenes, per_class=16):
+        (root / "dataset" / name).mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(root / "dataset" / name / f"{index:03d}.png"), image[:, :, ::-1])
+    config = TrainConfig(
+        mode="head",
+        weights="none",
+        epochs=40,
+        lr=0.05,
+        preprocess=PreprocessConfig(size=64),
+        num_workers=0,
+        device="cpu",
+        early_stop_patience=0,
+        augment=False,
+        batch_size=16,
+    )
+    result = train(root / "dataset", config)
+    assert result.summary()["best_val_acc"] >= 0.8, result.summary()
+    return export_model_dir(result, root / "model", report=False)
+
+
+def best_schedule_agreement(stamps_s: list[float], labels: list[str]) -> float:
+    """Fraction of labels matching the camera's scene schedule at the best-fitting (unknown) start time.
+
+    The synthetic camera shows CAMERA_CLASSES[floor((t - start) / period) % n]; start is when
+    the camera process opened its source, so it is fitted (one parameter, 10 ms grid).
+    """
+    cycle = SCENE_PERIOD_S * len(CAMERA_CLASSES)
+    t0 = min(stamps_s)
+    best = 0.0
+    for start in np.arange(t0 - cycle, t0, 0.01):
+        expected = [
+            CAMERA_CLASSES[math.floor((t - start) / SCENE_PERIOD_S) % len(CAMERA_CLASSES)] for t in stamps_s
+        ]
+        best = max(best, float(np.mean([e == lab for e, lab in zip(expected, labels, strict=True)])))
+    return best
+
+
+@pytest.mark.slow
+def test_camera_to_classifier_across_processes(node_process, ros_context, trained_model):
+    camera = node_process(
+        "camera_node",
+        "-p",
+        "source:=synthetic",
+        "-p",
+        "width:=64",
+        "-p",
+        "height:=48",
+        "-p",
+        "fps:=10.0",
+        "-p",
+        f"synthetic.scene_period_s:={SCENE_PERIOD_S}",
+        "-p",
+        "synthetic.seed:=11",
+        "-p",
+        "synthetic.classes:=[free, blocked]",
+    )
+    classifier = node_process(
+        "classifier_node",
+        "-p",
+        f"model_dir:={trained_model}",
+        "-p",
+        "smoothing:=none",
+        "-p",
+        "threads:=1",
+    )
+    scores = Collector(ros_context, String, "/classifier_node/scores", EVENTS, name="scores")
+    with Spinner(ros_context, scores):
+        # Three full scene cycles of results.
+        def enough() -> bool:
+            stamps = [stamp_of(json.loads(m.data)) for m in list(scores.msgs)]
+            return len(stamps) > 10 and (max(stamps) - min(stamps)) / 1e9 >= 3 * 2 * SCENE_PERIOD_S
+
+        ok = wait_for(enough, 90.0, interval=0.2)
+        assert ok, (
+            f"{scores.count()} results\n--- camera:\n{camera.output()}\n--- classifier:\n{classifier.output()}"
+        )
+    results = [json.loads(m.data) for m in list(scores.msgs)]
+    for proc in (classifier, camera):
+        assert stop_and_check(proc, "int") == 0, proc.output()
+        assert "Traceback" not in proc.stderr()
+    stamps = [stamp_of(r) / 1e9 for r in results]
+    raw = [r["raw_label"] for r in results]
+    assert {"free", "blocked"} <= set(raw)
+    assert all(r["frame_id"] == "camera" for r in results)
+    agreement = best_schedule_agreement(stamps, raw)
+    assert agreement >= 0.85, (agreement, list(zip(stamps, raw, strict=True)))
+
+
+def test_schedule_fit_rejects_labels_that_ignore_the_scenes():
+    stamps = [100.0 + 0.1 * i for i in range(90)]
+    truth = [CAMERA_CLASSES[math.floor((t - 99.37) / SCENE_PERIOD_S) % 2] for t in stamps]
+    assert best_schedule_agreement(stamps, truth) == 1.0
+    rng = np.random.default_rng(0)
+    assert best_schedule_agreement(stamps, list(rng.choice(CAMERA_CLASSES, len(stamps)))) < 0.75
+    assert best_schedule_agreement(stamps, ["free"] * len(stamps)) < 0.6
+
+
+# -- pure helpers --------------------------------------------------------------------------------
+def test_backend_options_go_only_to_backends_that_know_them():
+    from dli_perception.core.backends.select import backend_class
+
+    ort = backend_options("onnxruntime", device="cpu", threads=2, engine_cache_dir="/tmp/e")
+    assert ort["device"] == "cpu" and ort["intra_op_threads"] == 2 and ort["trt_cache_dir"] == "/tmp/e"
+    assert "cache_dir" not in ort  # TensorRT's own option
+    assert set(ort) <= set(backend_class("onnxruntime").OPTIONS)
+    assert backend_options("torch", threads=2, engine_cache_dir="/tmp/e", calibration_dir="/d") == {
+        "device": "auto"
+    }
+    auto = backend_options(
+        "auto", device="cuda", precision="int8", engine_cache_dir="/tmp/e", calibration_dir="/d"
+    )
+    assert auto["cache_dir"] == auto["trt_cache_dir"] == "/tmp/e" and auto["calibration_dir"] == "/d"
+    assert auto["precision"] == "int8" and "intra_op_threads" not in auto  # threads 0: library default
+
+
+def test_params_table_is_described():
+    for p in PARAMS:
+        assert p.description.endswith(".") and p.validate(p.default) is None, p.name

@@ -1,0 +1,209 @@
+"""reaction_node over real topics: the right Twist per class, zero Twist on every stop path, clean exits."""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+
+import pytest
+from geometry_msgs.msg import Twist, TwistStamped
+from graphutil import Collector, Spinner, stop_and_check, wait_for
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+from std_msgs.msg import String
+from std_srvs.srv import SetBool
+
+from dli_perception.errors import ConfigError
+from dli_perception.nodes.qos import EVENTS, LATCHED
+from dli_perception.nodes.reaction_node import ReactionNode
+
+pytestmark = pytest.mark.graph
+DISCOVERY_S = 20.0  # deadline for the first message across processes (discovery took up to ~3 s here)
+DEADLINE_S = 10.0  # deadline for a reaction once the graph is connected
+
+
+def _ns() -> str:
+    return f"/reaction_test_{uuid.uuid4().hex[:8]}"
+
+
+def _velocity(msg) -> tuple[float, float]:
+    twist = msg.twist if isinstance(msg, TwistStamped) else msg
+    return twist.linear.x, twist.angular.z
+
+
+class Driver(Node):
+    """Publishes labels and calls ``~/enable`` on the reaction node under test."""
+
+    def __init__(self, context, ns: str) -> None:
+        super().__init__("driver", context=context, namespace=ns)
+        self.label_pub = self.create_publisher(String, "label", EVENTS)
+        self.enable_client = self.create_client(SetBool, "reaction_node/enable")
+
+    def send(self, label: str) -> None:
+        self.label_pub.publish(String(data=label))
+
+    def enable(self, on: bool) -> SetBool.Response:
+        assert self.enable_client.wait_for_service(timeout_sec=DISCOVERY_S)
+        future = self.enable_client.call_async(SetBool.Request(data=on))
+        assert wait_for(future.done, timeout=DEADLINE_S)
+        return future.result()
+
+
+def _last_is(collector: Collector, velocity: tuple[float, float]) -> bool:
+    return collector.count() > 0 and _velocity(collector.msgs[-1]) == velocity
+
+
+def _drive_until(
+    driver: Driver, label: str, collector: Collector, velocity: tuple[float, float], timeout: float
+) -> bool:
+    """Keep publishing ``label`` (every 50 ms) until the last command received is ``velocity``."""
+
+    def step() -> bool:
+        driver.send(label)
+        return _last_is(collector, velocity)
+
+    return wait_for(step, timeout=timeout, interval=0.05)
+
+
+def _reaction(context, ns: str, **params) -> ReactionNode:
+    overrides = [Parameter(k, value=v) for k, v in params.items()]
+    return ReactionNode(context=context, namespace=ns, parameter_overrides=overrides)
+
+
+def test_right_twist_per_class_only_after_enable_and_zero_on_every_stop(ros_context):
+    ns = _ns()
+    node = _reaction(ros_context, ns, max_linear_accel=0.0, max_angular_accel=0.0)
+    driver = Driver(ros_context, ns)
+    cmds = Collector(ros_context, Twist, f"{ns}/cmd_vel", EVENTS, name="cmds")
+    states = Collector(ros_context, String, f"{ns}/reaction_node/state", LATCHED, name="states")
+    with Spinner(ros_context, node, driver, cmds, states, threads=3):
+        # disabled at start: labels arrive, every command is zero
+        assert wait_for(
+            lambda: (driver.send("free"), node._policy.counters.labels_received >= 5)[1], DISCOVERY_S, 0.05
+        )
+        assert wait_for(lambda: cmds.count() >= 5, DEADLINE_S)
+        assert all(_velocity(m) == (0.0, 0.0) for m in list(cmds.msgs))
+        assert json.loads(states.msgs[-1].data)["reason"] == "disabled"
+
+        response = driver.enable(True)
+        assert response.success and response.message == "motion enabled"
+        assert _drive_until(driver, "free", cmds, (0.15, 0.0), DEADLINE_S)
+        assert _drive_until(driver, "blocked", cmds, (0.0, 1.0), DEADLINE_S)
+        assert json.loads(states.msgs[-1].data) == {
+            "enabled": True,
+            "label": "blocked",
+            "reason": "moving",
+            "linear_x": 0.0,
+            "angular_z": 1.0,
+        }
+
+        # unknown: zero while it lasts
+        assert _drive_until(driver, "unknown", cmds, (0.0, 0.0), DEADLINE_S)
+        assert wait_for(lambda: json.loads(states.msgs[-1].data)["reason"] == "unknown", DEADLINE_S)
+        # an unmapped label takes the default (stop)
+        assert _drive_until(driver, "free", cmds, (0.15, 0.0), DEADLINE_S)
+        assert _drive_until(driver, "cat", cmds, (0.0, 0.0), DEADLINE_S)
+        assert wait_for(lambda: json.loads(states.msgs[-1].data)["reason"] == "unmapped", DEADLINE_S)
+
+        # labels stop: the watchdog sends zero (the policy tests pin the exact timing)
+        assert _drive_until(driver, "free", cmds, (0.15, 0.0), DEADLINE_S)
+        stale_before = node._policy.counters.stale_events
+        assert wait_for(lambda: _last_is(cmds, (0.0, 0.0)), DEADLINE_S)
+        assert wait_for(lambda: json.loads(states.msgs[-1].data)["reason"] == "stale", DEADLINE_S)
+        assert node._policy.counters.stale_events == stale_before + 1
+        n = cmds.count()
+        assert wait_for(lambda: cmds.count() >= n + 3, DEADLINE_S)  # and keeps sending zero
+        assert all(_velocity(m) == (0.0, 0.0) for m in list(cmds.msgs)[n - 1 :])
+
+        # disable while moving: zero, and labels no longer move it
+        assert _drive_until(driver, "blocked", cmds, (0.0, 1.0), DEADLINE_S)
+        assert driver.enable(False).success
+        assert wait_for(lambda: (driver.send("blocked"), _last_is(cmds, (0.0, 0.0)))[1], DEADLINE_S, 0.05)
+        n = cmds.count()
+        assert wait_for(lambda: (driver.send("blocked"), cmds.count() >= n + 5)[1], DEADLINE_S, 0.05)
+        assert all(_velocity(m) == (0.0, 0.0) for m in list(cmds.msgs)[n - 1 :])
+        assert json.loads(states.msgs[-1].data)["reason"] == "disabled"
+    # the Spinner destroyed the node: its last command is zero
+    assert _velocity(cmds.msgs[-1]) == (0.0, 0.0)
+
+
+def test_ramp_limits_speed_up_and_thumbs_table_with_stamped_output(ros_context):
+    ns = _ns()
+    node = _reaction(
+        ros_context,
+        ns,
+        actions_file="reaction_thumbs.yaml",
+        start_enabled=True,
+        stamped=True,
+        max_linear_accel=0.5,
+        rate_hz=20.0,
+    )
+    driver = Driver(ros_context, ns)
+    cmds = Collector(ros_context, TwistStamped, f"{ns}/cmd_vel", EVENTS, name="cmds")
+    with Spinner(ros_context, node, driver, cmds, threads=3):
+        assert _drive_until(driver, "thumbs_up", cmds, (0.15, 0.0), DISCOVERY_S)
+        speeds = [_velocity(m)[0] for m in list(cmds.msgs)]
+        stamps = [m.header.stamp.sec + m.header.stamp.nanosec * 1e-9 for m in list(cmds.msgs)]
+        moving = [i for i, v in enumerate(speeds) if v > 0.0]
+        # several steps on the way up, each no bigger than max_linear_accel * max_step_s (2 periods)
+        assert len(moving) >= 3
+        assert all(b - a <= 0.5 * 0.1 + 1e-9 for a, b in zip(speeds, speeds[1:], strict=False))
+        assert stamps == sorted(stamps)
+        # thumbs_down backs up, then stops once its 1 s duration has elapsed although the label persists
+        assert _drive_until(driver, "thumbs_down", cmds, (-0.1, 0.0), DEADLINE_S)
+        assert _drive_until(driver, "thumbs_down", cmds, (0.0, 0.0), DEADLINE_S)
+        assert node._policy.last_command.reason == "duration-elapsed"
+
+
+def test_bad_actions_file_is_a_config_error(ros_context, tmp_path):
+    bad = tmp_path / "table.yaml"
+    bad.write_text("actions:\n  free: {linear_x: fast}\n")
+    with pytest.raises(ConfigError, match="linear_x must be a number"):
+        _reaction(ros_context, _ns(), actions_file=str(bad))
+    with pytest.raises(ConfigError, match="not found"):
+        _reaction(ros_context, _ns(), actions_file="no_such_table.yaml")
+
+
+def test_bad_label_message_stops_and_is_counted(ros_context):
+    ns = _ns()
+    node = _reaction(ros_context, ns, start_enabled=True, max_linear_accel=0.0, min_score=0.5)
+    driver = Driver(ros_context, ns)
+    cmds = Collector(ros_context, Twist, f"{ns}/cmd_vel", EVENTS, name="cmds")
+    with Spinner(ros_context, node, driver, cmds, threads=3):
+        scored = json.dumps({"label": "free", "score": 0.9})
+        assert _drive_until(driver, scored, cmds, (0.15, 0.0), DISCOVERY_S)
+        assert _drive_until(driver, "free", cmds, (0.0, 0.0), DEADLINE_S)  # no score: below min_score
+        assert node._policy.last_command.reason == "low-score"
+        assert _drive_until(driver, scored, cmds, (0.15, 0.0), DEADLINE_S)
+        assert _drive_until(driver, '{"label": ', cmds, (0.0, 0.0), DEADLINE_S)
+        assert node.bad_messages > 0 and node._policy.last_command.reason == "unknown"
+
+
+@pytest.mark.parametrize("mode", ["int", "int2", "term"])
+def test_process_stops_with_a_final_zero_twist(node_process, ros_context, mode):
+    ns = _ns()
+    proc = node_process("reaction_node", "-p", "start_enabled:=true", "-r", f"__ns:={ns}")
+    driver = Driver(ros_context, ns)
+    cmds = Collector(ros_context, Twist, f"{ns}/cmd_vel", EVENTS, name="cmds")
+    stop_labels = threading.Event()
+
+    def keep_sending() -> None:
+        while not stop_labels.wait(0.05):
+            driver.send("free")
+
+    sender = threading.Thread(target=keep_sending, daemon=True)
+    with Spinner(ros_context, driver, cmds):
+        sender.start()
+        try:
+            ok = wait_for(lambda: _last_is(cmds, (0.15, 0.0)), DISCOVERY_S)
+            assert ok, f"never moving; node output:\n{proc.output()}"
+            assert stop_and_check(proc, mode) == 0  # labels keep coming while it stops
+            assert wait_for(lambda: _last_is(cmds, (0.0, 0.0)), DEADLINE_S), [
+                _velocity(m) for m in cmds.msgs[-5:]
+            ]
+        finally:
+            stop_labels.set()
+            sender.join(timeout=5.0)
+    assert "Traceback" not in proc.stderr(), proc.stderr()
+    assert _velocity(cmds.msgs[-1]) == (0.0, 0.0)
