@@ -2,9 +2,10 @@
 profile and, as the baseline in the same run, Fast DDS's builtin transports.
 
 For 640x480 and 1280x720 rgb8 at 30 Hz (sensor-data QoS), in one process (camera_node and a
-subscriber node in one executor) and across processes (camera_node entry point + subscriber here).
-Latency = receive time - header stamp (the capture time), so it includes conversion, publishing,
-transport and deserialisation. Each configuration runs in a fresh process because Fast DDS reads
+subscriber node in one executor) and across processes (camera_node entry point + subscriber here):
+latency = receive time - header stamp (the capture time), so it includes rendering the synthetic
+scene, conversion, publishing, transport and deserialisation. ``raw-transport`` isolates the
+transport: another process publishes one pre-built frame stamped just before each publish. Each configuration runs in a fresh process because Fast DDS reads
 its profile when the first participant is created.
 
     .venv/bin/python benchmarks/transport.py [--seconds 6] [--sizes 640x480,1280x720]
@@ -21,23 +22,53 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 REPO = Path(__file__).resolve().parent.parent
+
+
+def _raw_publisher(size: str, fps: float, seconds: float) -> None:
+    """Publish one pre-built frame at ``fps``, stamped just before each publish (transport only)."""
+    import rclpy
+    from rclpy.signals import SignalHandlerOptions
+
+    from dli_perception import transport
+    from dli_perception.core.imaging import cv2_to_imgmsg
+    from dli_perception.nodes.qos import SENSOR_DATA
+
+    width, height = (int(v) for v in size.split("x"))
+    transport.apply_default_profile()  # honours DLI_PERCEPTION_FASTDDS_PROFILE=0 for the baseline
+    rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
+    node = rclpy.create_node("transport_bench_raw_pub")
+    pub = node.create_publisher(type(cv2_to_imgmsg(np.zeros((1, 1, 3), np.uint8), "rgb8")), "image_raw", SENSOR_DATA)
+    frame = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    msg = cv2_to_imgmsg(frame, "rgb8")
+    period = 1.0 / fps
+    next_t = time.monotonic()
+    end = next_t + seconds
+    while time.monotonic() < end:
+        next_t += period
+        now = time.time_ns()
+        msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(now, 1_000_000_000)
+        pub.publish(msg)
+        time.sleep(max(0.0, next_t - time.monotonic()))
+    node.destroy_node()
+    rclpy.try_shutdown()
 
 
 def _worker(mode: str, size: str, seconds: float, fps: float) -> dict:
     import rclpy
+    from diagnostic_msgs.msg import DiagnosticArray
     from rclpy.executors import MultiThreadedExecutor
     from rclpy.node import Node
     from rclpy.signals import SignalHandlerOptions
     from sensor_msgs.msg import Image
 
-    from dli_perception.nodes.qos import SENSOR_DATA
-
-    from diagnostic_msgs.msg import DiagnosticArray
-
-    from dli_perception.nodes.qos import EVENTS
+    from dli_perception import transport
+    from dli_perception.nodes.qos import EVENTS, SENSOR_DATA
 
     width, height = (int(v) for v in size.split("x"))
+    transport.apply_default_profile()  # honours DLI_PERCEPTION_FASTDDS_PROFILE=0 for the baseline
     rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
     received: list[tuple[int, int]] = []
     published: list[tuple[int, int]] = []  # (receive time ns, frames_published) from the camera's diagnostics
@@ -63,7 +94,12 @@ def _worker(mode: str, size: str, seconds: float, fps: float) -> dict:
     executor = MultiThreadedExecutor(num_threads=2)
     executor.add_node(sink)
     camera = proc = None
-    if mode == "in-process":
+    if mode == "raw-transport":
+        proc = subprocess.Popen(
+            [sys.executable, __file__, "--raw-publisher", size, str(fps), str(seconds + 25)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )
+    elif mode == "in-process":
         from rclpy.parameter import Parameter
 
         from dli_perception.nodes.camera_node import CameraNode
@@ -77,16 +113,19 @@ def _worker(mode: str, size: str, seconds: float, fps: float) -> dict:
     deadline = time.monotonic() + 20.0
     while not received and time.monotonic() < deadline:
         executor.spin_once(timeout_sec=0.05)
-    warm_diag = len(published)
+    warm, warm_diag = len(received), len(published)
     start = time.monotonic()
-    while time.monotonic() - start < seconds or len(published) < warm_diag + 2:
+    while time.monotonic() - start < seconds or (mode != "raw-transport" and len(published) < warm_diag + 2):
         executor.spin_once(timeout_sec=0.05)
         if time.monotonic() - start > seconds + 10:
             break
     # The window runs between two diagnostics reports of the camera, so frames published and
     # frames received are counted over the same span.
     diag = published[warm_diag:]
-    if len(diag) >= 2:
+    if mode == "raw-transport":  # a fixed-rate publisher: sent = elapsed time x rate
+        window = received[warm:]
+        sent = round((window[-1][1] - window[0][1]) / 1e9 * fps) + 1 if len(window) > 1 else 0
+    elif len(diag) >= 2:
         (t0, p0), (t1, p1) = diag[0], diag[-1]
         window = [r for r in received if t0 < r[0] <= t1]
         sent = p1 - p0
@@ -96,7 +135,7 @@ def _worker(mode: str, size: str, seconds: float, fps: float) -> dict:
     if camera is not None:
         camera.destroy_node()
     if proc is not None:
-        proc.send_signal(2)
+        proc.send_signal(2 if mode != "raw-transport" else 15)
         proc.wait(timeout=15)
     sink.destroy_node()
     executor.shutdown()
@@ -140,10 +179,15 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=6.0, help="measurement window per configuration")
     parser.add_argument("--fps", type=float, default=30.0)
     parser.add_argument("--sizes", default="640x480,1280x720")
-    parser.add_argument("--modes", default="in-process,cross-process")
+    parser.add_argument("--modes", default="in-process,cross-process,raw-transport")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--worker", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument("--raw-publisher", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.raw_publisher:
+        size, fps, seconds = args.raw_publisher
+        _raw_publisher(size, float(fps), float(seconds))
+        return 0
     if args.worker:
         mode, size, seconds, fps = args.worker
         print(json.dumps(_worker(mode, size, float(seconds), float(fps))))
