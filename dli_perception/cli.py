@@ -20,6 +20,8 @@ from dli_perception.errors import DliPerceptionError
 COMMANDS = [
     "dli_perception.commands.info",
     "dli_perception.commands.classify",
+    "dli_perception.commands.bag",
+    "dli_perception.commands.dataset",
 ]
 
 

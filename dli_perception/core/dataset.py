@@ -117,6 +117,10 @@ def validate_label(name: str) -> str:
         )
     if label.casefold() == MANIFEST_NAME:
         raise InvalidLabelError(f"class name {label!r} is the manifest's file name; choose another")
+    if label.startswith("_"):
+        raise InvalidLabelError(
+            f"class name {label!r} starts with '_', which is kept for summary keys such as '_total'; remove it"
+        )
     return label
 
 

@@ -144,6 +144,7 @@ def test_validate_label_accepts_and_normalises(name, expected):
         "a\x1bb",
         "zero\u200bwidth",
         "manifest.jsonl",
+        "_total",
         3,
         None,
     ],

@@ -1,0 +1,607 @@
+"""recorder_node: saves labelled camera frames into a dataset (ImageFolder layout + manifest).
+
+Teaching: publish the name of the object being shown on ``teach_label`` (std_msgs/String;
+an empty string, ``none`` or ``unknown`` clears it), then call ``~/capture`` (std_srvs/Trigger)
+for one frame, or ``~/set_recording`` (std_srvs/SetBool) to save ``capture_rate_hz`` frames per
+second until it is called again with ``false``. ``~/undo`` (Trigger) removes the last saved image.
+Per-class counts are published on ``~/counts`` (latched JSON ``{"class": n, ..., "_total": n}``)
+at start and after every change; ``/diagnostics`` carries saved, refused (by reason), dropped,
+queue depth, dataset root, current label and the last error.
+
+Threads: the ``image_raw`` callback only keeps the newest frame message and its receive time.
+Conversion, JPEG/PNG encoding and the atomic write run on one writer thread fed by a queue of at
+most ``queue_size`` jobs; continuous capture never waits for it (a full queue drops the frame and
+counts it). ``~/capture`` and ``~/undo`` wait for their job, so a successful capture answers with
+the saved path: they run in their own callback group and the node runs in a
+MultiThreadedExecutor (``main`` does that), so the camera subscription keeps being served.
+
+QoS: ``teach_label`` is subscribed with the EVENTS profile (reliable, volatile). A volatile
+subscription matches every publisher, ``ros2 topic pub`` and latched ones included, whereas a
+transient-local one would get nothing from a volatile publisher; the price is that a label
+published before the recorder started is not seen: publish it again. The current label is
+reported on ``/diagnostics`` (published at once when it changes).
+
+Refusals come back with ``success: false`` and the reason: no label, invalid label, no frame
+yet, stale frame (received more than ``max_frame_age_s`` ago: is the camera running?), class
+full (``max_per_class``), duplicate (``dedupe``), disk full or read-only directory; in every case
+nothing is written.
+
+Bags: the recorder writes no bag itself. ``dli-perception dataset2bag DATASET --out BAG`` turns
+the recorded dataset into a rosbag2 bag afterwards; that bag matches the dataset exactly, undone
+captures included (a bag written while recording could not forget an undone capture).
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+import time
+from collections import Counter
+from concurrent.futures import CancelledError, Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.node import Node
+from std_msgs.msg import String
+from std_srvs.srv import SetBool, Trigger
+
+from dli_perception.core.dataset import DatasetStore, is_no_label, validate_label
+from dli_perception.errors import ClassFullError, DatasetError, ImageConversionError, InvalidLabelError
+from dli_perception.nodes.diagnostics import ERROR, OK, WARN, DiagnosticsPublisher
+from dli_perception.nodes.params import Param, declare
+from dli_perception.nodes.qos import EVENTS, LATCHED, SENSOR_DATA
+from dli_perception.nodes.runtime import node_main
+
+DRAIN_TIMEOUT_S = 3.0
+"""Longest destroy_node waits for queued frames to be written (launch sends SIGTERM after 5 s)."""
+
+# Refusal reasons, the keys of the ``refused_*`` diagnostics counters.
+NO_LABEL = "no_label"
+INVALID_LABEL = "invalid_label"
+NO_FRAME = "no_frame"
+STALE_FRAME = "stale_frame"
+CLASS_FULL = "class_full"
+DUPLICATE = "duplicate"
+DATASET_ERROR = "dataset_error"
+BAD_FRAME = "bad_frame"
+BUSY = "busy"
+SHUTTING_DOWN = "shutting_down"
+NOTHING_TO_UNDO = "nothing_to_undo"
+
+PARAMS = [
+    Param(
+        "dataset_dir",
+        "~/dli_datasets/default",
+        "Dataset directory ('~' is expanded; created if needed). "
+        "Only one process writes a dataset at a time.",
+        read_only=True,
+    ),
+    Param(
+        "capture_rate_hz",
+        2.0,
+        "Images saved per second while recording (~/set_recording), Hz.",
+        min=0.1,
+        max=60.0,
+    ),
+    Param(
+        "max_frame_age_s",
+        1.0,
+        "Refuse the newest frame when it was received longer ago than this, seconds.",
+        min=0.01,
+        max=3600.0,
+    ),
+    Param(
+        "max_per_class",
+        0,
+        "Most images kept per class; 0: unlimited.",
+        min=0,
+        max=100_000_000,
+        read_only=True,
+    ),
+    Param(
+        "image_format",
+        "jpg",
+        "File format of saved images (png: lossless, larger).",
+        choices=("jpg", "png"),
+        read_only=True,
+    ),
+    Param("jpeg_quality", 95, "JPEG quality, 1-100 (image_format jpg).", min=1, max=100, read_only=True),
+    Param(
+        "dedupe", True, "Refuse an image whose file would be identical to one already saved.", read_only=True
+    ),
+    Param(
+        "queue_size",
+        4,
+        "Frames waiting for the writer at most; continuous capture drops (and counts) frames beyond it.",
+        min=1,
+        max=64,
+        read_only=True,
+    ),
+    Param(
+        "write_timeout_s",
+        5.0,
+        "How long ~/capture and ~/undo wait for the writer, seconds.",
+        min=0.1,
+        max=120.0,
+    ),
+]
+
+
+@dataclass(frozen=True)
+class _Frame:
+    msg: Any
+    received: float  # time.monotonic() at receipt
+    stamp_ns: int  # header stamp, or the wall-clock receive time when the header has none
+    seq: int
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What the writer did with one job: ``reason`` is empty on success, else a refusal key."""
+
+    success: bool
+    message: str
+    reason: str = ""
+    path: str = ""
+
+
+@dataclass
+class _Job:
+    kind: str  # "save" or "undo"
+    frame: _Frame | None = None
+    label: str = ""
+    reply: Future | None = None  # manual jobs: the service waits on it
+
+
+def dataset_dir(value: str) -> Path:
+    """The dataset directory a ``dataset_dir`` parameter value names (``~`` expanded)."""
+    return Path(value).expanduser()
+
+
+class RecorderNode(Node):
+    """Saves ``image_raw`` frames under the ``teach_label`` class on ``~/capture`` or continuously."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__("recorder_node", **kwargs)
+        p = declare(self, PARAMS, on_change=self._on_params)
+        self._rate_hz = p["capture_rate_hz"]
+        self._max_age_s = p["max_frame_age_s"]
+        self._write_timeout_s = p["write_timeout_s"]
+        self._store = DatasetStore(
+            dataset_dir(p["dataset_dir"]),
+            max_per_class=p["max_per_class"] or None,
+            jpeg_quality=p["jpeg_quality"],
+            dedupe=p["dedupe"],
+            image_format=p["image_format"],
+        )
+        try:
+            self._setup(p)
+        except BaseException:
+            self._store.close()
+            raise
+
+    def _setup(self, p: dict[str, Any]) -> None:
+        self._lock = threading.Lock()
+        self._frame: _Frame | None = None
+        self._frames_received = 0
+        self._label: str | None = None
+        self._recording = False
+        self._last_queued_seq = -1
+        self._closing = False
+        self.saved = 0
+        self.undone = 0
+        self.dropped = 0
+        self.refused: Counter[str] = Counter()
+        self.last_error = ""
+        self._queue: queue.Queue[_Job] = queue.Queue(maxsize=p["queue_size"])
+        self._stop = threading.Event()
+        self._drain_deadline = float("inf")
+        self._record_timer = None
+
+        # Frames, labels and timers: quick callbacks. Capture and undo wait for the writer, so they
+        # get a group of their own (and are serialised with each other, in call order).
+        self._writer_group = MutuallyExclusiveCallbackGroup()
+        self.counts_pub = self.create_publisher(String, "~/counts", LATCHED)
+        self.image_sub = self.create_subscription(_image_type(), "image_raw", self._on_image, SENSOR_DATA)
+        self.label_sub = self.create_subscription(String, "teach_label", self._on_label, EVENTS)
+        self.capture_srv = self.create_service(
+            Trigger, "~/capture", self._on_capture, callback_group=self._writer_group
+        )
+        self.undo_srv = self.create_service(
+            Trigger, "~/undo", self._on_undo, callback_group=self._writer_group
+        )
+        self.recording_srv = self.create_service(SetBool, "~/set_recording", self._on_set_recording)
+        self.diagnostics = DiagnosticsPublisher(self, self._diagnostics, hardware_id=str(self._store.root))
+
+        self._worker = threading.Thread(target=self._writer_loop, name="recorder_writer", daemon=True)
+        self._worker.start()
+        self._publish_counts()
+        store = self._store
+        if store.readonly:
+            self.get_logger().error(
+                f"dataset {store.root} is read-only ({store.readonly_reason}); captures will be refused"
+            )
+        self.get_logger().info(
+            f"recording {self.image_sub.topic_name} into {store.root} ({len(store)} images in "
+            f"{len(store.counts())} classes, {store.image_format}); label from {self.label_sub.topic_name}"
+        )
+
+    # -- parameters -----------------------------------------------------------------------------
+    def _on_params(self, changes: dict[str, Any]) -> None:
+        self._max_age_s = changes.get("max_frame_age_s", self._max_age_s)
+        self._write_timeout_s = changes.get("write_timeout_s", self._write_timeout_s)
+        if "capture_rate_hz" in changes:
+            self._rate_hz = changes["capture_rate_hz"]
+            with self._lock:
+                if self._recording:
+                    self._start_timer()
+
+    # -- subscriptions --------------------------------------------------------------------------
+    def _on_image(self, msg: Any) -> None:
+        received = time.monotonic()
+        stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+        with self._lock:
+            self._frames_received += 1
+            self._frame = _Frame(msg, received, stamp if stamp > 0 else time.time_ns(), self._frames_received)
+
+    def _on_label(self, msg: String) -> None:
+        label = None if is_no_label(msg.data) else msg.data.strip()
+        with self._lock:
+            if label == self._label:
+                return
+            self._label = label
+        if label is None:
+            self.get_logger().info("teach label cleared: nothing is being shown")
+        else:
+            try:
+                validate_label(label)
+                self.get_logger().info(f"teach label: {label!r}")
+            except InvalidLabelError as exc:
+                self.get_logger().warning(f"teach label {label[:80]!r} cannot be a class name: {exc}")
+        self.diagnostics.publish()
+
+    # -- capture --------------------------------------------------------------------------------
+    def _check_capture(self) -> tuple[_Job | None, Outcome | None]:
+        """The save job for the newest frame and current label, or the refusal (counted)."""
+        with self._lock:
+            frame, raw_label, closing = self._frame, self._label, self._closing
+        refusal = None
+        label = ""
+        if closing:
+            refusal = Outcome(False, "the recorder is shutting down; nothing was saved", SHUTTING_DOWN)
+        elif raw_label is None:
+            refusal = Outcome(
+                False,
+                f"no teach label: publish the class being shown on {self.label_sub.topic_name}; "
+                "nothing was saved",
+                NO_LABEL,
+            )
+        else:
+            try:
+                label = validate_label(raw_label)
+            except InvalidLabelError as exc:
+                refusal = Outcome(False, f"invalid label: {exc}; nothing was saved", INVALID_LABEL)
+        if refusal is None:
+            if frame is None:
+                refusal = Outcome(
+                    False,
+                    f"no frame received yet on {self.image_sub.topic_name}; is the camera running?",
+                    NO_FRAME,
+                )
+            elif (age := time.monotonic() - frame.received) > self._max_age_s:
+                refusal = Outcome(
+                    False,
+                    f"stale frame: the newest frame on {self.image_sub.topic_name} was received "
+                    f"{age:.2f} s ago (max_frame_age_s={self._max_age_s:g}); is the camera running? "
+                    "Nothing was saved",
+                    STALE_FRAME,
+                )
+            elif (limit := self._store.max_per_class) is not None and self._store.counts().get(
+                label, 0
+            ) >= limit:
+                refusal = Outcome(
+                    False,
+                    f"class {label!r} is full ({limit} images, max_per_class); undo some captures or "
+                    "raise the limit; nothing was saved",
+                    CLASS_FULL,
+                )
+        if refusal is not None:
+            self._count_refusal(refusal)
+            return None, refusal
+        return _Job("save", frame=frame, label=label), None
+
+    def _on_capture(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        job, refusal = self._check_capture()
+        outcome = refusal if job is None else self._submit_and_wait(job)
+        response.success, response.message = outcome.success, outcome.message
+        if not outcome.success:
+            self.get_logger().info(f"capture refused: {outcome.message}")
+        return response
+
+    def _on_undo(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        with self._lock:
+            closing = self._closing
+        if closing:
+            outcome = Outcome(False, "the recorder is shutting down; nothing was undone", SHUTTING_DOWN)
+        else:
+            outcome = self._submit_and_wait(_Job("undo"))
+        response.success, response.message = outcome.success, outcome.message
+        self.get_logger().info(outcome.message if outcome.success else f"undo refused: {outcome.message}")
+        return response
+
+    def _submit_and_wait(self, job: _Job) -> Outcome:
+        """Queue a manual job (waiting for room) and wait for the writer's outcome, both bounded."""
+        job.reply = Future()
+        deadline = time.monotonic() + self._write_timeout_s
+        try:
+            self._queue.put(job, timeout=self._write_timeout_s)
+        except queue.Full:
+            outcome = Outcome(
+                False,
+                f"the writer is busy: its queue stayed full for write_timeout_s={self._write_timeout_s:g} s; "
+                "nothing was done",
+                BUSY,
+            )
+            self._count_refusal(outcome)
+            return outcome
+        try:
+            return job.reply.result(timeout=max(0.0, deadline - time.monotonic()))
+        except FutureTimeout:
+            if job.reply.cancel():  # still waiting in the queue: it will never run
+                outcome = Outcome(
+                    False,
+                    f"the writer did not get to it within write_timeout_s="
+                    f"{self._write_timeout_s:g} s; nothing was done",
+                    BUSY,
+                )
+            else:
+                outcome = Outcome(
+                    False,
+                    f"the write takes longer than write_timeout_s={self._write_timeout_s:g} s "
+                    "(slow disk?); it may still complete: check ~/counts",
+                    BUSY,
+                )
+            self._count_refusal(outcome)
+            return outcome
+        except CancelledError:
+            return Outcome(False, "the recorder is shutting down; nothing was done", SHUTTING_DOWN)
+
+    def _on_set_recording(self, request: SetBool.Request, response: SetBool.Response) -> SetBool.Response:
+        with self._lock:
+            if self._closing:
+                response.success, response.message = False, "the recorder is shutting down"
+                return response
+            self._recording = bool(request.data)
+            label = self._label
+            if self._recording:
+                self._last_queued_seq = self._frame.seq - 1 if self._frame is not None else -1
+                self._start_timer()
+            else:
+                self._stop_timer()
+        if request.data:
+            note = (
+                f" under {label!r}" if label else "; no teach label yet: frames are skipped until one arrives"
+            )
+            message = f"recording at {self._rate_hz:g} Hz{note}"
+        else:
+            message = f"recording stopped; dataset has {len(self._store)} images"
+        self.get_logger().info(message)
+        response.success, response.message = True, message
+        return response
+
+    def _start_timer(self) -> None:
+        """(Re)create the continuous-capture timer at the current rate; call with ``_lock`` held."""
+        self._stop_timer()
+        self._record_timer = self.create_timer(1.0 / self._rate_hz, self._on_record_tick)
+
+    def _stop_timer(self) -> None:
+        if self._record_timer is not None:
+            self.destroy_timer(self._record_timer)
+            self._record_timer = None
+
+    def _on_record_tick(self) -> None:
+        with self._lock:
+            if not self._recording or self._frame is None or self._frame.seq == self._last_queued_seq:
+                return  # no new frame since the last one saved: wait for the camera
+        job, refusal = self._check_capture()
+        if job is None:
+            self.get_logger().warning(f"recording: {refusal.message}", throttle_duration_sec=5.0)
+            return
+        with self._lock:  # the same lock as ~/set_recording: nothing is queued once it said "stopped"
+            if not self._recording:
+                return
+            self._last_queued_seq = job.frame.seq
+            try:
+                self._queue.put_nowait(job)
+                return
+            except queue.Full:
+                self.dropped += 1
+        self.get_logger().warning(
+            "recording: the writer falls behind; frames are dropped (lower capture_rate_hz or use "
+            "image_format jpg)",
+            throttle_duration_sec=5.0,
+        )
+
+    # -- writer thread --------------------------------------------------------------------------
+    def _writer_loop(self) -> None:
+        while True:
+            try:
+                job = self._queue.get(timeout=0.1)
+            except queue.Empty:
+                if self._stop.is_set():
+                    return
+                continue
+            try:
+                self._run_job(job)
+            finally:
+                self._queue.task_done()
+
+    @property
+    def pending_jobs(self) -> int:
+        """Jobs queued or being written (0: the writer is idle and everything asked for is on disk)."""
+        return self._queue.unfinished_tasks
+
+    def _run_job(self, job: _Job) -> None:
+        if job.reply is not None and not job.reply.set_running_or_notify_cancel():
+            return  # the caller gave up waiting
+        if self._stop.is_set() and time.monotonic() > self._drain_deadline:
+            outcome = Outcome(False, "the recorder shut down before this frame was written", SHUTTING_DOWN)
+        else:
+            try:
+                outcome = self._undo() if job.kind == "undo" else self._save(job)
+            except Exception as exc:  # noqa: BLE001 - the writer must survive anything one frame does
+                self.get_logger().error(f"writer: unexpected {type(exc).__name__}: {exc}")
+                outcome = Outcome(False, f"unexpected error: {type(exc).__name__}: {exc}", DATASET_ERROR)
+        if not outcome.success:
+            self._count_refusal(outcome)
+            if job.reply is None:
+                self.get_logger().warning(f"recording: {outcome.message}", throttle_duration_sec=5.0)
+        if job.reply is not None:
+            job.reply.set_result(outcome)
+
+    def _save(self, job: _Job) -> Outcome:
+        from dli_perception.core.imaging import to_rgb8
+
+        store, frame = self._store, job.frame
+        try:
+            encoded = store.encode(to_rgb8(frame.msg))
+        except ImageConversionError as exc:
+            return Outcome(False, f"the frame cannot be converted: {exc}; nothing was saved", BAD_FRAME)
+        try:
+            result = store.add_encoded(encoded, job.label, frame.stamp_ns, self.image_sub.topic_name)
+        except ClassFullError as exc:
+            return Outcome(False, f"{exc}; nothing was saved", CLASS_FULL)
+        except InvalidLabelError as exc:
+            return Outcome(False, f"invalid label: {exc}", INVALID_LABEL)
+        except DatasetError as exc:
+            self.last_error = str(exc)
+            return Outcome(False, str(exc), DATASET_ERROR)
+        if result.duplicate:
+            return Outcome(
+                False,
+                f"duplicate: the frame is identical to {result.file}, already saved; nothing was saved",
+                DUPLICATE,
+                str(result.path),
+            )
+        with self._lock:
+            self.saved += 1
+        counts = self._publish_counts()
+        return Outcome(
+            True,
+            f"saved {result.path} as {result.label!r} ({counts.get(result.label, 0)} in class, "
+            f"{counts['_total']} in total)",
+            path=str(result.path),
+        )
+
+    def _undo(self) -> Outcome:
+        try:
+            removed = self._store.undo(1)
+        except DatasetError as exc:
+            self.last_error = str(exc)
+            return Outcome(False, str(exc), DATASET_ERROR)
+        if not removed:
+            return Outcome(False, "nothing to undo: the dataset is empty", NOTHING_TO_UNDO)
+        with self._lock:
+            self.undone += 1
+        counts = self._publish_counts()
+        entry = removed[0]
+        return Outcome(
+            True,
+            f"removed {entry.file} ({entry.label!r} now has {counts.get(entry.label, 0)}, "
+            f"{counts['_total']} in total)",
+            path=str(self._store.path_of(entry)),
+        )
+
+    # -- output ---------------------------------------------------------------------------------
+    def _count_refusal(self, outcome: Outcome) -> None:
+        with self._lock:
+            self.refused[outcome.reason] += 1
+            if outcome.reason in (DATASET_ERROR, BAD_FRAME, BUSY):
+                self.last_error = outcome.message
+
+    def _publish_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = dict(self._store.counts())
+        counts["_total"] = sum(counts.values())
+        self.counts_pub.publish(String(data=json.dumps(counts, ensure_ascii=False)))
+        return counts
+
+    def _diagnostics(self):
+        store = self._store
+        with self._lock:
+            values = {
+                "dataset": str(store.root),
+                "images": len(store),
+                "classes": len(store.counts()),
+                "label": self._label or "",
+                "recording": self._recording,
+                "capture_rate_hz": self._rate_hz,
+                "saved": self.saved,
+                "undone": self.undone,
+                "dropped": self.dropped,
+                "queue_depth": self.pending_jobs,
+                "frames_received": self._frames_received,
+                "frame_age_s": -1.0 if self._frame is None else time.monotonic() - self._frame.received,
+                **{f"refused_{reason}": n for reason, n in sorted(self.refused.items())},
+                "last_error": self.last_error,
+            }
+        if store.readonly:
+            return ERROR, f"dataset is read-only: {store.readonly_reason}", values
+        if self.last_error:
+            return WARN, self.last_error, values
+        if self._recording:
+            return (
+                OK,
+                f"recording {self._label!r}" if self._label else "recording: waiting for a label",
+                values,
+            )
+        return OK, "idle", values
+
+    def destroy_node(self) -> None:
+        """Stop recording, write the queued frames (bounded), close the dataset, publish the last counts."""
+        if not hasattr(self, "_worker"):  # the constructor failed part-way
+            super().destroy_node()
+            return
+        with self._lock:
+            self._closing = True
+            self._recording = False
+            self._stop_timer()
+        self._drain_deadline = time.monotonic() + DRAIN_TIMEOUT_S
+        self._stop.set()
+        self._worker.join(timeout=DRAIN_TIMEOUT_S + 1.0)
+        if self._worker.is_alive():
+            self.get_logger().error(
+                f"the writer did not finish within {DRAIN_TIMEOUT_S + 1.0:g} s; the dataset is repaired "
+                "when it is opened next"
+            )
+        else:
+            try:
+                self._store.close()
+            except DatasetError as exc:
+                self.get_logger().error(f"closing the dataset: {exc}")
+            try:
+                self._publish_counts()
+            except Exception as exc:  # noqa: BLE001 - the context may be gone; the rest must still happen
+                self.get_logger().warning(f"could not publish the final counts: {exc}")
+        self.get_logger().info(
+            f"dataset {self._store.root} closed: {len(self._store)} images; this run saved {self.saved}, "
+            f"undid {self.undone}, refused {sum(self.refused.values())}, dropped {self.dropped}"
+        )
+        super().destroy_node()
+
+
+def _image_type():
+    from sensor_msgs.msg import Image
+
+    return Image
+
+
+main = node_main(RecorderNode, multithreaded=True)
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

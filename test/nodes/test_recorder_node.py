@@ -1,0 +1,391 @@
+"""recorder_node over real topics and services: in one process (frames published by the test), and
+across processes with camera_node (synthetic source); the dataset on disk must match what was asked."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from diagnostic_msgs.msg import DiagnosticArray
+from graphutil import NodeProcess, Spinner, stop_and_check, wait_for
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+from sensor_msgs.msg import Image
+from std_msgs.msg import String
+from std_srvs.srv import SetBool, Trigger
+
+from dli_perception.core.dataset import MANIFEST_NAME, DatasetStore
+from dli_perception.nodes.camera_node import CameraNode
+from dli_perception.nodes.qos import EVENTS, LATCHED, SENSOR_DATA
+from dli_perception.nodes.recorder_node import RecorderNode
+
+pytestmark = pytest.mark.graph
+DISCOVERY_S = 20.0  # deadline for the first message across processes (discovery took up to ~3 s here)
+DEADLINE_S = 10.0  # deadline for an answer once the graph is connected
+
+
+def _ns() -> str:
+    return f"/recorder_test_{uuid.uuid4().hex[:8]}"
+
+
+def _pixels(i: int, h: int = 24, w: int = 32) -> np.ndarray:
+    """A distinct, smooth RGB test image per index (so dedupe never merges two of them)."""
+    rng = np.random.default_rng(i)
+    small = rng.integers(0, 256, (3, 4, 3), dtype=np.uint8)
+    return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
+
+
+def _image_msg(pixels: np.ndarray, stamp_ns: int = 0) -> Image:
+    msg = Image(height=pixels.shape[0], width=pixels.shape[1], encoding="rgb8", step=pixels.shape[1] * 3)
+    msg.data = pixels.tobytes()
+    msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp_ns, 1_000_000_000)
+    msg.header.frame_id = "cam"
+    return msg
+
+
+class Teacher(Node):
+    """What a person (or a teaching UI) does: publish frames and labels, call the recorder's services."""
+
+    def __init__(self, context, ns: str) -> None:
+        super().__init__("teacher", context=context, namespace=ns)
+        self.image_pub = self.create_publisher(Image, "image_raw", SENSOR_DATA)
+        self.label_pub = self.create_publisher(String, "teach_label", EVENTS)
+        self.capture_client = self.create_client(Trigger, "recorder_node/capture")
+        self.undo_client = self.create_client(Trigger, "recorder_node/undo")
+        self.recording_client = self.create_client(SetBool, "recorder_node/set_recording")
+        self.counts: list[dict] = []
+        self.diags: list[dict] = []
+        self.create_subscription(
+            String, "recorder_node/counts", lambda m: self.counts.append(json.loads(m.data)), LATCHED
+        )
+        self.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, EVENTS)
+        self._diag_name = f"{ns.strip('/')}/recorder_node"
+
+    def _on_diag(self, msg: DiagnosticArray) -> None:
+        for status in msg.status:
+            if status.name == self._diag_name:
+                self.diags.append({kv.key: kv.value for kv in status.values})
+
+    def _call(self, client, request):
+        assert client.wait_for_service(timeout_sec=DISCOVERY_S), f"{client.srv_name} not available"
+        future = client.call_async(request)
+        assert wait_for(future.done, timeout=DEADLINE_S + 10), f"{client.srv_name} did not answer"
+        return future.result()
+
+    def capture(self) -> Trigger.Response:
+        return self._call(self.capture_client, Trigger.Request())
+
+    def undo(self) -> Trigger.Response:
+        return self._call(self.undo_client, Trigger.Request())
+
+    def set_recording(self, on: bool) -> SetBool.Response:
+        return self._call(self.recording_client, SetBool.Request(data=on))
+
+    def diag(self, key: str, default: str = "") -> str:
+        return self.diags[-1].get(key, default) if self.diags else default
+
+    def teach(self, label: str) -> None:
+        """Publish ``label`` until the recorder reports it (diagnostics are published on every change)."""
+        want = "" if label.strip().casefold() in ("", "none", "unknown") else label.strip()
+
+        def step() -> bool:
+            self.label_pub.publish(String(data=label))
+            return bool(self.diags) and self.diag("label") == want
+
+        assert wait_for(step, timeout=DISCOVERY_S, interval=0.1), f"recorder never reported label {want!r}"
+
+
+def _recorder(context, ns: str, root: Path, **params) -> RecorderNode:
+    params = {"dataset_dir": str(root), **params}
+    return RecorderNode(
+        context=context, namespace=ns, parameter_overrides=[Parameter(k, value=v) for k, v in params.items()]
+    )
+
+
+def _disk(root: Path) -> Counter:
+    """Image files per class directory, as ImageFolder would see them."""
+    return Counter(p.parent.name for p in root.glob("*/*") if p.suffix in (".jpg", ".png"))
+
+
+def _manifest(root: Path) -> list[dict]:
+    path = root / MANIFEST_NAME
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def _assert_consistent(root: Path, expected: dict[str, int], counts_msg: dict | None = None) -> None:
+    """Files per class == manifest per class == expected (== the last counts message when given)."""
+    lines = _manifest(root)
+    assert _disk(root) == Counter(expected), (_disk(root), expected)
+    assert Counter(e["class"] for e in lines) == Counter(expected)
+    assert all((root / e["file"]).is_file() for e in lines)
+    if counts_msg is not None:
+        assert counts_msg == {**expected, "_total": sum(expected.values())}
+
+
+def _frame_delivered(recorder: RecorderNode, teacher: Teacher, pixels: np.ndarray) -> None:
+    """Publish ``pixels`` until the recorder holds it as its newest frame."""
+    msg = _image_msg(pixels, stamp_ns=1_700_000_000_123_456_789)
+
+    def step() -> bool:
+        teacher.image_pub.publish(msg)
+        frame = recorder._frame
+        return frame is not None and bytes(frame.msg.data) == bytes(msg.data)
+
+    assert wait_for(step, timeout=DISCOVERY_S, interval=0.05)
+
+
+def test_capture_refusals_undo_and_counts_in_one_process(ros_context, tmp_path):
+    ns, root = _ns(), tmp_path / "ds"
+    recorder = _recorder(ros_context, ns, root, image_format="png", max_frame_age_s=30.0)
+    teacher = Teacher(ros_context, ns)
+    with Spinner(ros_context, recorder, teacher, threads=4):
+        assert wait_for(lambda: teacher.counts == [{"_total": 0}], timeout=DISCOVERY_S), teacher.counts
+        # no label, then a label but no frame yet
+        r = teacher.capture()
+        assert not r.success and "no teach label" in r.message
+        teacher.teach("cup")
+        r = teacher.capture()
+        assert not r.success and "no frame received yet" in r.message
+        # an invalid label is refused with the validator's reason and nothing is written
+        teacher.teach("../x")
+        _frame_delivered(recorder, teacher, _pixels(0))
+        r = teacher.capture()
+        assert not r.success and "invalid label" in r.message and "path separator" in r.message
+        assert _disk(root) == Counter()
+        # three cups, two balls (each a new frame), then undo the last ball
+        saved: list[tuple[str, np.ndarray]] = []
+        for label, indices in (("cup", (1, 2, 3)), ("ball", (4, 5))):
+            teacher.teach(label)
+            for i in indices:
+                _frame_delivered(recorder, teacher, _pixels(i))
+                r = teacher.capture()
+                assert r.success, r.message
+                path = Path(r.message.split()[1])
+                assert path.is_file() and path.parent == (root / label).resolve(), r.message
+                saved.append((label, path))
+        # the same frame again is a duplicate: refused, nothing written
+        r = teacher.capture()
+        assert not r.success and r.message.startswith("duplicate"), r.message
+        r = teacher.undo()
+        assert r.success and "removed ball/" in r.message, r.message
+        assert not saved[-1][1].exists() and saved[-2][1].exists()
+        expected = {"ball": 1, "cup": 3}
+        assert wait_for(lambda: teacher.counts and teacher.counts[-1]["_total"] == 4, timeout=DEADLINE_S)
+        _assert_consistent(root, expected, teacher.counts[-1])
+        # label cleared with "none": refused again
+        teacher.teach("none")
+        r = teacher.capture()
+        assert not r.success and "no teach label" in r.message
+        # a stale frame is refused: the newest frame is older than max_frame_age_s
+        assert recorder.set_parameters([Parameter("max_frame_age_s", value=0.05)])[0].successful
+        teacher.teach("cup")
+        assert wait_for(lambda: time.monotonic() - recorder._frame.received > 0.05, timeout=DEADLINE_S)
+        r = teacher.capture()
+        assert not r.success and "stale frame" in r.message, r.message
+        assert recorder.refused["stale_frame"] == 1 and recorder.refused["no_label"] == 2
+        assert recorder.refused["invalid_label"] == 1 and recorder.refused["duplicate"] == 1
+        assert wait_for(lambda: "refused_stale_frame" in teacher.diags[-1], timeout=DEADLINE_S)
+        diag = teacher.diags[-1]
+        assert diag["saved"] == "5" and diag["undone"] == "1" and diag["dataset"] == str(root.resolve())
+    _assert_consistent(root, expected)
+    # the images hold exactly the pixels that were published (PNG: lossless), in RGB order
+    entries = {e["file"]: e for e in _manifest(root)}
+    for (label, path), i in zip(saved[:4], (1, 2, 3, 4), strict=True):
+        stored = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+        np.testing.assert_array_equal(stored, _pixels(i))
+        entry = entries[f"{label}/{path.name}"]
+        assert entry["stamp_ns"] == 1_700_000_000_123_456_789 and entry["source"] == f"{ns}/image_raw"
+    # the store was closed by destroy_node: the lock is free and the dataset reopens clean
+    with DatasetStore(root) as store:
+        assert store.repair_report.clean and store.counts() == expected
+
+
+def test_class_limit_and_dataset_errors_are_refusals(ros_context, tmp_path):
+    ns, root = _ns(), tmp_path / "ds"
+    recorder = _recorder(ros_context, ns, root, max_per_class=2, max_frame_age_s=30.0)
+    teacher = Teacher(ros_context, ns)
+    with Spinner(ros_context, recorder, teacher, threads=4):
+        teacher.teach("cup")
+        for i in range(2):
+            _frame_delivered(recorder, teacher, _pixels(10 + i))
+            assert teacher.capture().success
+        _frame_delivered(recorder, teacher, _pixels(12))
+        r = teacher.capture()
+        assert not r.success and "is full" in r.message and "max_per_class" in r.message, r.message
+        # a class directory that cannot be created (a file is in the way): the store's error comes back
+        (root / "mug").write_text("not a directory")
+        teacher.teach("mug")
+        r = teacher.capture()
+        assert not r.success and "mug" in r.message and "nothing was written" in r.message, r.message
+        assert recorder.last_error == r.message
+        assert recorder.refused == Counter({"class_full": 1, "dataset_error": 1})
+    _assert_consistent(root, {"cup": 2})
+
+
+def test_continuous_capture_never_blocks_frames_and_drops_when_the_writer_lags(ros_context, tmp_path):
+    ns, root = _ns(), tmp_path / "ds"
+    recorder = _recorder(ros_context, ns, root, capture_rate_hz=50.0, queue_size=2, write_timeout_s=0.3)
+    teacher = Teacher(ros_context, ns)
+    index = iter(range(100, 100_000))
+
+    def publish_frame() -> None:
+        teacher.image_pub.publish(_image_msg(_pixels(next(index))))
+
+    with Spinner(ros_context, recorder, teacher, threads=4):
+        # recording without a label: accepted, frames are skipped (counted) until a label arrives
+        r = teacher.set_recording(True)
+        assert r.success and "no teach label yet" in r.message
+        assert wait_for(lambda: (publish_frame(), recorder.refused["no_label"] >= 3)[1], DEADLINE_S, 0.02)
+        assert recorder.saved == 0 and _disk(root) == Counter()
+        teacher.teach("road")
+        r = teacher.set_recording(True)
+        assert r.success and "recording at 50 Hz under 'road'" in r.message
+        assert wait_for(lambda: (publish_frame(), recorder.saved >= 5)[1], timeout=DEADLINE_S, interval=0.02)
+        # a new rate applies at once
+        assert recorder.set_parameters([Parameter("capture_rate_hz", value=25.0)])[0].successful
+        assert recorder._record_timer.timer_period_ns == 40_000_000
+        # Hold the store's lock: the writer stalls on its next image. Frames keep arriving, the queue
+        # stays bounded, further frames are dropped and counted, and a manual capture times out.
+        with recorder._store._lock:
+            received = recorder._frames_received
+            assert wait_for(
+                lambda: (publish_frame(), recorder.dropped >= 3)[1], timeout=DEADLINE_S, interval=0.02
+            )
+            assert recorder._frames_received > received
+            assert recorder._queue.qsize() <= 2
+            r = teacher.capture()
+            assert not r.success and "write_timeout_s" in r.message, r.message
+        assert teacher.set_recording(False).success
+        assert wait_for(lambda: recorder.pending_jobs == 0, timeout=DEADLINE_S)
+        saved = recorder.saved
+        assert recorder.refused["busy"] == 1 and recorder.dropped >= 3
+        assert wait_for(lambda: teacher.counts and teacher.counts[-1]["_total"] == saved, timeout=DEADLINE_S)
+        _assert_consistent(root, {"road": saved}, teacher.counts[-1])
+        # stopped: new frames arrive (spread over several timer periods) and are not saved any more
+        received = recorder._frames_received
+        assert wait_for(
+            lambda: (publish_frame(), recorder._frames_received >= received + 5)[1],
+            timeout=DEADLINE_S,
+            interval=0.02,
+        )
+        assert recorder.saved == saved and recorder._record_timer is None
+    _assert_consistent(root, {"road": saved})
+
+
+def test_second_recorder_on_the_same_dataset_exits_1_with_one_clear_line(node_process, tmp_path):
+    root = tmp_path / "ds"
+    with DatasetStore(root):  # holds the writer lock, like a running recorder
+        proc = node_process("recorder_node", "-p", f"dataset_dir:={root}")
+        assert proc.wait(timeout=30) == 1
+    assert "already open for writing" in proc.stderr()
+    assert "Traceback" not in proc.stderr()
+
+
+def _camera_process(node_process, ns: str) -> NodeProcess:
+    return node_process(
+        "camera_node", "-r", f"__ns:={ns}", "-p", "width:=64", "-p", "height:=48", "-p", "fps:=15.0"
+    )
+
+
+def _recorder_process(node_process, ns: str, root: Path, *params: str) -> NodeProcess:
+    return node_process("recorder_node", "-r", f"__ns:={ns}", "-p", f"dataset_dir:={root}", *params)
+
+
+def _capture_new(teacher: Teacher, n: int) -> None:
+    """Make ``n`` successful captures; a repeat of an already saved frame (duplicate) is retried."""
+    done = 0
+
+    def step() -> bool:
+        nonlocal done
+        r = teacher.capture()
+        assert r.success or r.message.startswith("duplicate"), r.message
+        done += r.success
+        return done == n
+
+    assert wait_for(step, timeout=DEADLINE_S, interval=0.05)
+
+
+def test_camera_recorder_and_client_across_processes(node_process, ros_context, tmp_path):
+    ns, root = _ns(), tmp_path / "ds"
+    camera = _camera_process(node_process, ns)
+    recorder = _recorder_process(
+        node_process, ns, root, "-p", "max_frame_age_s:=0.5", "-p", "capture_rate_hz:=10.0"
+    )
+    teacher = Teacher(ros_context, ns)
+    with Spinner(ros_context, teacher):
+        r = teacher.capture()
+        assert not r.success and "no teach label" in r.message, recorder.output()
+        teacher.teach("../x")
+        r = teacher.capture()
+        assert not r.success and "invalid label" in r.message
+        assert _disk(root) == Counter()
+        teacher.teach("free")
+        _capture_new(teacher, 3)
+        teacher.teach("blocked")
+        _capture_new(teacher, 2)
+        r = teacher.undo()
+        assert r.success and "removed blocked/" in r.message, r.message
+        assert wait_for(
+            lambda: teacher.counts and teacher.counts[-1] == {"blocked": 1, "free": 3, "_total": 4},
+            timeout=DEADLINE_S,
+        ), teacher.counts
+        _assert_consistent(root, {"blocked": 1, "free": 3})
+        # continuous capture under a third label, then stop
+        teacher.teach("left")
+        assert teacher.set_recording(True).success
+        assert wait_for(lambda: teacher.counts[-1].get("left", 0) >= 4, timeout=DEADLINE_S), teacher.counts[
+            -1
+        ]
+        assert teacher.set_recording(False).success
+        assert wait_for(
+            lambda: teacher.diag("recording") == "False" and teacher.diag("queue_depth") == "0",
+            timeout=DEADLINE_S,
+        )
+        assert wait_for(lambda: teacher.counts[-1]["_total"] == sum(_disk(root).values()), timeout=DEADLINE_S)
+        expected = {k: v for k, v in teacher.counts[-1].items() if k != "_total"}
+        assert expected["free"] == 3 and expected["blocked"] == 1 and expected["left"] >= 4
+        _assert_consistent(root, expected, teacher.counts[-1])
+        # the camera stops: once the newest frame is older than max_frame_age_s, capture is refused
+        assert stop_and_check(camera, "int") == 0
+        assert wait_for(lambda: float(teacher.diag("frame_age_s", "0")) > 0.5, timeout=DEADLINE_S)
+        r = teacher.capture()
+        assert not r.success and "stale frame" in r.message, r.message
+    assert stop_and_check(recorder, "int") == 0
+    assert "Traceback" not in recorder.stderr(), recorder.stderr()
+    assert f"closed: {sum(expected.values())} images" in recorder.output()
+    _assert_consistent(root, expected)
+
+
+@pytest.mark.parametrize("mode", ["int", "int2", "term"])
+def test_recorder_process_exits_0_with_the_dataset_consistent_after_signals(
+    node_process, ros_context, tmp_path, mode
+):
+    ns, root = _ns(), tmp_path / "ds"
+    recorder = _recorder_process(node_process, ns, root, "-p", "capture_rate_hz:=20.0")
+    camera = CameraNode(
+        context=ros_context,
+        namespace=ns,
+        parameter_overrides=[
+            Parameter("width", value=64),
+            Parameter("height", value=48),
+            Parameter("fps", value=30.0),
+        ],
+    )
+    teacher = Teacher(ros_context, ns)
+    with Spinner(ros_context, camera, teacher, threads=3):
+        teacher.teach("free")
+        assert teacher.set_recording(True).success, recorder.output()
+        assert wait_for(lambda: teacher.counts and teacher.counts[-1]["_total"] >= 3, timeout=DEADLINE_S)
+        assert stop_and_check(recorder, mode) == 0  # while recording
+    assert "Traceback" not in recorder.stderr(), recorder.stderr()
+    assert "closed:" in recorder.output()
+    lines = _manifest(root)
+    assert len(lines) == sum(_disk(root).values()) >= 3
+    with DatasetStore(root) as store:  # the lock was released and nothing needs repair
+        assert store.repair_report.clean, store.repair_report.summary()
