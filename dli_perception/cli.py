@@ -22,6 +22,7 @@ COMMANDS = [
     "dli_perception.commands.classify",
     "dli_perception.commands.bag",
     "dli_perception.commands.dataset",
+    "dli_perception.commands.train",
 ]
 
 
