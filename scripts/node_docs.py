@@ -1,15 +1,18 @@
-"""Print the parameter table of every node as Markdown, from the nodes' own PARAMS tables.
+"""The parameter table of every node as Markdown, generated from the nodes' own PARAMS tables.
 
-The README's parameter tables are generated with this script, and test/test_docs.py checks that
-every declared parameter is documented, so the two cannot drift apart.
+README.md holds one generated block per node between ``<!-- params:NODE -->`` and
+``<!-- /params:NODE -->``. ``--write`` regenerates them; ``--check`` (run by test/test_docs.py)
+fails when one is out of date, so the README and the nodes cannot drift apart.
 
-    .venv/bin/python scripts/node_docs.py [NODE ...]
+    .venv/bin/python scripts/node_docs.py [NODE ...]      print tables
+    .venv/bin/python scripts/node_docs.py --write|--check update or verify README.md
 """
 
 from __future__ import annotations
 
 import ast
 import importlib
+import re
 import sys
 from pathlib import Path
 
@@ -37,7 +40,7 @@ def _default(value) -> str:
 
 def table(executable: str, target: str) -> str:
     module = importlib.import_module(target.split(":")[0])
-    lines = [f"#### {executable} parameters", "", "| parameter | default | meaning |", "|---|---|---|"]
+    lines = ["| parameter | default | meaning |", "|---|---|---|"]
     for p in module.PARAMS:
         desc = p.description.replace("|", "\\|")
         if p.choices:
@@ -50,7 +53,32 @@ def table(executable: str, target: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def update_readme(text: str) -> str:
+    """``text`` with every ``params:NODE`` block regenerated."""
+    nodes = node_modules()
+
+    def block(match: re.Match) -> str:
+        name = match.group(1)
+        if name not in nodes:
+            raise SystemExit(f"README.md has a params block for unknown node {name!r}")
+        return f"<!-- params:{name} -->\n{table(name, nodes[name])}<!-- /params:{name} -->"
+
+    return re.sub(r"<!-- params:(\w+) -->\n.*?<!-- /params:\1 -->", block, text, flags=re.S)
+
+
 def main(argv: list[str]) -> int:
+    readme = REPO / "README.md"
+    if argv[:1] in (["--write"], ["--check"]):
+        text = readme.read_text()
+        new = update_readme(text)
+        missing = [n for n in node_modules() if f"<!-- params:{n} -->" not in text]
+        if argv[0] == "--write":
+            readme.write_text(new)
+        elif new != text or missing:
+            print(f"README.md parameter tables are out of date (missing: {missing}); run "
+                  "scripts/node_docs.py --write", file=sys.stderr)
+            return 1
+        return 0
     nodes = node_modules()
     for name in argv or nodes:
         print(table(name, nodes[name]))
