@@ -34,7 +34,8 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     entry_points={
-        "console_scripts": [f"{name}={target}" for name, target in NODES.items()]
+        # Nodes start through nodes/launcher.py, which records a Ctrl-C from the first instant.
+        "console_scripts": [f"{name}=dli_perception.nodes.launcher:{name}" for name in NODES]
         + ["dli-perception=dli_perception.cli:main"],
     },
 )

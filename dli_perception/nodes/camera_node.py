@@ -18,6 +18,7 @@ from sensor_msgs.msg import CameraInfo
 from dli_perception.core.camera import FrameTransform, RateKeeper, ReconnectingSource, SourceConfig, open_source
 from dli_perception.core.camera_info import Intrinsics, load_calibration, pinhole_from_fov, scaled
 from dli_perception.core.imaging import cv2_to_imgmsg
+from dli_perception.nodes import localframes
 from dli_perception.nodes.diagnostics import ERROR, OK, WARN, DiagnosticsPublisher
 from dli_perception.nodes.params import Param, declare
 from dli_perception.nodes.qos import SENSOR_DATA
@@ -98,6 +99,8 @@ class CameraNode(Node):
         self._info_cache: tuple[tuple[int, int], Intrinsics] | None = None
 
         self.image_pub = self.create_publisher(_image_type(), "image_raw", SENSOR_DATA)
+        # In the one-process runner, in-process subscribers get each frame object directly.
+        self._local_images = localframes.advertise(self, "image_raw")
         self.info_pub = self.create_publisher(CameraInfo, "camera_info", SENSOR_DATA)
         self.diagnostics = DiagnosticsPublisher(self, self._diagnostics, hardware_id=p["source"])
 
@@ -149,7 +152,11 @@ class CameraNode(Node):
         msg = cv2_to_imgmsg(image, encoding=self._encoding)
         msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(frame.stamp_ns, 1_000_000_000)
         msg.header.frame_id = self._frame_id
-        self.image_pub.publish(msg)
+        local = self._local_images
+        if local is not None:
+            local.publish(msg)
+        if local is None or self.image_pub.get_subscription_count() > 0:
+            self.image_pub.publish(msg)
         self.info_pub.publish(self._camera_info(msg.header, msg.width, msg.height))
         self.published += 1
 
@@ -193,6 +200,7 @@ class CameraNode(Node):
         if hasattr(self, "_thread"):  # absent when the constructor failed part-way
             self._stop.set()
             self._thread.join(timeout=2.0)
+        localframes.withdraw(getattr(self, "_local_images", None))
         if hasattr(self, "_source"):
             self._source.close()
             self.get_logger().info(f"camera released after {getattr(self, 'published', 0)} frames")

@@ -11,7 +11,8 @@ in a single slot; a frame replaced before the worker took it is counted as dropp
 
 Topics:
 
-* ``image_raw`` (sensor_msgs/Image, SENSOR_DATA) in;
+* ``image_raw`` (sensor_msgs/Image, SENSOR_DATA) in; under ``dli-perception up`` the frames of a
+  camera node in the same process come by direct hand-off instead (``nodes/localframes.py``);
 * ``label`` (std_msgs/String, EVENTS): smoothed class name or the unknown label, one per
   classified frame;
 * ``~/scores`` (std_msgs/String, EVENTS): JSON ``{"stamp": {"sec", "nanosec"}, "frame_id",
@@ -59,6 +60,7 @@ from dli_perception.core.decision import SMOOTHING, DecisionConfig, DecisionFilt
 from dli_perception.core.imaging import cv2_to_imgmsg, to_rgb8
 from dli_perception.core.preprocess import PreprocessConfig, preprocess
 from dli_perception.errors import ConfigError, ImageConversionError
+from dli_perception.nodes import localframes
 from dli_perception.nodes.diagnostics import ERROR, OK, WARN, DiagnosticsPublisher
 from dli_perception.nodes.params import Param, declare
 from dli_perception.nodes.qos import EVENTS, LATCHED, SENSOR_DATA
@@ -248,6 +250,7 @@ class ClassifierNode(Node):
         self._worker: threading.Thread | None = None
         self._loader: threading.Thread | None = None
         self._pending: PendingFrame | None = None
+        self._local_images: localframes.LocalTopic | None = None
         self._staged: ServingModel | None = None
         self._load_request: LoadRequest | None = None
         self.model: ServingModel | None = None
@@ -290,7 +293,18 @@ class ClassifierNode(Node):
         self.classification_pub = (
             self.create_publisher(vision[0], "~/classification", EVENTS) if vision is not None else None
         )
-        self.image_sub = self.create_subscription(image_type, "image_raw", self.on_image, SENSOR_DATA)
+        # In the one-process runner, frames of an in-process camera arrive by direct call instead.
+        self._local_images = localframes.subscribe(self, "image_raw", self.on_image)
+        self.image_sub = (
+            self.create_subscription(image_type, "image_raw", self.on_image, SENSOR_DATA)
+            if self._local_images is None
+            else None
+        )
+        images = (
+            self.image_sub.topic_name
+            if self.image_sub is not None
+            else f"{self._local_images.name} (in-process)"
+        )
         self.model_sub = self.create_subscription(String, "model_updated", self.on_model_updated, EVENTS)
         self.diagnostics = DiagnosticsPublisher(self, self._diagnostics, hardware_id="classifier")
 
@@ -306,7 +320,7 @@ class ClassifierNode(Node):
                 f"{self.model_sub.topic_name} (or set the model_dir parameter)"
             )
         self.get_logger().info(
-            f"classifying {self.image_sub.topic_name} -> {self.label_pub.topic_name}, {self.scores_pub.topic_name}"
+            f"classifying {images} -> {self.label_pub.topic_name}, {self.scores_pub.topic_name}"
         )
 
     # -- parameters -----------------------------------------------------------------------------
@@ -644,6 +658,7 @@ class ClassifierNode(Node):
 
     def destroy_node(self) -> None:
         """Stop and join the worker and loader (bounded), release the models, then destroy ROS handles."""
+        localframes.unsubscribe(self._local_images, self.on_image)
         self._stop.set()
         with self._cond:
             self._cond.notify_all()

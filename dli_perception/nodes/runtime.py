@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 
 from dli_perception import transport
 from dli_perception.errors import DliPerceptionError
+from dli_perception.nodes import launcher
 
 SPIN_SLICE_S = 0.1
 """Longest the main thread waits in the executor before checking the stop event."""
@@ -106,6 +107,8 @@ def run_nodes(
     transport.apply_default_profile()
     signals = StopSignal().install()
     stop_event = signals.event
+    if launcher.EARLY_STOP.is_set():  # a signal arrived while the process was still importing
+        stop_event.set()
     if stop is not None:
         threading.Thread(target=lambda: (stop.wait(), stop_event.set()), daemon=True).start()
     nodes: list = []
