@@ -156,8 +156,11 @@ def _worker(mode: str, size: str, seconds: float, fps: float) -> dict:
 
 def run_configuration(mode: str, size: str, profile: bool, seconds: float, fps: float) -> dict:
     """Measure one configuration in a fresh process; returns the result dict."""
+    from dli_perception import transport
+
     env = dict(os.environ)
-    env.pop("FASTDDS_DEFAULT_PROFILES_FILE", None)
+    for name in transport.PROFILE_ENVS:  # Fast DDS 3 and Fast DDS 2 (Humble, Jazzy) variables
+        env.pop(name, None)
     env["DLI_PERCEPTION_FASTDDS_PROFILE"] = "1" if profile else "0"
     out = subprocess.run(
         [sys.executable, __file__, "--worker", mode, size, str(seconds), str(fps)],

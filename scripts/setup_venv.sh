@@ -2,7 +2,10 @@
 # Off-robot set-up: create a virtual environment with ROS 2 from PyPI wheels, the ML stack and
 # dli_perception itself (editable), plus the test tools.
 #
-#   bash scripts/setup_venv.sh [DISTRO] [VENV_DIR]     DISTRO: kilted (default); VENV_DIR: .venv
+#   bash scripts/setup_venv.sh [DISTRO] [VENV_DIR]     DISTRO: kilted (default) or jazzy; VENV_DIR: .venv
+#   bash scripts/setup_venv.sh jazzy .venv-jazzy       a second venv with the ROS 2 Jazzy (LTS) wheels
+#
+# DISTRO picks requirements/ros-DISTRO.txt; everything else installed is the same for every distribution.
 #
 # Never run this on a robot with system ROS 2: there, build with colcon (README, "On a robot").
 set -euo pipefail
@@ -26,6 +29,9 @@ echo "setup_venv: creating $venv (ROS 2 $distro wheels)"
 "$venv/bin/python" -m pip install --disable-pip-version-check \
   -r "$ros_req" -r "$root/requirements/runtime.txt" -r "$root/requirements/dev.txt" \
   --use-pep517 -e "$root" 2>&1 | grep -v "^WARNING: Location 'file:" || true
-"$venv/bin/python" -c 'import rclpy, sensor_msgs.msg, torch, torchvision, onnxruntime, cv2, rosbags, dli_perception' \
+check='import rclpy, sensor_msgs.msg, std_msgs.msg, std_srvs.srv, geometry_msgs.msg, diagnostic_msgs.msg
+import torch, torchvision, onnxruntime, cv2, rosbags, dli_perception'
+"$venv/bin/python" -c "$check" \
   || { echo "setup_venv: the environment in $venv is incomplete (see the pip output above)" >&2; exit 1; }
-echo "setup_venv: ready. Run the tests with: .venv/bin/python -m pytest"
+shown="${venv#"$PWD"/}"
+echo "setup_venv: ready (ROS 2 $distro). Run the tests with: $shown/bin/python -m pytest"

@@ -27,6 +27,28 @@ from dli_perception import transport  # noqa: E402
 transport.apply_default_profile()
 
 
+# The ROS graph tests CI runs again with every other supported distribution's wheels (.ci/run: Jazzy):
+# every test marked ``graph`` plus these files and folders. They get the marker ``distro``, so
+# ``pytest -m distro`` runs them and ``pytest -m distro --collect-only -q`` lists them.
+DISTRO_SUBSET = (
+    "test/nodes/",
+    "test/test_entry_points.py",
+    "test/test_cross_distro.py",
+    "test/test_colcon_build.py",
+    "test/test_launch_and_config.py",
+    "test/test_launch_runs.py",
+    "test/test_transport.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        path = Path(str(item.fspath)).resolve()
+        rel = path.relative_to(REPO).as_posix() if path.is_relative_to(REPO) else ""
+        if item.get_closest_marker("graph") is not None or rel.startswith(DISTRO_SUBSET):
+            item.add_marker(pytest.mark.distro)
+
+
 @pytest.fixture
 def ros_context():
     """A private, initialised rclpy Context (no signal handlers), shut down after the test."""
@@ -96,6 +118,7 @@ def installed_env(installed: Path) -> dict:
         "PYTHONPATH": f"{site}:{os.environ.get('PYTHONPATH', '')}",
         "AMENT_PREFIX_PATH": f"{installed}:{os.environ.get('AMENT_PREFIX_PATH', '')}",
         "FASTDDS_DEFAULT_PROFILES_FILE": "",
+        "FASTRTPS_DEFAULT_PROFILES_FILE": "",  # the variable Fast DDS 2 (Humble, Jazzy) reads
     }
 
 

@@ -279,7 +279,7 @@ def export_model_dir(
         metrics=_jsonable(dict(metrics or {})),
         training=_jsonable(dict(training or {})),
         versions=library_versions(),
-        created=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     )
     try:
         ModelMetadata.from_dict(meta.to_dict())  # the checks a classifier applies when loading

@@ -101,5 +101,21 @@ def declare(node: Node, params: Iterable[Param], on_change: Callable[[dict[str, 
                 return result
 
             node.remove_on_set_parameters_callback(validate)
-            node.add_on_set_parameters_callback(validate_and_apply)
+            _add_last_on_set_callback(node, validate_and_apply)
     return values
+
+
+def _add_last_on_set_callback(node: Node, callback: Callable[[list[Parameter]], SetParametersResult]) -> None:
+    """Register ``callback`` to run after every other on-set callback (the Humble fallback above).
+
+    rclpy calls on-set callbacks newest first and stops at the first refusal, so a callback that
+    applies changes must come last, or it applies a change that a node's own cross-parameter check
+    (registered before :func:`declare`) then refuses. rclpy has no public way to append; its list
+    is ``_parameters_callbacks`` on Humble (``_on_set_parameters_callbacks`` from Iron on).
+    """
+    for attr in ("_parameters_callbacks", "_on_set_parameters_callbacks"):
+        callbacks = getattr(node, attr, None)
+        if isinstance(callbacks, list):
+            callbacks.append(callback)
+            return
+    node.add_on_set_parameters_callback(callback)

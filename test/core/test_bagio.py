@@ -513,3 +513,22 @@ def test_distros_and_stats_properties():
         assert IMAGE in typestore_for(distro).types
     empty = BagConversionStats()
     assert empty.images_per_s == 0.0 and empty.mb_per_s == 0.0 and "no images saved" in empty.summary()
+
+
+@pytest.mark.parametrize("distro", ["humble", "jazzy", "kilted"])
+def test_each_distros_bag_round_trips_with_and_without_stored_definitions(tmp_path, distro):
+    """A bag written with a distribution's definitions reads back from them, and from its typestore alone."""
+    original = make_dataset(tmp_path / "a", "png")
+    bag = tmp_path / "bag"
+    dataset_to_bag(original, bag, storage="sqlite3", distro=distro, start_ns=T0)
+    expected = [(e.label, e.sha256) for e in original.entries]
+    with DatasetStore(tmp_path / "b", image_format="png") as copy:
+        stats = bag_to_dataset(bag, copy, "/image_raw", "/teach_label")
+        assert stats.definitions == "bag" and stats.saved == 7
+        assert [(e.label, e.sha256) for e in copy.entries] == expected
+    strip_definitions(bag)
+    with DatasetStore(tmp_path / "c", image_format="png") as copy:
+        stats = bag_to_dataset(bag, copy, "/image_raw", "/teach_label", distro=distro)
+        assert (stats.definitions, stats.distro, stats.saved) == ("typestore", distro, 7)
+        assert [(e.label, e.sha256) for e in copy.entries] == expected
+    original.close()

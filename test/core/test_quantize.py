@@ -5,11 +5,11 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
+from test_backends import COLOURS, build_model_dir
 
 from dli_perception.core.backends.onnxruntime import OnnxRuntimeBackend
 from dli_perception.core.backends.select import create_backend
 from dli_perception.errors import ConfigError
-from test_backends import COLOURS, build_model_dir
 
 
 def _solid_noisy(rgb, seed, h=60, w=80) -> np.ndarray:
