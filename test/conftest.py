@@ -122,3 +122,35 @@ def installed_env(installed: Path) -> dict:
     }
 
 
+
+
+SCENE_CLASSES = ["free", "blocked"]
+SCENE_SEED = 3
+
+
+@pytest.fixture(scope="session")
+def trained_scene_model(tmp_path_factory) -> Path:
+    """A model dir trained here (head mode, random backbone weights) on synthetic free/blocked scenes.
+
+    The camera's synthetic source draws the same classes, so a classifier using this model must
+    name the scene on screen. Shared by the tests that need a really trained model (~25 s).
+    """
+    cv2 = pytest.importorskip("cv2")
+    pytest.importorskip("torch")
+    from dli_perception.core.export import export_model_dir
+    from dli_perception.core.preprocess import PreprocessConfig
+    from dli_perception.core.synthetic import SyntheticScenes, iter_samples
+    from dli_perception.core.training import TrainConfig, train
+
+    root = tmp_path_factory.mktemp("trained")
+    scenes = SyntheticScenes(SCENE_CLASSES, width=64, height=48, seed=SCENE_SEED)
+    for name, index, image in iter_samples(scenes, per_class=16):
+        (root / "dataset" / name).mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(root / "dataset" / name / f"{index:03d}.png"), image[:, :, ::-1])
+    config = TrainConfig(
+        mode="head", weights="none", epochs=40, lr=0.05, preprocess=PreprocessConfig(size=64), num_workers=0,
+        device="cpu", early_stop_patience=0, augment=False, batch_size=16,
+    )
+    result = train(root / "dataset", config)
+    assert result.summary()["best_val_acc"] >= 0.8, result.summary()
+    return export_model_dir(result, root / "model", report=False)

@@ -387,34 +387,9 @@ SCENE_PERIOD_S = 1.5
 
 
 @pytest.fixture(scope="module")
-def trained_model(tmp_path_factory) -> Path:
-    cv2 = pytest.importorskip("cv2")
-    pytest.importorskip("torch")
-    from dli_perception.core.export import export_model_dir
-    from dli_perception.core.preprocess import PreprocessConfig
-    from dli_perception.core.synthetic import SyntheticScenes, iter_samples
-    from dli_perception.core.training import TrainConfig, train
-
-    root = tmp_path_factory.mktemp("trained")
-    scenes = SyntheticScenes(CAMERA_CLASSES, width=64, height=48, seed=3)
-    for name, index, image in iter_samples(scenes, per_class=16):
-        (root / "dataset" / name).mkdir(parents=True, exist_ok=True)
-        cv2.imwrite(str(root / "dataset" / name / f"{index:03d}.png"), image[:, :, ::-1])
-    config = TrainConfig(
-        mode="head",
-        weights="none",
-        epochs=40,
-        lr=0.05,
-        preprocess=PreprocessConfig(size=64),
-        num_workers=0,
-        device="cpu",
-        early_stop_patience=0,
-        augment=False,
-        batch_size=16,
-    )
-    result = train(root / "dataset", config)
-    assert result.summary()["best_val_acc"] >= 0.8, result.summary()
-    return export_model_dir(result, root / "model", report=False)
+def trained_model(trained_scene_model) -> Path:
+    """A ResNet-18 head trained on synthetic free/blocked scenes (test/conftest.py)."""
+    return trained_scene_model
 
 
 def best_schedule_agreement(stamps_s: list[float], labels: list[str]) -> float:
