@@ -4,7 +4,9 @@ Baseline (what the DLI notebooks do, one frame at a time): PIL image -> torchvis
 ``Resize((224, 224))``, ``ToTensor``, ``Normalize`` -> eager torch ResNet-18 under ``no_grad``.
 Ours: the shared preprocessing (OpenCV + NumPy) -> a backend from ``create_backend``:
 torch (channels_last, inference_mode), ONNX Runtime fp32, ONNX Runtime INT8 (static QDQ,
-calibrated on frames of the same scenes), one frame at a time and in batches of 4.
+calibrated on frames of the same scenes), one frame at a time and in batches of 4; per-call
+latency percentiles for each. Then the node pipeline: camera_node -> classifier_node as two
+processes, frame capture stamp -> label received, against the classifier's raw inference time.
 
 The model is a ResNet-18 (random weights: speed does not depend on them) with a 3-class head,
 exported by the package's own exporter; frames are 640x480 synthetic scenes.
@@ -52,14 +54,79 @@ def _calibration_dir(root: Path, scenes) -> Path:
     return calib
 
 
-def _rate(step, frames: list[np.ndarray], n: int, batch: int = 1) -> float:
+def _measure(step, frames: list[np.ndarray], n: int, batch: int = 1) -> dict:
+    """Throughput (frames/s) and per-call latency percentiles (ms) of ``step`` over ``n`` frames."""
     step(frames[:batch])  # warm-up
     done = 0
+    times = []
     start = time.perf_counter()
     while done < n:
+        t = time.perf_counter()
         step([frames[(done + j) % len(frames)] for j in range(batch)])
+        times.append((time.perf_counter() - t) * 1e3)
         done += batch
-    return done / (time.perf_counter() - start)
+    times.sort()
+    return {
+        "fps": done / (time.perf_counter() - start),
+        "p50_ms": times[len(times) // 2],
+        "p95_ms": times[min(len(times) - 1, int(0.95 * len(times)))],
+    }
+
+
+def node_pipeline(model_dir: Path, seconds: float, threads: int) -> dict:
+    """camera_node -> classifier_node (onnxruntime) as two processes; frame stamp -> label latency.
+
+    Returns p50/p95 of (label received here - frame capture stamp), and the classifier's own
+    inference_ms p50 for the same frames, so the pipeline overhead is their difference.
+    """
+    import json
+    import subprocess
+
+    import rclpy
+    from rclpy.signals import SignalHandlerOptions
+    from std_msgs.msg import String
+
+    from dli_perception import transport
+    from dli_perception.nodes.qos import EVENTS
+
+    transport.apply_default_profile()
+    bindir = Path(sys.executable).parent
+    procs = [
+        subprocess.Popen([str(bindir / "camera_node"), "--ros-args", "-p", "fps:=15.0",
+                          "-p", "synthetic.classes:=[free, blocked, thumbs_up]"],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
+        subprocess.Popen([str(bindir / "classifier_node"), "--ros-args", "-p", f"model_dir:={model_dir}",
+                          "-p", "backend:=onnxruntime", "-p", f"threads:={threads}"],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
+    ]
+    rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
+    node = rclpy.create_node("classifier_bench_sink")
+    results: list[tuple[float, float]] = []
+
+    def on_scores(msg: String) -> None:
+        r = json.loads(msg.data)
+        stamp = r["stamp"]["sec"] + r["stamp"]["nanosec"] / 1e9
+        results.append(((time.time() - stamp) * 1e3, float(r["inference_ms"])))
+
+    node.create_subscription(String, "/classifier_node/scores", on_scores, EVENTS)
+    deadline = time.monotonic() + 90
+    while len(results) < 5 and time.monotonic() < deadline:  # discovery, model load, warm-up
+        rclpy.spin_once(node, timeout_sec=0.1)
+    results.clear()
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        rclpy.spin_once(node, timeout_sec=0.1)
+    for proc in procs:
+        proc.send_signal(2)
+        proc.wait(timeout=20)
+    node.destroy_node()
+    rclpy.try_shutdown()
+    if not results:
+        raise RuntimeError("no classification results arrived from the node pipeline")
+    e2e = sorted(r[0] for r in results)
+    inf = sorted(r[1] for r in results)
+    return {"frames": len(results), "e2e_p50_ms": e2e[len(e2e) // 2],
+            "e2e_p95_ms": e2e[min(len(e2e) - 1, int(0.95 * len(e2e)))], "inference_p50_ms": inf[len(inf) // 2]}
 
 
 def naive_dli_loop(model_dir: Path, threads: int):
@@ -103,6 +170,8 @@ def main() -> int:
     parser.add_argument("--frames", type=int, default=60, help="frames per measurement")
     parser.add_argument("--threads", type=int, default=0, help="intra-op threads (0: library default)")
     parser.add_argument("--size", type=int, default=224, help="model input size")
+    parser.add_argument("--node-seconds", type=float, default=10.0, help="measurement window of the node pipeline")
+    parser.add_argument("--no-node", action="store_true", help="skip the camera_node -> classifier_node measurement")
     args = parser.parse_args()
 
     from dli_perception.core.backends.select import create_backend
@@ -115,8 +184,8 @@ def main() -> int:
         model_dir = _model_dir(root, args.size)
         calib = _calibration_dir(root, scenes)
         opts = {"intra_op_threads": args.threads}
-        rows = [("naive DLI loop (PIL + torchvision + eager torch)", 1, _rate(naive_dli_loop(model_dir, args.threads),
-                                                                              frames, args.frames))]
+        rows = [("naive DLI loop (PIL + torchvision + eager torch)", 1,
+                 _measure(naive_dli_loop(model_dir, args.threads), frames, args.frames))]
         configs = [
             ("torch backend (channels_last, inference_mode)", "torch", {}),
             ("onnxruntime fp32", "onnxruntime", dict(opts, device="cpu")),
@@ -126,13 +195,21 @@ def main() -> int:
         for label, name, kw in configs:
             backend, _ = create_backend(model_dir, name, **kw)
             for batch in (1, 4):
-                rows.append((label, batch, _rate(backend_step(backend), frames, args.frames, batch)))
+                rows.append((label, batch, _measure(backend_step(backend), frames, args.frames, batch)))
             backend.close()
-    base = rows[0][2]
+        pipeline = None if args.no_node else node_pipeline(model_dir, args.node_seconds, args.threads)
+    base = rows[0][2]["fps"]
     print(f"ResNet-18 {args.size}x{args.size}, {len(CLASSES)} classes, 640x480 frames, {os.cpu_count()} CPUs")
-    print(f"{'pipeline':<52} {'batch':>5} {'frames/s':>9} {'vs naive':>9}")
-    for label, batch, fps in rows:
-        print(f"{label:<52} {batch:>5} {fps:9.2f} {fps / base:8.2f}x")
+    print(f"{'pipeline':<52} {'batch':>5} {'frames/s':>9} {'vs naive':>9} {'p50 ms':>8} {'p95 ms':>8}")
+    for label, batch, m in rows:
+        print(f"{label:<52} {batch:>5} {m['fps']:9.2f} {m['fps'] / base:8.2f}x {m['p50_ms']:8.1f} {m['p95_ms']:8.1f}")
+    if pipeline:
+        print(
+            f"\nnode pipeline (camera_node -> classifier_node, onnxruntime fp32, {pipeline['frames']} frames): "
+            f"frame stamp -> label received p50 {pipeline['e2e_p50_ms']:.1f} ms, p95 {pipeline['e2e_p95_ms']:.1f} ms; "
+            f"inference p50 {pipeline['inference_p50_ms']:.1f} ms; "
+            f"ratio e2e/inference {pipeline['e2e_p50_ms'] / pipeline['inference_p50_ms']:.2f}"
+        )
     return 0
 
 

@@ -11,12 +11,14 @@ starts, unless the user already chose a profile (their choice wins) or set
 Fast DDS 3 (ROS 2 Kilted and newer) reads ``FASTDDS_DEFAULT_PROFILES_FILE``;
 Fast DDS 2 (Humble, Jazzy) reads only ``FASTRTPS_DEFAULT_PROFILES_FILE``
 (measured with the Jazzy wheels: with only the first set, 57 % of 640x480 and
-33 % of 1280x720 frames arrived at 30 Hz; with both set, at least 95 %). Both
-are set, to the same file.
+33 % of 1280x720 frames arrived at 30 Hz; with both set, at least 95 %). With
+Fast DDS 3 only the first is set (Fast DDS 3 warns about the second at every
+start); with Fast DDS 2, or when the version cannot be told, both are set.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import sys
 from pathlib import Path
@@ -58,6 +60,28 @@ def default_profile_path() -> Path:
     return config_dir() / PROFILE_FILE
 
 
+FAST_DDS_2_DISTROS = ("humble", "iron", "jazzy")
+
+
+def fastdds_major(env: dict | None = None) -> int | None:
+    """Major version of the Fast DDS this process will use: 2, 3, or None when it cannot be told.
+
+    ``ROS_DISTRO`` (set by a sourced ROS installation) decides first; off-robot the installed
+    PyPI wheels do (``ros-fastdds`` is Fast DDS 3, ``ros-fastrtps`` Fast DDS 2).
+    """
+    env = os.environ if env is None else env
+    distro = env.get("ROS_DISTRO", "").strip().lower()
+    if distro:
+        return 2 if distro in FAST_DDS_2_DISTROS else 3
+    for dist, major in (("ros-fastdds", 3), ("ros-fastrtps", 2)):
+        try:
+            importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        return major
+    return None
+
+
 def apply_default_profile(env: dict | None = None) -> str | None:
     """Point both Fast DDS profile variables at the shipped profile unless a profile was chosen or opted out.
 
@@ -74,7 +98,8 @@ def apply_default_profile(env: dict | None = None) -> str | None:
         if not path.is_file():
             return None
         chosen = str(path)
-    for name in PROFILE_ENVS:
+    names = (PROFILE_ENV,) if fastdds_major(env) == 3 else PROFILE_ENVS
+    for name in names:
         if not env.get(name):
             env[name] = chosen
     return chosen
