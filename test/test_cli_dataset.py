@@ -17,8 +17,7 @@ MODULE = "dli_perception.commands.dataset"
 @pytest.fixture
 def run(monkeypatch, capsys):
     """The real ``dli-perception`` main with the dataset command registered; returns (rc, stdout, stderr)."""
-    if MODULE not in cli.COMMANDS:
-        monkeypatch.setattr(cli, "COMMANDS", [*cli.COMMANDS, MODULE])
+    assert MODULE in cli.COMMANDS
 
     def call(*argv: str) -> tuple[int, str, str]:
         rc = cli.main([str(a) for a in argv])

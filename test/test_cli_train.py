@@ -36,11 +36,10 @@ LONG = [*FAST, "--epochs", "200", "--batch-size", "4", "--mode", "finetune"]
 
 
 def _main(argv: list[str]) -> tuple[int, str, str]:
-    """Run ``dli-perception ARGV`` in this process (train registered); returns (rc, stdout, stderr)."""
+    """Run ``dli-perception ARGV`` in this process; returns (rc, stdout, stderr)."""
     out, err = io.StringIO(), io.StringIO()
-    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        if MODULE not in cli.COMMANDS:
-            mp.setattr(cli, "COMMANDS", [*cli.COMMANDS, MODULE])
+    assert MODULE in cli.COMMANDS
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         rc = cli.main(argv)
     return rc, out.getvalue(), err.getvalue()
 
