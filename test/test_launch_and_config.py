@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from dli_perception.nodes.sets import flatten_parameters
+
 REPO = Path(__file__).resolve().parent.parent
 LAUNCH_FILES = sorted((REPO / "launch").glob("*.launch.py"))
 CONFIG_FILES = sorted((REPO / "config").glob("*.yaml"))
@@ -47,17 +49,6 @@ def _node_params(executable: str) -> dict:
     module_name, _ = NODES[executable].split(":")
     module = importlib.import_module(module_name)
     return {p.name: p for p in module.PARAMS}
-
-
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in d.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(_flatten(value, name + "."))
-        else:
-            out[name] = value
-    return out
 
 
 def _launch_facts(path: Path) -> tuple[set[str], list[tuple], list[str]]:
@@ -222,7 +213,7 @@ def test_yaml_parameters_are_declared_with_matching_types(path):
         assert node_name in NODES, f"{path.name}: {node_name} is not a node of this package"
         has_params = isinstance(section, dict) and "ros__parameters" in section
         assert has_params, f"{path.name}: {node_name} has no ros__parameters section"
-        values = _flatten(section["ros__parameters"])
+        values = flatten_parameters(section["ros__parameters"])
         declared = _node_params(node_name)
         for key, value in values.items():
             assert key in declared, f"{path.name}: {node_name} does not declare {key!r}"
@@ -246,5 +237,5 @@ def test_shipped_yaml_matches_node_defaults():
             continue  # application configs (e.g. a reaction table) choose their own values
         for node_name, section in yaml.safe_load(path.read_text()).items():
             declared = _node_params(node_name)
-            for key, value in _flatten(section["ros__parameters"]).items():
+            for key, value in flatten_parameters(section["ros__parameters"]).items():
                 assert value == declared[key].default, f"{path.name}: {key}={value!r}, node default {declared[key].default!r}"

@@ -248,12 +248,13 @@ def argument_overrides(
 WILDCARDS = ("/**", "**")
 
 
-def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten_parameters(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested ``ros__parameters`` mapping -> ``{"group.name": value}`` as ROS 2 declares them."""
     out: dict[str, Any] = {}
     for key, value in d.items():
         name = f"{prefix}{key}"
         if isinstance(value, Mapping):
-            out.update(_flatten(value, name + "."))
+            out.update(flatten_parameters(value, name + "."))
         else:
             out[name] = value
     return out
@@ -291,7 +292,7 @@ def load_params_file(path: Path, nodes: Iterable[str]) -> dict[str, dict[str, An
         )
     out: dict[str, dict[str, Any]] = {}
     for key, section in data.items():
-        values = _flatten(section["ros__parameters"] or {})
+        values = flatten_parameters(section["ros__parameters"] or {})
         for node in _section_node(str(key), nodes):
             out.setdefault(node, {}).update(values)
     return out
