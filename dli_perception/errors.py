@@ -67,3 +67,7 @@ class BackendUnavailableError(DliPerceptionError, RuntimeError):
 
 class BadMessageError(DliPerceptionError, ValueError):
     """A received message cannot be interpreted (malformed JSON, a missing field, a value out of range)."""
+
+
+class DemoError(DliPerceptionError, RuntimeError):
+    """A stage of ``dli-perception demo`` could not finish (no frames, training failed, no model served)."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import os
 import signal
 import sys
 import threading
@@ -33,6 +34,18 @@ SPIN_SLICE_S = 0.1
 log = logging.getLogger(__name__)
 
 NodeFactory = Callable[..., "object"]
+
+_HARD_EXIT: list[str] = []
+
+
+def request_hard_exit(reason: str) -> None:
+    """From ``destroy_node``: a worker is still inside native code (an ONNX export, a TensorRT build).
+
+    Interpreter finalisation with such a thread alive aborts the process (SIGABRT from the C++
+    runtime), so :func:`run_nodes` then ends the process with ``os._exit`` right after the cleanup
+    of every node, keeping the exit code. Files are unaffected: they are written atomically.
+    """
+    _HARD_EXIT.append(reason)
 
 
 class StopSignal:
@@ -105,6 +118,7 @@ def run_nodes(
     from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
 
     transport.apply_default_profile()
+    _HARD_EXIT.clear()
     signals = StopSignal().install()
     stop_event = signals.event
     if launcher.EARLY_STOP.is_set():  # a signal arrived while the process was still importing
@@ -140,6 +154,10 @@ def run_nodes(
             # After a signal the process is ending: keep ignoring, so the second SIGINT that launch
             # sends (it may come 100 ms later, while the interpreter exits) cannot kill it with -2.
             signals.restore()
+    if _HARD_EXIT:
+        print(f"[WARN] exiting while still busy: {'; '.join(_HARD_EXIT)}", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(code)
     return code
 
 

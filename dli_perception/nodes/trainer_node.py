@@ -71,7 +71,7 @@ from dli_perception.errors import ConfigError, DliPerceptionError, TrainingCance
 from dli_perception.nodes.diagnostics import ERROR, OK, DiagnosticsPublisher
 from dli_perception.nodes.params import Param, declare
 from dli_perception.nodes.qos import EVENTS, LATCHED
-from dli_perception.nodes.runtime import node_main
+from dli_perception.nodes.runtime import node_main, request_hard_exit
 
 STOP_TIMEOUT_S = 6.0
 """Longest destroy_node waits for a cancelled run to stop (launch: SIGTERM after 5 s, SIGKILL after 10 s)."""
@@ -559,6 +559,7 @@ class TrainerNode(Node):
                     "(a long batch or the export); "
                     f"{job.model_dir} is replaced only by a finished export"
                 )
+                request_hard_exit(f"training run {job.number} of trainer_node")
         super().destroy_node()
 
 

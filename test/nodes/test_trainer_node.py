@@ -317,3 +317,25 @@ def test_sigint_while_training_stops_the_run_and_keeps_the_previous_model(
 
 STOP_WAIT_S = 10.0
 """A trainer must be gone within this after SIGINT: launch sends SIGKILL 10 s after it."""
+
+
+def test_sigint_during_the_export_exits_0_and_leaves_an_old_or_complete_model(
+    node_process, ros_context, dataset, tmp_path
+):
+    """The export cannot be interrupted (native code); the node still exits 0 in time, and the
+    model directory is the previous one or the complete new one, never a mix."""
+    ns, model_dir = _ns(), tmp_path / "m"
+    before = _previous_model(model_dir)
+    params = {**FAST, "dataset_dir": str(dataset), "model_dir": str(model_dir)}
+    proc = node_process("trainer_node", "-r", f"__ns:={ns}", *_ros_args(**params))
+    op = Operator(ros_context, ns)
+    with Spinner(ros_context, op):
+        r = op.train()
+        assert r.success, r.message
+        assert wait_for(lambda: "export" in op.phases(), timeout=RUN_S), proc.output()
+        assert stop_and_check(proc, "int2", timeout=STOP_WAIT_S) == 0, proc.output()
+    err = proc.stderr()
+    assert "Traceback" not in err and "terminate called" not in err, err
+    after = _snapshot(model_dir)
+    if after != before:  # the export finished before the process ended: a complete model dir
+        load_metadata(model_dir)
