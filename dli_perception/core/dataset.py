@@ -1021,8 +1021,8 @@ class DatasetStore:
     def _class_dir(self, label: str) -> Path:
         """The directory of a (validated) class, created if needed and checked to lie inside ROOT."""
         cached = self._checked_dirs.get(label)
-        if cached is not None and cached.is_dir():
-            return cached
+        if cached is not None and not cached.is_symlink() and cached.is_dir():
+            return cached  # re-checked every time: the directory may have been replaced by a link since
         path = self.root / label
         if path.is_symlink():
             raise DatasetError(f"class directory {path} is a symbolic link; the store never follows links")

@@ -34,6 +34,7 @@ import importlib
 import logging
 import os
 import re
+import struct
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -735,7 +736,54 @@ def _decoded_encoding(img: np.ndarray, spec: _FormatSpec) -> str:
     return generic
 
 
+MAX_DECODED_PIXELS = 1 << 26
+"""Most pixels (width x height) a PNG or JPEG may declare: 67 MP, twice 8K UHD. Larger ones are refused
+before decoding, because decoders allocate (and for truncated JPEGs fill) what the header declares: a
+600-byte JPEG declaring 30000x30000 would take 2.7 GB and half a minute."""
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# JPEG start-of-frame markers (SOF0-SOF15 except DHT, JPG and DAC), which carry the image size.
+_JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+
+
+def _declared_size(buf: np.ndarray) -> tuple[int, int] | None:
+    """(width, height) a PNG IHDR or JPEG frame header declares; None for other formats or no header."""
+    mv = memoryview(buf)
+    n = len(mv)
+    if bytes(mv[:8]) == _PNG_SIGNATURE and n >= 24:
+        width, height = struct.unpack(">II", mv[16:24])
+        return width, height
+    if bytes(mv[:2]) != b"\xff\xd8":
+        return None
+    i = 2
+    while i + 4 <= n:
+        if mv[i] != 0xFF:
+            return None
+        marker = mv[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # segments without a length
+            i += 2
+            continue
+        if marker in _JPEG_SOF:
+            if i + 9 > n:
+                return None
+            height, width = struct.unpack(">HH", mv[i + 5 : i + 9])
+            return width, height
+        if marker == 0xDA:  # image data before any frame header
+            return None
+        i += 2 + ((mv[i + 2] << 8) | mv[i + 3])
+    return None
+
+
 def _imdecode(buf: np.ndarray) -> np.ndarray:
+    size = _declared_size(buf)
+    if size is not None and size[0] * size[1] > MAX_DECODED_PIXELS:
+        raise ImageConversionError(
+            f"compressed image declares {size[0]}x{size[1]} pixels, more than MAX_DECODED_PIXELS="
+            f"{MAX_DECODED_PIXELS}; refused before decoding (a corrupt or hostile header)"
+        )
     cv2 = _cv2()
     try:
         img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)

@@ -322,12 +322,15 @@ class TrainerNode(Node):
                     "or set dataset_dir"
                 )
             model_dir = expand(values["model_dir"])
-            if model_dir == dataset or dataset in model_dir.parents:
-                return False, f"model_dir {model_dir} must not be inside dataset_dir {dataset}"
             ckpt = values["checkpoint_dir"].strip()
             checkpoint_dir = (
                 expand(ckpt) if ckpt else model_dir.parent / f"{model_dir.name}{CHECKPOINT_SUFFIX}"
             )
+            real_dataset = dataset.resolve()
+            for name, path in (("model_dir", model_dir), ("checkpoint_dir", checkpoint_dir)):
+                real = path.resolve()  # through symlinks: where the files would really go
+                if real == real_dataset or real_dataset in real.parents:
+                    return False, f"{name} {path} must not be inside dataset_dir {dataset} (it resolves to {real})"
             self.runs["started"] += 1
             job = Job(
                 number=self.runs["started"],
