@@ -59,7 +59,7 @@ def _raw_publisher(size: str, fps: float, seconds: float) -> None:
 def _worker(mode: str, size: str, seconds: float, fps: float) -> dict:
     import rclpy
     from diagnostic_msgs.msg import DiagnosticArray
-    from rclpy.executors import MultiThreadedExecutor
+    from rclpy.executors import SingleThreadedExecutor
     from rclpy.node import Node
     from rclpy.signals import SignalHandlerOptions
     from sensor_msgs.msg import Image
@@ -91,7 +91,7 @@ def _worker(mode: str, size: str, seconds: float, fps: float) -> dict:
 
     params = [("width", width), ("height", height), ("fps", fps), ("synthetic.scene_period_s", 1.0)]
     sink = Sink()
-    executor = MultiThreadedExecutor(num_threads=2)
+    executor = SingleThreadedExecutor()  # least overhead per frame taken
     executor.add_node(sink)
     camera = proc = None
     if mode == "raw-transport":

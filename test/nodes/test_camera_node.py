@@ -195,16 +195,18 @@ def test_exit_code_zero_and_camera_released_after_signals(node_process, ros_cont
 def test_30_hz_frames_cross_processes_with_the_shipped_profile(size):
     """Sensor-data QoS frames at 30 Hz reach a subscriber in another process (builtin transports: ~5%).
 
-    The bound leaves room for frames the subscriber itself could not take in time on a loaded
-    2-core machine (depth 1: a newer frame replaces an unread one) and for the window edges.
+    A publisher process sends one pre-built frame at 30 Hz (benchmarks/transport.py raw-transport),
+    so the measure is the transport's, not how fast a loaded machine renders synthetic scenes. The
+    bound leaves room for frames the subscriber itself could not take in time on a loaded 2-core
+    machine (depth 1: a newer frame replaces an unread one).
     """
     out = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "transport.py"), "--worker", "cross-process", size, "5", "30"],
+        [sys.executable, str(REPO / "benchmarks" / "transport.py"), "--worker", "raw-transport", size, "5", "30"],
         capture_output=True, text=True, timeout=120,
     )
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
-    assert result["published"] >= 75, result
+    assert result["published"] >= 120, result
     assert result["delivered_fraction"] >= 0.9, result
 
 
