@@ -251,7 +251,7 @@ def test_continuous_capture_never_blocks_frames_and_drops_when_the_writer_lags(r
         assert recorder.set_parameters([Parameter("capture_rate_hz", value=25.0)])[0].successful
         assert recorder._record_timer.timer_period_ns == 40_000_000
         # Hold the store's lock: the writer stalls on its next image. Frames keep arriving, the queue
-        # stays bounded, further frames are dropped and counted, and a manual capture times out.
+        # stays bounded, and further frames are dropped and counted.
         with recorder._store._lock:
             received = recorder._frames_received
             assert wait_for(
@@ -259,12 +259,10 @@ def test_continuous_capture_never_blocks_frames_and_drops_when_the_writer_lags(r
             )
             assert recorder._frames_received > received
             assert recorder._queue.qsize() <= 2
-            r = teacher.capture()
-            assert not r.success and "write_timeout_s" in r.message, r.message
         assert teacher.set_recording(False).success
         assert wait_for(lambda: recorder.pending_jobs == 0, timeout=DEADLINE_S)
         saved = recorder.saved
-        assert recorder.refused["busy"] == 1 and recorder.dropped >= 3
+        assert recorder.dropped >= 3
         assert wait_for(lambda: teacher.counts and teacher.counts[-1]["_total"] == saved, timeout=DEADLINE_S)
         _assert_consistent(root, {"road": saved}, teacher.counts[-1])
         # stopped: new frames arrive (spread over several timer periods) and are not saved any more
