@@ -39,6 +39,7 @@ from std_msgs.msg import String
 from std_srvs.srv import SetBool
 
 from dli_perception import transport
+from dli_perception.core.logtext import quoted
 from dli_perception.core.reaction import (
     COLLISION_AVOIDANCE,
     MOVING,
@@ -204,7 +205,7 @@ class ReactionNode(Node):
         except BadMessageError as exc:
             self.bad_messages += 1
             self.get_logger().warning(
-                f"bad label message {msg.data[:80]!r}: {exc}; stopping", throttle_duration_sec=5.0
+                f"bad label message {quoted(msg.data, 80)}: {exc}; stopping", throttle_duration_sec=5.0
             )
             label, score = self._policy.table.unknown_label, None
         now = time.monotonic()

@@ -61,6 +61,7 @@ from std_msgs.msg import String
 from std_srvs.srv import SetBool, Trigger
 
 from dli_perception.core.dataset import DatasetStore, is_no_label, validate_label
+from dli_perception.core.logtext import quoted
 from dli_perception.errors import ClassFullError, DatasetError, ImageConversionError, InvalidLabelError
 from dli_perception.nodes.diagnostics import ERROR, OK, WARN, DiagnosticsPublisher
 from dli_perception.nodes.params import Param, declare
@@ -295,9 +296,9 @@ class RecorderNode(Node):
         else:
             try:
                 validate_label(label)
-                self.get_logger().info(f"teach label: {label!r}")
+                self.get_logger().info(f"teach label: {quoted(label)}")
             except InvalidLabelError as exc:
-                self.get_logger().warning(f"teach label {label[:80]!r} cannot be a class name: {exc}")
+                self.get_logger().warning(f"teach label {quoted(label, 80)} cannot be a class name: {exc}")
         self.diagnostics.publish()
 
     # -- capture --------------------------------------------------------------------------------
