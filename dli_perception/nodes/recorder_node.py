@@ -375,7 +375,8 @@ class RecorderNode(Node):
         with self._lock:
             ahead = self._frames_queued + self._calls_waiting
             expected_s = (ahead + 1) * self._job_s
-            if ahead >= MAX_WAITING_CALLS or expected_s > timeout:
+            # With nothing ahead a call always gets its chance (the estimate may be one slow write old).
+            if ahead >= MAX_WAITING_CALLS or (ahead > 0 and expected_s > timeout):
                 busy = Outcome(
                     False,
                     f"the writer is busy: {ahead} jobs ahead take about {expected_s:.1f} s, more than "
