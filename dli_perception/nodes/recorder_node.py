@@ -21,9 +21,10 @@ answers with the saved path. They wait as coroutines in a reentrant callback gro
 executor thread, so any executor serves them and every call is taken at once, each with its own
 deadline: within ``write_timeout_s`` a call gets the writer's outcome, or a ``busy`` refusal that
 says whether anything happened (not started: cancelled, nothing was done; being written: it may
-still complete, check ``~/counts``). At most :data:`MAX_WAITING_CALLS` calls wait at once; one
-more is refused as busy at once. No call goes unanswered, so a client without a timeout gets
-its answer too.
+still complete, check ``~/counts``). A call is refused as busy at once, nothing done, when
+:data:`MAX_WAITING_CALLS` calls already wait, or when the jobs ahead of it would take longer
+than ``write_timeout_s`` at the writer's recent pace (a call with nothing ahead is always
+queued). No call goes unanswered, so a client without a timeout gets its answer too.
 
 QoS: ``teach_label`` is subscribed with the EVENTS profile (reliable, volatile). A volatile
 subscription matches every publisher, ``ros2 topic pub`` and latched ones included, whereas a
