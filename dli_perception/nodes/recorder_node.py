@@ -50,7 +50,6 @@ import queue
 import threading
 import time
 from collections import Counter
-from concurrent.futures import CancelledError, Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,13 +66,27 @@ from dli_perception.errors import ClassFullError, DatasetError, ImageConversionE
 from dli_perception.nodes.diagnostics import ERROR, OK, WARN, DiagnosticsPublisher
 from dli_perception.nodes.params import Param, declare
 from dli_perception.nodes.qos import EVENTS, LATCHED, SENSOR_DATA
+from dli_perception.nodes.recorder_jobs import (
+    BAD_FRAME,
+    BUSY,
+    CLASS_FULL,
+    DATASET_ERROR,
+    DUPLICATE,
+    INVALID_LABEL,
+    MAX_WAITING_CALLS,
+    NO_FRAME,
+    NO_LABEL,
+    NOTHING_TO_UNDO,
+    SHUTTING_DOWN,
+    STALE_FRAME,
+    Job,
+    JobQueue,
+    Outcome,
+)
 from dli_perception.nodes.runtime import node_main
 
 DRAIN_TIMEOUT_S = 3.0
 """Longest destroy_node waits for queued frames to be written (launch sends SIGTERM after 5 s)."""
-
-MAX_WAITING_CALLS = 32
-"""Most ``~/capture``/``~/undo`` calls waiting for the writer at once; more are refused as busy."""
 
 DEADLINE_POLL_S = 0.05
 """While calls wait, the executor is woken this often to answer those whose deadline passed, seconds."""
@@ -85,19 +98,6 @@ REQUESTS = QoSProfile(
     durability=DurabilityPolicy.VOLATILE,
 )
 """Capture and undo requests: the services' default profile with room for a burst of calls."""
-
-# Refusal reasons, the keys of the ``refused_*`` diagnostics counters.
-NO_LABEL = "no_label"
-INVALID_LABEL = "invalid_label"
-NO_FRAME = "no_frame"
-STALE_FRAME = "stale_frame"
-CLASS_FULL = "class_full"
-DUPLICATE = "duplicate"
-DATASET_ERROR = "dataset_error"
-BAD_FRAME = "bad_frame"
-BUSY = "busy"
-SHUTTING_DOWN = "shutting_down"
-NOTHING_TO_UNDO = "nothing_to_undo"
 
 PARAMS = [
     Param(
@@ -166,24 +166,6 @@ class _Frame:
     seq: int
 
 
-@dataclass(frozen=True)
-class Outcome:
-    """What the writer did with one job: ``reason`` is empty on success, else a refusal key."""
-
-    success: bool
-    message: str
-    reason: str = ""
-    path: str = ""
-
-
-@dataclass
-class _Job:
-    kind: str  # "save" or "undo"
-    frame: _Frame | None = None
-    label: str = ""
-    reply: Future | None = None  # manual jobs: the service waits on it
-
-
 def dataset_dir(value: str) -> Path:
     """The dataset directory a ``dataset_dir`` parameter value names (``~`` expanded)."""
     return Path(value).expanduser()
@@ -226,12 +208,8 @@ class RecorderNode(Node):
         self.refused: Counter[str] = Counter()
         self.last_error = ""
         self._counts = self._read_counts()  # the writer's cache; the executor never reads the store
-        # Unbounded: continuous frames are bounded by queue_size, waiting calls by MAX_WAITING_CALLS.
-        self._queue: queue.Queue[_Job] = queue.Queue()
-        self._queue_size = p["queue_size"]
-        self._frames_queued = 0
-        self._calls_waiting = 0
-        self._job_s = 0.0  # moving average of the writer's time per job, seconds
+        self._jobs = JobQueue(p["queue_size"])
+        self._queue = self._jobs.queue
         self._stop = threading.Event()
         self._drain_deadline = float("inf")
         self._record_timer = None
@@ -303,7 +281,7 @@ class RecorderNode(Node):
         self.diagnostics.publish()
 
     # -- capture --------------------------------------------------------------------------------
-    def _check_capture(self) -> tuple[_Job | None, Outcome | None]:
+    def _check_capture(self) -> tuple[Job | None, Outcome | None]:
         """The save job for the newest frame and current label, or the refusal (counted)."""
         with self._lock:
             frame, raw_label, closing = self._frame, self._label, self._closing
@@ -348,7 +326,7 @@ class RecorderNode(Node):
         if refusal is not None:
             self._count_refusal(refusal)
             return None, refusal
-        return _Job("save", frame=frame, label=label), None
+        return Job("save", frame=frame, label=label), None
 
     async def _on_capture(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
         job, refusal = self._check_capture()
@@ -364,66 +342,28 @@ class RecorderNode(Node):
         if closing:
             outcome = Outcome(False, "the recorder is shutting down; nothing was undone", SHUTTING_DOWN)
         else:
-            outcome = await self._submit_and_wait(_Job("undo"))
+            outcome = await self._submit_and_wait(Job("undo"))
         response.success, response.message = outcome.success, outcome.message
         self.get_logger().info(outcome.message if outcome.success else f"undo refused: {outcome.message}")
         return response
 
-    async def _submit_and_wait(self, job: _Job) -> Outcome:
-        """Queue a manual job and wait (suspended, no thread held) for its outcome, up to write_timeout_s."""
-        timeout = self._write_timeout_s
-        job.reply = Future()
-        with self._lock:
-            ahead = self._frames_queued + self._calls_waiting
-            expected_s = (ahead + 1) * self._job_s
-            # With nothing ahead a call always gets its chance (the estimate may be one slow write old).
-            if ahead >= MAX_WAITING_CALLS or (ahead > 0 and expected_s > timeout):
-                busy = Outcome(
-                    False,
-                    f"the writer is busy: {ahead} jobs ahead take about {expected_s:.1f} s, more than "
-                    f"write_timeout_s={timeout:g} s allows; nothing was done, try again",
-                    BUSY,
-                )
-            else:
-                busy = None
-                self._calls_waiting += 1
-                self._queue.put_nowait(job)
+    async def _submit_and_wait(self, job: Job) -> Outcome:
+        """Queue a call's job and wait (suspended, no thread held) for its outcome, up to write_timeout_s."""
+        timeout, started = self._write_timeout_s, time.monotonic()
+        with self._lock:  # the same lock as the deadline timer's: it cannot stop for a call just queued
+            outcome = self._jobs.submit_call(job, timeout)
+            if outcome is None:
                 self._deadline_timer.reset()
-        if busy is not None:  # answered at once rather than after waiting in vain
-            self._count_refusal(busy)
-            return busy
-        deadline = time.monotonic() + timeout
-        try:
-            while not job.reply.done() and time.monotonic() < deadline:
-                await _NextWake()
-        finally:
-            with self._lock:
-                self._calls_waiting -= 1
-        if not job.reply.done() and job.reply.cancel():  # still waiting in the queue: it will never run
-            outcome = Outcome(
-                False,
-                f"the writer did not get to it within write_timeout_s={timeout:g} s; nothing was done",
-                BUSY,
-            )
-        elif not job.reply.done():
-            outcome = Outcome(
-                False,
-                f"the write takes longer than write_timeout_s={timeout:g} s "
-                "(slow disk?); it may still complete: check ~/counts",
-                BUSY,
-            )
-        else:
-            try:
-                return job.reply.result()
-            except CancelledError:
-                return Outcome(False, "the recorder is shutting down; nothing was done", SHUTTING_DOWN)
-        self._count_refusal(outcome)
+        if outcome is None:
+            outcome = await self._jobs.wait(job, timeout, started)
+        if outcome.reason == BUSY:  # the writer's own refusals are counted where they happen
+            self._count_refusal(outcome)
         return outcome
 
     def _on_deadline_poll(self) -> None:
         """Wakes the executor while calls wait, so each is answered at its deadline; stops when none wait."""
         with self._lock:
-            if self._calls_waiting == 0:
+            if self._jobs.calls_waiting == 0:
                 self._deadline_timer.cancel()
 
     def _on_set_recording(self, request: SetBool.Request, response: SetBool.Response) -> SetBool.Response:
@@ -471,9 +411,7 @@ class RecorderNode(Node):
             if not self._recording:
                 return
             self._last_queued_seq = job.frame.seq
-            if self._frames_queued < self._queue_size:
-                self._frames_queued += 1
-                self._queue.put_nowait(job)
+            if self._jobs.put_frame(job):
                 return
             self.dropped += 1
         self.get_logger().warning(
@@ -486,39 +424,34 @@ class RecorderNode(Node):
     def _writer_loop(self) -> None:
         while True:
             try:
-                job = self._queue.get(timeout=0.1)
+                job = self._jobs.take(0.1)
             except queue.Empty:
                 if self._stop.is_set():
                     return
                 continue
+            took = None
             try:
-                self._run_job(job)
+                if self._jobs.start(job):  # not a call whose caller gave up waiting
+                    started = time.monotonic()
+                    self._run_job(job)
+                    took = time.monotonic() - started
             finally:
-                self._queue.task_done()
+                self._jobs.done(took)
 
     @property
     def pending_jobs(self) -> int:
         """Jobs queued or being written (0: the writer is idle and everything asked for is on disk)."""
-        return self._queue.unfinished_tasks
+        return self._jobs.unfinished
 
-    def _run_job(self, job: _Job) -> None:
-        if job.reply is None:
-            with self._lock:
-                self._frames_queued -= 1
-        elif not job.reply.set_running_or_notify_cancel():
-            return  # the caller gave up waiting
+    def _run_job(self, job: Job) -> None:
         if self._stop.is_set() and time.monotonic() > self._drain_deadline:
             outcome = Outcome(False, "the recorder shut down before this frame was written", SHUTTING_DOWN)
         else:
-            started = time.monotonic()
             try:
                 outcome = self._undo() if job.kind == "undo" else self._save(job)
             except Exception as exc:  # noqa: BLE001 - the writer must survive anything one frame does
                 self.get_logger().error(f"writer: unexpected {type(exc).__name__}: {exc}")
                 outcome = Outcome(False, f"unexpected error: {type(exc).__name__}: {exc}", DATASET_ERROR)
-            took = time.monotonic() - started
-            with self._lock:
-                self._job_s = took if self._job_s == 0.0 else 0.7 * self._job_s + 0.3 * took
         if not outcome.success:
             self._count_refusal(outcome)
             if job.reply is None:
@@ -532,7 +465,7 @@ class RecorderNode(Node):
         with contextlib.suppress(Exception):  # destroyed at shutdown: nobody waits any more
             self._wake.trigger()
 
-    def _save(self, job: _Job) -> Outcome:
+    def _save(self, job: Job) -> Outcome:
         from dli_perception.core.imaging import to_rgb8
 
         store, frame = self._store, job.frame
@@ -678,13 +611,6 @@ class RecorderNode(Node):
             f"undid {self.undone}, refused {sum(self.refused.values())}, dropped {self.dropped}"
         )
         super().destroy_node()
-
-
-class _NextWake:
-    """Awaitable that suspends a coroutine callback until the executor runs it again (its next wake)."""
-
-    def __await__(self):
-        yield
 
 
 def _nothing() -> None:
