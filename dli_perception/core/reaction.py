@@ -406,6 +406,22 @@ class ReactionPolicy:
     def last_command(self) -> Command:
         return self._last
 
+    def deadline(self) -> float | None:
+        """When the current label stops the robot by time alone, or None (no label yet).
+
+        That is the stale deadline (last label + ``stale_timeout_s``), or the end of the current
+        action's ``duration_s`` when that comes first. A caller arms a timer for it, so the stop is
+        sent at that moment and not at its next periodic command.
+        """
+        state = self._label
+        if state is None:
+            return None
+        at = state.last_s + self._config.stale_timeout_s
+        action, found = self._table.lookup(state.label)
+        if found != "unknown" and action.duration_s is not None:
+            at = min(at, state.since_s + action.duration_s)
+        return at
+
     # -- output -----------------------------------------------------------------------------------
     def target(self, now: float) -> Command:
         """The command the rules ask for at ``now``, before the ramp; changes no state."""

@@ -34,7 +34,9 @@ Hot reload: ``model_updated`` or a change of ``model_dir`` / ``backend`` / ``dev
 worker swaps to it between two frames (with a fresh decision filter) and publishes the new
 classes. A parameter change is accepted at once (the load takes too long to wait for); if the
 load fails, the old model keeps serving and the failure is logged and shown in diagnostics
-(``status``, ``last_error``), while the parameter keeps the new value. ``model_updated`` does
+(``status``, ``last_error``), and a ``model_dir`` that failed is set back to the directory still
+serving (or to its previous value when none serves), so a parameter dump never carries it into
+the next start. A successful load clears ``last_error``. ``model_updated`` does
 not change the ``model_dir`` parameter; diagnostics show the directory actually serving.
 Clearing ``model_dir`` at run time keeps the current model serving.
 """
@@ -53,11 +55,13 @@ from typing import Any
 import numpy as np
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.node import Node
+from rclpy.parameter import Parameter
 from std_msgs.msg import String
 
 from dli_perception.core.backends.select import CHOICES as BACKEND_CHOICES
 from dli_perception.core.decision import SMOOTHING, DecisionConfig, DecisionFilter
 from dli_perception.core.imaging import cv2_to_imgmsg, to_rgb8
+from dli_perception.core.logtext import printable, quoted
 from dli_perception.core.preprocess import PreprocessConfig, preprocess
 from dli_perception.errors import ConfigError, ImageConversionError
 from dli_perception.nodes import localframes
@@ -214,6 +218,8 @@ class LoadRequest:
     options: dict[str, Any]
     threads: int
     reason: str
+    param_value: str | None = None  # the model_dir parameter value that asked for it (None: not the parameter)
+    param_before: str = ""  # that parameter's value before the change
 
 
 @dataclass
@@ -257,6 +263,7 @@ class ClassifierNode(Node):
         self.loading = False
         self._values = {p.name: p.default for p in PARAMS}
         self._declared = False
+        self._restoring: str | None = None  # model_dir value being set back after a failed load
         # Cross-parameter check (k <= n, unknown_label not a class) for launch-time and run-time values.
         self.add_on_set_parameters_callback(self._check_decision)
         p = declare(self, PARAMS, on_change=self._on_params)
@@ -342,9 +349,12 @@ class ClassifierNode(Node):
         return SetParametersResult(successful=True)
 
     def _on_params(self, changes: dict[str, Any]) -> None:
+        before = self._values["model_dir"]
         self._values.update(changes)
         if not self._declared:
             return  # rclpy calls this during declaration too; the constructor acts on the values
+        if self._restoring is not None and changes == {"model_dir": self._restoring}:
+            return  # set back after a failed load: the model it names is the one serving
         if "max_rate_hz" in changes:
             self._max_rate = float(changes["max_rate_hz"])
         if any(name in changes for name in DECISION_PARAMS):
@@ -352,7 +362,11 @@ class ClassifierNode(Node):
         if any(name in changes for name in MODEL_PARAMS):
             if self._values["model_dir"]:
                 changed = ", ".join(sorted(n for n in changes if n in MODEL_PARAMS))
-                self.request_load(self._values["model_dir"], f"parameter change ({changed})")
+                self.request_load(
+                    self._values["model_dir"],
+                    f"parameter change ({changed})",
+                    param_before=before if "model_dir" in changes else None,
+                )
             else:
                 self.get_logger().info("model_dir cleared: the current model keeps serving")
 
@@ -380,8 +394,12 @@ class ClassifierNode(Node):
             return
         self.request_load(path, f"{self.model_sub.topic_name}")
 
-    def request_load(self, model_dir: str, reason: str) -> None:
-        """Ask the loader thread to load ``model_dir`` with the current backend settings (newest request wins)."""
+    def request_load(self, model_dir: str, reason: str, param_before: str | None = None) -> None:
+        """Ask the loader thread to load ``model_dir`` with the current backend settings (newest request wins).
+
+        ``param_before``: the ``model_dir`` parameter's previous value when a change of it asked for
+        this load, so that a failed load can set the parameter back.
+        """
         v = self._values
         request = LoadRequest(
             model_dir=os.path.expanduser(model_dir),
@@ -396,6 +414,8 @@ class ClassifierNode(Node):
             ),
             threads=int(v["threads"]),
             reason=reason,
+            param_value=None if param_before is None else model_dir,
+            param_before=param_before or "",
         )
         with self._cond:
             self._load_request = request
@@ -419,7 +439,7 @@ class ClassifierNode(Node):
     def _load(self, req: LoadRequest) -> None:
         from dli_perception.core.backends.select import create_backend
 
-        self.get_logger().info(f"loading model {req.model_dir} ({req.reason}), backend {req.backend}")
+        self.get_logger().info(f"loading model {quoted(req.model_dir)} ({req.reason}), backend {req.backend}")
         t0 = time.monotonic()
         try:
             backend, selection = create_backend(req.model_dir, req.backend, **req.options)
@@ -436,12 +456,13 @@ class ClassifierNode(Node):
                 raise
         except Exception as exc:  # ModelError, BackendUnavailableError, ConfigError, or a library's own
             self.load_failures += 1
-            self.last_load_error = f"loading {req.model_dir} failed: {type(exc).__name__}: {exc}"
+            self.last_load_error = f"loading {quoted(req.model_dir)} failed: {type(exc).__name__}: {printable(exc)}"
             self.last_error = self.last_load_error
             serving = (
-                f"{self.model.model_dir} keeps serving" if self.model is not None else "no model is serving"
+                f"{quoted(self.model.model_dir)} keeps serving" if self.model is not None else "no model is serving"
             )
             self.get_logger().error(f"{self.last_load_error}; {serving}")
+            self._restore_model_dir(req)
             return
         model = ServingModel(
             backend=backend,
@@ -459,6 +480,7 @@ class ClassifierNode(Node):
                 replaced, self._staged = self._staged, model  # a staged model the worker never took
                 self.loads += 1
                 self.last_load_error = ""
+                self.last_error = ""
                 self._cond.notify_all()
         if stopped:
             model.backend.close()
@@ -466,9 +488,27 @@ class ClassifierNode(Node):
         if replaced is not None:
             replaced.backend.close()
         self.get_logger().info(
-            f"model {req.model_dir} loaded in {model.load_s:.2f} s: {len(model.classes)} classes "
+            f"model {quoted(req.model_dir)} loaded in {model.load_s:.2f} s: {len(model.classes)} classes "
             f"{model.classes}, {selection.summary()}"
         )
+
+    def _restore_model_dir(self, req: LoadRequest) -> None:
+        """After a failed load asked for by the ``model_dir`` parameter, set it back to what serves."""
+        if req.param_value is None or self._values["model_dir"] != req.param_value:
+            return  # not from the parameter, or it has changed again since
+        model = self.model
+        back = model.model_dir if model is not None else req.param_before
+        self._restoring = back
+        try:
+            result = self.set_parameters([Parameter("model_dir", value=back)])[0]
+        finally:
+            self._restoring = None
+        if result.successful:
+            self.get_logger().warning(
+                f"model_dir set back to {quoted(back)}: {quoted(req.param_value)} did not load"
+            )
+        else:
+            self.get_logger().error(f"model_dir could not be set back to {quoted(back)}: {result.reason}")
 
     # -- worker thread ----------------------------------------------------------------------------
     def _work_loop(self) -> None:
@@ -491,7 +531,7 @@ class ClassifierNode(Node):
                 self._classify(self.model, frame)
             except Exception as exc:  # never let one frame end the worker
                 self.errors += 1
-                self.last_error = f"{type(exc).__name__}: {exc}"
+                self.last_error = f"{type(exc).__name__}: {printable(exc)}"
                 self.get_logger().error(
                     f"classification failed: {self.last_error}", throttle_duration_sec=5.0
                 )
@@ -504,7 +544,7 @@ class ClassifierNode(Node):
         self.classes_pub.publish(String(data=json.dumps(model.classes)))
         if previous is not None:
             previous.backend.close()
-            self.get_logger().info(f"now serving {model.model_dir} (was {previous.model_dir})")
+            self.get_logger().info(f"now serving {quoted(model.model_dir)} (was {quoted(previous.model_dir)})")
 
     def _classify(self, model: ServingModel, frame: PendingFrame) -> None:
         msg = frame.msg
@@ -515,8 +555,8 @@ class ClassifierNode(Node):
         except (ImageConversionError, ConfigError) as exc:
             self.bad += 1
             self.last_error = (
-                f"bad frame ({getattr(msg, 'encoding', '?')}, {getattr(msg, 'width', '?')}x"
-                f"{getattr(msg, 'height', '?')}): {exc}"
+                f"bad frame ({quoted(getattr(msg, 'encoding', '?'))}, {getattr(msg, 'width', '?')}x"
+                f"{getattr(msg, 'height', '?')}): {printable(exc)}"
             )
             self.get_logger().warning(f"skipping {self.last_error}", throttle_duration_sec=5.0)
             return
@@ -566,7 +606,7 @@ class ClassifierNode(Node):
             model.decision = DecisionFilter(model.classes, config)
         except ConfigError as exc:
             model.refused_config = config
-            self.last_error = f"decision parameters not applied to {model.model_dir}: {exc}"
+            self.last_error = f"decision parameters not applied to {quoted(model.model_dir)}: {exc}"
             self.get_logger().error(self.last_error)
 
     def _publish_classification(self, header, scores: dict[str, float]) -> None:

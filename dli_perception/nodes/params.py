@@ -19,6 +19,7 @@ from rcl_interfaces.msg import (
     ParameterDescriptor,
     SetParametersResult,
 )
+from rclpy.exceptions import ParameterNotDeclaredException
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 
@@ -84,6 +85,8 @@ def declare(node: Node, params: Iterable[Param], on_change: Callable[[dict[str, 
         return SetParametersResult(successful=True)
 
     node.add_on_set_parameters_callback(validate)
+    if hasattr(node, "add_pre_set_parameters_callback"):  # Iron and newer
+        node.add_pre_set_parameters_callback(lambda changes: _refuse_undeclared(node, changes))
     declared = node.declare_parameters("", [(p.name, p.default, p.descriptor()) for p in params])
     values = {p.name: v.value for p, v in zip(params, declared, strict=True)}
     if on_change is not None:
@@ -103,6 +106,38 @@ def declare(node: Node, params: Iterable[Param], on_change: Callable[[dict[str, 
             node.remove_on_set_parameters_callback(validate)
             _add_last_on_set_callback(node, validate_and_apply)
     return values
+
+
+class UndeclaredParameterError(ParameterNotDeclaredException):
+    """A set of a parameter the node does not declare; the message names it (and a close match)."""
+
+    def __init__(self, message: str) -> None:
+        Exception.__init__(self, message)
+
+
+def _refuse_undeclared(node: Node, changes: list[Parameter]) -> list[Parameter]:
+    """Pre-set callback: refuse names the node does not declare, naming them.
+
+    rclpy's own refusal names none ("undeclared parameter(s): []": it lists a generator it has
+    already consumed). Raising its exception class keeps the behaviour: ``set_parameters`` raises,
+    the parameter services answer ``successful: false`` with this message as the reason.
+    """
+    if getattr(node, "_allow_undeclared_parameters", False):
+        return changes
+    unknown = [c.name for c in changes if not node.has_parameter(c.name)]
+    if unknown:
+        import difflib
+
+        known = list(node.list_parameters([], 0).names)
+        hints = []
+        for name in unknown:
+            close = difflib.get_close_matches(name, known, n=1)
+            hints.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        raise UndeclaredParameterError(
+            f"undeclared parameter(s): {', '.join(hints)}: {node.get_name()} has no such parameter; "
+            f"`ros2 param list {node.get_fully_qualified_name()}` lists the ones it has"
+        )
+    return changes
 
 
 def _add_last_on_set_callback(node: Node, callback: Callable[[list[Parameter]], SetParametersResult]) -> None:

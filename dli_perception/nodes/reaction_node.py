@@ -21,7 +21,9 @@ Topics and services (relative names, so a namespace or remapping moves them):
 Safety: motion starts disabled (call ``~/enable`` with ``data: true``, or set
 ``start_enabled``); a zero Twist is published on every stop path, at once when a
 label or ``~/enable`` stops the robot, and as the node's last message on shutdown.
-The watchdog runs on the wall clock (``time.monotonic``), not on sim time.
+The watchdog is a one-shot timer armed at every label for the moment that label goes
+stale (or its action's ``duration_s`` ends), so the stop goes out at that deadline, not
+at the next periodic command. It runs on the steady clock (``time.monotonic``), not on sim time.
 """
 
 from __future__ import annotations
@@ -33,12 +35,14 @@ from pathlib import Path
 from typing import Any
 
 from geometry_msgs.msg import Twist, TwistStamped
+from rclpy.clock import Clock, ClockType
 from rclpy.duration import Duration
 from rclpy.node import Node
 from std_msgs.msg import String
 from std_srvs.srv import SetBool
 
 from dli_perception import transport
+from dli_perception.core.logtext import quoted
 from dli_perception.core.reaction import (
     COLLISION_AVOIDANCE,
     MOVING,
@@ -55,6 +59,9 @@ from dli_perception.nodes.diagnostics import OK, WARN, DiagnosticsPublisher
 from dli_perception.nodes.params import Param, declare
 from dli_perception.nodes.qos import EVENTS, LATCHED
 from dli_perception.nodes.runtime import node_main
+
+DEADLINE_SLACK_S = 0.002
+"""The watchdog firing this much before its deadline counts as on time (a timer's rounding), seconds."""
 
 SHUTDOWN_ACK_TIMEOUT_S = 0.5
 """How long destroy_node waits for subscribers to acknowledge the final zero Twist."""
@@ -180,6 +187,12 @@ class ReactionNode(Node):
         self.enable_srv = self.create_service(SetBool, "~/enable", self._on_enable)
         self.diagnostics = DiagnosticsPublisher(self, self._diagnostics)
         self.timer = self.create_timer(1.0 / self._rate_hz, self._on_timer)
+        # One-shot (cancelled when it fires), re-armed at every label for the policy's deadline.
+        self._deadline: float | None = None
+        self._watchdog = self.create_timer(
+            p["stale_timeout_s"], self._on_deadline, clock=Clock(clock_type=ClockType.STEADY_TIME)
+        )
+        self._watchdog.cancel()
         self._publish_command(self._policy.command(time.monotonic()))
 
         table = self._policy.table
@@ -204,7 +217,7 @@ class ReactionNode(Node):
         except BadMessageError as exc:
             self.bad_messages += 1
             self.get_logger().warning(
-                f"bad label message {msg.data[:80]!r}: {exc}; stopping", throttle_duration_sec=5.0
+                f"bad label message {quoted(msg.data, 80)}: {exc}; stopping", throttle_duration_sec=5.0
             )
             label, score = self._policy.table.unknown_label, None
         now = time.monotonic()
@@ -215,6 +228,32 @@ class ReactionNode(Node):
             last = self._last_published
             if last is not None and not last.is_zero and self._policy.target(now).reason != MOVING:
                 self._publish_command(self._policy.command(now))  # stop now, not at the next tick
+            self._arm_watchdog(now)
+
+    def _arm_watchdog(self, now: float) -> None:
+        """(Re)start the one-shot watchdog for the policy's deadline; call with ``_lock`` held."""
+        deadline = self._policy.deadline()
+        if deadline is None:
+            return
+        self._deadline = deadline
+        self._watchdog.cancel()
+        self._watchdog.timer_period_ns = max(1, round((deadline - now) * 1e9))
+        self._watchdog.reset()
+
+    def _on_deadline(self) -> None:
+        """The watchdog fired: the label went stale (or its action ended); stop now if moving."""
+        with self._lock:
+            self._watchdog.cancel()  # one shot; the next label arms it again
+            deadline, now = self._deadline, time.monotonic()
+            if self._closing or deadline is None:
+                return
+            if now < deadline - DEADLINE_SLACK_S:  # a label moved the deadline after this expiry was due
+                self._arm_watchdog(now)
+                return
+            self._deadline = None
+            now = max(now, deadline)  # the steady clock is time.monotonic's: a hair early counts as on time
+            if self._policy.target(now).reason != MOVING:
+                self._publish_command(self._policy.command(now))
 
     def _on_timer(self) -> None:
         with self._lock:
@@ -296,6 +335,7 @@ class ReactionNode(Node):
         with self._lock:
             self._closing = True
             self.destroy_timer(self.timer)
+            self.destroy_timer(self._watchdog)
             try:
                 self._publish_command(Command(reason="shutdown", label=self._policy.label))
             except Exception as exc:  # the context may already be gone; the rest must still be destroyed

@@ -9,11 +9,22 @@ at start and after every change; ``/diagnostics`` carries saved, refused (by rea
 queue depth, dataset root, current label and the last error.
 
 Threads: the ``image_raw`` callback only keeps the newest frame message and its receive time.
-Conversion, JPEG/PNG encoding and the atomic write run on one writer thread fed by a queue of at
-most ``queue_size`` jobs; continuous capture never waits for it (a full queue drops the frame and
-counts it). ``~/capture`` and ``~/undo`` wait for their job, so a successful capture answers with
-the saved path: they run in their own callback group and the node runs in a
-MultiThreadedExecutor (``main`` does that), so the camera subscription keeps being served.
+Conversion, JPEG/PNG encoding and the atomic write run on one writer thread fed by a queue;
+continuous capture never waits for it (more than ``queue_size`` frames waiting drops the frame
+and counts it). The writer is the only code that touches the dataset store: it caches the
+per-class counts after every write and undo, and everything the executor runs (counts,
+diagnostics, refusal checks) reads that cache, so a slow write (an SD card, a large PNG) holding
+the store never blocks a callback.
+
+Answers: ``~/capture`` and ``~/undo`` queue their job and wait for it, so a successful capture
+answers with the saved path. They wait as coroutines in a reentrant callback group, holding no
+executor thread, so any executor serves them and every call is taken at once, each with its own
+deadline: within ``write_timeout_s`` a call gets the writer's outcome, or a ``busy`` refusal that
+says whether anything happened (not started: cancelled, nothing was done; being written: it may
+still complete, check ``~/counts``). A call is refused as busy at once, nothing done, when
+:data:`MAX_WAITING_CALLS` calls already wait, or when the jobs ahead of it would take longer
+than ``write_timeout_s`` at the writer's recent pace (a call with nothing ahead is always
+queued). No call goes unanswered, so a client without a timeout gets its answer too.
 
 QoS: ``teach_label`` is subscribed with the EVENTS profile (reliable, volatile). A volatile
 subscription matches every publisher, ``ros2 topic pub`` and latched ones included, whereas a
@@ -33,44 +44,60 @@ captures included (a bag written while recording could not forget an undone capt
 
 from __future__ import annotations
 
+import contextlib
 import json
 import queue
 import threading
 import time
 from collections import Counter
-from concurrent.futures import CancelledError, Future
-from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from std_msgs.msg import String
 from std_srvs.srv import SetBool, Trigger
 
 from dli_perception.core.dataset import DatasetStore, is_no_label, validate_label
+from dli_perception.core.logtext import quoted
 from dli_perception.errors import ClassFullError, DatasetError, ImageConversionError, InvalidLabelError
 from dli_perception.nodes.diagnostics import ERROR, OK, WARN, DiagnosticsPublisher
 from dli_perception.nodes.params import Param, declare
 from dli_perception.nodes.qos import EVENTS, LATCHED, SENSOR_DATA
+from dli_perception.nodes.recorder_jobs import (
+    BAD_FRAME,
+    BUSY,
+    CLASS_FULL,
+    DATASET_ERROR,
+    DUPLICATE,
+    INVALID_LABEL,
+    MAX_WAITING_CALLS,
+    NO_FRAME,
+    NO_LABEL,
+    NOTHING_TO_UNDO,
+    SHUTTING_DOWN,
+    STALE_FRAME,
+    Job,
+    JobQueue,
+    Outcome,
+)
 from dli_perception.nodes.runtime import node_main
 
 DRAIN_TIMEOUT_S = 3.0
 """Longest destroy_node waits for queued frames to be written (launch sends SIGTERM after 5 s)."""
 
-# Refusal reasons, the keys of the ``refused_*`` diagnostics counters.
-NO_LABEL = "no_label"
-INVALID_LABEL = "invalid_label"
-NO_FRAME = "no_frame"
-STALE_FRAME = "stale_frame"
-CLASS_FULL = "class_full"
-DUPLICATE = "duplicate"
-DATASET_ERROR = "dataset_error"
-BAD_FRAME = "bad_frame"
-BUSY = "busy"
-SHUTTING_DOWN = "shutting_down"
-NOTHING_TO_UNDO = "nothing_to_undo"
+DEADLINE_POLL_S = 0.05
+"""While calls wait, the executor is woken this often to answer those whose deadline passed, seconds."""
+
+REQUESTS = QoSProfile(
+    history=HistoryPolicy.KEEP_LAST,
+    depth=MAX_WAITING_CALLS * 2,
+    reliability=ReliabilityPolicy.RELIABLE,
+    durability=DurabilityPolicy.VOLATILE,
+)
+"""Capture and undo requests: the services' default profile with room for a burst of calls."""
 
 PARAMS = [
     Param(
@@ -123,8 +150,8 @@ PARAMS = [
     ),
     Param(
         "write_timeout_s",
-        5.0,
-        "How long ~/capture and ~/undo wait for the writer, seconds.",
+        2.0,
+        "Longest ~/capture and ~/undo wait for the writer before answering busy, seconds.",
         min=0.1,
         max=120.0,
     ),
@@ -137,24 +164,6 @@ class _Frame:
     received: float  # time.monotonic() at receipt
     stamp_ns: int  # header stamp, or the wall-clock receive time when the header has none
     seq: int
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """What the writer did with one job: ``reason`` is empty on success, else a refusal key."""
-
-    success: bool
-    message: str
-    reason: str = ""
-    path: str = ""
-
-
-@dataclass
-class _Job:
-    kind: str  # "save" or "undo"
-    frame: _Frame | None = None
-    label: str = ""
-    reply: Future | None = None  # manual jobs: the service waits on it
 
 
 def dataset_dir(value: str) -> Path:
@@ -171,6 +180,7 @@ class RecorderNode(Node):
         self._rate_hz = p["capture_rate_hz"]
         self._max_age_s = p["max_frame_age_s"]
         self._write_timeout_s = p["write_timeout_s"]
+        self._max_per_class = p["max_per_class"] or None
         self._store = DatasetStore(
             dataset_dir(p["dataset_dir"]),
             max_per_class=p["max_per_class"] or None,
@@ -197,22 +207,28 @@ class RecorderNode(Node):
         self.dropped = 0
         self.refused: Counter[str] = Counter()
         self.last_error = ""
-        self._queue: queue.Queue[_Job] = queue.Queue(maxsize=p["queue_size"])
+        self._counts = self._read_counts()  # the writer's cache; the executor never reads the store
+        self._jobs = JobQueue(p["queue_size"])
+        self._queue = self._jobs.queue
         self._stop = threading.Event()
         self._drain_deadline = float("inf")
         self._record_timer = None
 
-        # Frames, labels and timers: quick callbacks. Capture and undo wait for the writer, so they
-        # get a group of their own (and are serialised with each other, in call order).
-        self._writer_group = MutuallyExclusiveCallbackGroup()
+        # Frames, labels and timers: quick callbacks. Capture and undo wait for the writer as
+        # coroutines in a reentrant group (no thread held while they wait); the writer's guard
+        # condition and a deadline timer wake the executor to resume them.
+        self._calls_group = ReentrantCallbackGroup()
+        self._wake = self.create_guard_condition(_nothing, callback_group=self._calls_group)
+        self._deadline_timer = self.create_timer(DEADLINE_POLL_S, self._on_deadline_poll, self._calls_group)
+        self._deadline_timer.cancel()  # runs only while calls wait
         self.counts_pub = self.create_publisher(String, "~/counts", LATCHED)
         self.image_sub = self.create_subscription(_image_type(), "image_raw", self._on_image, SENSOR_DATA)
         self.label_sub = self.create_subscription(String, "teach_label", self._on_label, EVENTS)
         self.capture_srv = self.create_service(
-            Trigger, "~/capture", self._on_capture, callback_group=self._writer_group
+            Trigger, "~/capture", self._on_capture, qos_profile=REQUESTS, callback_group=self._calls_group
         )
         self.undo_srv = self.create_service(
-            Trigger, "~/undo", self._on_undo, callback_group=self._writer_group
+            Trigger, "~/undo", self._on_undo, qos_profile=REQUESTS, callback_group=self._calls_group
         )
         self.recording_srv = self.create_service(SetBool, "~/set_recording", self._on_set_recording)
         self.diagnostics = DiagnosticsPublisher(self, self._diagnostics, hardware_id=str(self._store.root))
@@ -226,8 +242,8 @@ class RecorderNode(Node):
                 f"dataset {store.root} is read-only ({store.readonly_reason}); captures will be refused"
             )
         self.get_logger().info(
-            f"recording {self.image_sub.topic_name} into {store.root} ({len(store)} images in "
-            f"{len(store.counts())} classes, {store.image_format}); label from {self.label_sub.topic_name}"
+            f"recording {self.image_sub.topic_name} into {store.root} ({self._counts['_total']} images in "
+            f"{len(self._counts) - 1} classes, {store.image_format}); label from {self.label_sub.topic_name}"
         )
 
     # -- parameters -----------------------------------------------------------------------------
@@ -259,13 +275,13 @@ class RecorderNode(Node):
         else:
             try:
                 validate_label(label)
-                self.get_logger().info(f"teach label: {label!r}")
+                self.get_logger().info(f"teach label: {quoted(label)}")
             except InvalidLabelError as exc:
-                self.get_logger().warning(f"teach label {label[:80]!r} cannot be a class name: {exc}")
+                self.get_logger().warning(f"teach label {quoted(label, 80)} cannot be a class name: {exc}")
         self.diagnostics.publish()
 
     # -- capture --------------------------------------------------------------------------------
-    def _check_capture(self) -> tuple[_Job | None, Outcome | None]:
+    def _check_capture(self) -> tuple[Job | None, Outcome | None]:
         """The save job for the newest frame and current label, or the refusal (counted)."""
         with self._lock:
             frame, raw_label, closing = self._frame, self._label, self._closing
@@ -300,9 +316,7 @@ class RecorderNode(Node):
                     "Nothing was saved",
                     STALE_FRAME,
                 )
-            elif (limit := self._store.max_per_class) is not None and self._store.counts().get(
-                label, 0
-            ) >= limit:
+            elif (limit := self._max_per_class) is not None and self._cached_count(label) >= limit:
                 refusal = Outcome(
                     False,
                     f"class {label!r} is full ({limit} images, max_per_class); undo some captures or "
@@ -312,63 +326,45 @@ class RecorderNode(Node):
         if refusal is not None:
             self._count_refusal(refusal)
             return None, refusal
-        return _Job("save", frame=frame, label=label), None
+        return Job("save", frame=frame, label=label), None
 
-    def _on_capture(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+    async def _on_capture(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
         job, refusal = self._check_capture()
-        outcome = refusal if job is None else self._submit_and_wait(job)
+        outcome = refusal if job is None else await self._submit_and_wait(job)
         response.success, response.message = outcome.success, outcome.message
         if not outcome.success:
             self.get_logger().info(f"capture refused: {outcome.message}")
         return response
 
-    def _on_undo(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+    async def _on_undo(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
         with self._lock:
             closing = self._closing
         if closing:
             outcome = Outcome(False, "the recorder is shutting down; nothing was undone", SHUTTING_DOWN)
         else:
-            outcome = self._submit_and_wait(_Job("undo"))
+            outcome = await self._submit_and_wait(Job("undo"))
         response.success, response.message = outcome.success, outcome.message
         self.get_logger().info(outcome.message if outcome.success else f"undo refused: {outcome.message}")
         return response
 
-    def _submit_and_wait(self, job: _Job) -> Outcome:
-        """Queue a manual job (waiting for room) and wait for the writer's outcome, both bounded."""
-        job.reply = Future()
-        deadline = time.monotonic() + self._write_timeout_s
-        try:
-            self._queue.put(job, timeout=self._write_timeout_s)
-        except queue.Full:
-            outcome = Outcome(
-                False,
-                f"the writer is busy: its queue stayed full for write_timeout_s={self._write_timeout_s:g} s; "
-                "nothing was done",
-                BUSY,
-            )
+    async def _submit_and_wait(self, job: Job) -> Outcome:
+        """Queue a call's job and wait (suspended, no thread held) for its outcome, up to write_timeout_s."""
+        timeout, started = self._write_timeout_s, time.monotonic()
+        with self._lock:  # the same lock as the deadline timer's: it cannot stop for a call just queued
+            outcome = self._jobs.submit_call(job, timeout)
+            if outcome is None:
+                self._deadline_timer.reset()
+        if outcome is None:
+            outcome = await self._jobs.wait(job, timeout, started)
+        if outcome.reason == BUSY:  # the writer's own refusals are counted where they happen
             self._count_refusal(outcome)
-            return outcome
-        try:
-            return job.reply.result(timeout=max(0.0, deadline - time.monotonic()))
-        except FutureTimeout:
-            if job.reply.cancel():  # still waiting in the queue: it will never run
-                outcome = Outcome(
-                    False,
-                    f"the writer did not get to it within write_timeout_s="
-                    f"{self._write_timeout_s:g} s; nothing was done",
-                    BUSY,
-                )
-            else:
-                outcome = Outcome(
-                    False,
-                    f"the write takes longer than write_timeout_s={self._write_timeout_s:g} s "
-                    "(slow disk?); it may still complete: check ~/counts",
-                    BUSY,
-                )
-            self._count_refusal(outcome)
-            return outcome
-        except CancelledError:
-            return Outcome(False, "the recorder is shutting down; nothing was done", SHUTTING_DOWN)
+        return outcome
+
+    def _on_deadline_poll(self) -> None:
+        """Wakes the executor while calls wait, so each is answered at its deadline; stops when none wait."""
+        with self._lock:
+            if self._jobs.calls_waiting == 0:
+                self._deadline_timer.cancel()
 
     def _on_set_recording(self, request: SetBool.Request, response: SetBool.Response) -> SetBool.Response:
         with self._lock:
@@ -388,7 +384,7 @@ class RecorderNode(Node):
             )
             message = f"recording at {self._rate_hz:g} Hz{note}"
         else:
-            message = f"recording stopped; dataset has {len(self._store)} images"
+            message = f"recording stopped; dataset has {self._cached_count('_total')} images"
         self.get_logger().info(message)
         response.success, response.message = True, message
         return response
@@ -415,11 +411,9 @@ class RecorderNode(Node):
             if not self._recording:
                 return
             self._last_queued_seq = job.frame.seq
-            try:
-                self._queue.put_nowait(job)
+            if self._jobs.put_frame(job):
                 return
-            except queue.Full:
-                self.dropped += 1
+            self.dropped += 1
         self.get_logger().warning(
             "recording: the writer falls behind; frames are dropped (lower capture_rate_hz or use "
             "image_format jpg)",
@@ -430,24 +424,26 @@ class RecorderNode(Node):
     def _writer_loop(self) -> None:
         while True:
             try:
-                job = self._queue.get(timeout=0.1)
+                job = self._jobs.take(0.1)
             except queue.Empty:
                 if self._stop.is_set():
                     return
                 continue
+            took = None
             try:
-                self._run_job(job)
+                if self._jobs.start(job):  # not a call whose caller gave up waiting
+                    started = time.monotonic()
+                    self._run_job(job)
+                    took = time.monotonic() - started
             finally:
-                self._queue.task_done()
+                self._jobs.done(took)
 
     @property
     def pending_jobs(self) -> int:
         """Jobs queued or being written (0: the writer is idle and everything asked for is on disk)."""
-        return self._queue.unfinished_tasks
+        return self._jobs.unfinished
 
-    def _run_job(self, job: _Job) -> None:
-        if job.reply is not None and not job.reply.set_running_or_notify_cancel():
-            return  # the caller gave up waiting
+    def _run_job(self, job: Job) -> None:
         if self._stop.is_set() and time.monotonic() > self._drain_deadline:
             outcome = Outcome(False, "the recorder shut down before this frame was written", SHUTTING_DOWN)
         else:
@@ -462,8 +458,14 @@ class RecorderNode(Node):
                 self.get_logger().warning(f"recording: {outcome.message}", throttle_duration_sec=5.0)
         if job.reply is not None:
             job.reply.set_result(outcome)
+            self._wake_calls()
 
-    def _save(self, job: _Job) -> Outcome:
+    def _wake_calls(self) -> None:
+        """Wake the executor so the call waiting for a finished job answers now (writer thread)."""
+        with contextlib.suppress(Exception):  # destroyed at shutdown: nobody waits any more
+            self._wake.trigger()
+
+    def _save(self, job: Job) -> Outcome:
         from dli_perception.core.imaging import to_rgb8
 
         store, frame = self._store, job.frame
@@ -489,7 +491,7 @@ class RecorderNode(Node):
             )
         with self._lock:
             self.saved += 1
-        counts = self._publish_counts()
+        counts = self._refresh_counts()
         return Outcome(
             True,
             f"saved {result.path} as {result.label!r} ({counts.get(result.label, 0)} in class, "
@@ -507,7 +509,7 @@ class RecorderNode(Node):
             return Outcome(False, "nothing to undo: the dataset is empty", NOTHING_TO_UNDO)
         with self._lock:
             self.undone += 1
-        counts = self._publish_counts()
+        counts = self._refresh_counts()
         entry = removed[0]
         return Outcome(
             True,
@@ -523,19 +525,36 @@ class RecorderNode(Node):
             if outcome.reason in (DATASET_ERROR, BAD_FRAME, BUSY):
                 self.last_error = outcome.message
 
-    def _publish_counts(self) -> dict[str, int]:
+    def _read_counts(self) -> dict[str, int]:
+        """Per-class counts and ``_total`` from the store (start-up and the writer thread only)."""
         counts: dict[str, int] = dict(self._store.counts())
         counts["_total"] = sum(counts.values())
-        self.counts_pub.publish(String(data=json.dumps(counts, ensure_ascii=False)))
         return counts
+
+    def _refresh_counts(self) -> dict[str, int]:
+        """Writer thread, after a write or undo: re-read the counts into the cache and publish them."""
+        counts = self._read_counts()
+        with self._lock:
+            self._counts = counts
+        self._publish_counts()
+        return counts
+
+    def _cached_count(self, key: str) -> int:
+        with self._lock:
+            return self._counts.get(key, 0)
+
+    def _publish_counts(self) -> None:
+        with self._lock:
+            counts = dict(self._counts)
+        self.counts_pub.publish(String(data=json.dumps(counts, ensure_ascii=False)))
 
     def _diagnostics(self):
         store = self._store
         with self._lock:
             values = {
                 "dataset": str(store.root),
-                "images": len(store),
-                "classes": len(store.counts()),
+                "images": self._counts["_total"],
+                "classes": len(self._counts) - 1,
                 "label": self._label or "",
                 "recording": self._recording,
                 "capture_rate_hz": self._rate_hz,
@@ -583,14 +602,19 @@ class RecorderNode(Node):
             except DatasetError as exc:
                 self.get_logger().error(f"closing the dataset: {exc}")
             try:
+                self._counts = self._read_counts()
                 self._publish_counts()
             except Exception as exc:  # noqa: BLE001 - the context may be gone; the rest must still happen
                 self.get_logger().warning(f"could not publish the final counts: {exc}")
         self.get_logger().info(
-            f"dataset {self._store.root} closed: {len(self._store)} images; this run saved {self.saved}, "
+            f"dataset {self._store.root} closed: {self._counts['_total']} images; this run saved {self.saved}, "
             f"undid {self.undone}, refused {sum(self.refused.values())}, dropped {self.dropped}"
         )
         super().destroy_node()
+
+
+def _nothing() -> None:
+    """Callback of the writer's wake-up guard condition: waking the executor is all it is for."""
 
 
 def _image_type():

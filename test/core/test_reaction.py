@@ -198,6 +198,23 @@ def test_no_label_then_stale_watchdog_at_exactly_the_timeout():
     assert p.counters.labels_received == 2
 
 
+def test_deadline_is_when_the_label_stops_the_robot_by_time():
+    p = policy(table(back={"linear_x": -0.1, "duration_s": 1.0}, go={"linear_x": 0.1}))
+    assert p.deadline() is None  # no label yet: nothing to time out
+    p.on_label("go", 5.0)
+    assert p.deadline() == 5.5  # stale_timeout_s after the last label
+    assert p.target(5.5 - 1e-9).reason == MOVING and p.target(5.5).reason == STALE
+    p.on_label("go", 5.25)
+    assert p.deadline() == 5.75  # each label moves it
+    p.on_label("back", 6.0)
+    for t in (6.25, 6.5, 6.75):
+        p.on_label("back", t)
+    assert p.deadline() == 7.0  # the action's duration ends before the label goes stale (7.25)
+    assert p.target(7.0).reason == DURATION_ELAPSED
+    p.on_label("unknown", 8.0)
+    assert p.deadline() == 8.5
+
+
 def test_repeated_labels_keep_it_moving():
     p = policy()
     for i in range(10):

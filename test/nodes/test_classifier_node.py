@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from pathlib import Path
 
@@ -18,8 +19,10 @@ import pytest
 from diagnostic_msgs.msg import DiagnosticArray
 from fixtures_models import build_colour_model_dir, corrupt_copy, solid
 from graphutil import Collector, Spinner, stop_and_check, wait_for
+from rcl_interfaces.msg import SetParametersResult
+from rcl_interfaces.srv import GetParameters, SetParameters
 from rclpy.node import Node
-from rclpy.parameter import Parameter
+from rclpy.parameter import Parameter, parameter_value_to_python
 from sensor_msgs.msg import Image
 from std_msgs.msg import String
 
@@ -124,6 +127,28 @@ class Graph:
                         **{kv.key: kv.value for kv in status.values},
                     }
         return None
+
+
+class ParamClient:
+    """Sets and reads a node's parameters through its parameter services, as ``ros2 param`` does."""
+
+    def __init__(self, node: Node, target: str) -> None:
+        self._set = node.create_client(SetParameters, f"{target}/set_parameters")
+        self._get = node.create_client(GetParameters, f"{target}/get_parameters")
+
+    def _call(self, client, request):
+        assert client.wait_for_service(timeout_sec=DEADLINE), f"{client.srv_name} not available"
+        future = client.call_async(request)
+        assert wait_for(future.done, DEADLINE), f"{client.srv_name} did not answer"
+        return future.result()
+
+    def set(self, name: str, value) -> SetParametersResult:
+        msg = Parameter(name, value=value).to_parameter_msg()
+        return self._call(self._set, SetParameters.Request(parameters=[msg])).results[0]
+
+    def get(self, name: str):
+        values = self._call(self._get, GetParameters.Request(names=[name])).values
+        return parameter_value_to_python(values[0])
 
 
 @pytest.fixture
@@ -270,20 +295,30 @@ def test_hot_reload_by_topic_and_parameter(graph, models):
         and diag["model_dir"] == str(models["b"])
     )
 
-    # A parameter change loads in the background; a successful load clears the error.
-    result = g.node.set_parameters([Parameter("model_dir", value=str(models["a"]))])[0]
-    assert result.successful
+    # A parameter change (through the node's parameter services, as `ros2 param set` does) loads in
+    # the background; a successful load clears the error, in the node and in diagnostics.
+    params = ParamClient(g.source, "/classifier_node")
+    result = params.set("model_dir", str(models["a"]))
+    assert result.successful, result.reason
     assert wait_for(lambda: g.current_classes() == CLASSES_A, DEADLINE), g.node.last_error
     assert g.classify(solid("blue"), 4)["label"] == "blue"
     assert g.node.status() == "serving"
+    assert g.node.last_error == "" and g.node.last_load_error == ""
+    assert wait_for(lambda: (g.latest_diagnostics() or {}).get("status") == "serving", DEADLINE)
+    assert g.latest_diagnostics()["last_error"] == "" and g.latest_diagnostics()["level"] == b"\x00"
 
-    # A missing directory is accepted as a value, fails to load, and the model keeps serving.
-    result = g.node.set_parameters([Parameter("model_dir", value=str(models["missing"]))])[0]
-    assert result.successful
+    # A missing directory is accepted as a value and fails to load; the model keeps serving and the
+    # parameter is set back to the directory serving, so a parameter dump never carries the bad one.
+    result = params.set("model_dir", str(models["missing"]))
+    assert result.successful, result.reason
     assert wait_for(lambda: g.node.load_failures == 2 and not g.node.loading, DEADLINE)
     assert "does not exist" in g.node.last_load_error
+    assert wait_for(lambda: params.get("model_dir") == str(models["a"]), DEADLINE), params.get("model_dir")
+    assert g.node.get_parameter("model_dir").value == str(models["a"])
     assert g.classify(solid("green"), 5)["label"] == "green"
-    assert g.node.loads == 3
+    assert g.node.loads == 3  # setting it back loaded nothing again
+    time.sleep(0.5)
+    assert g.node.loads == 3 and not g.node.loading and g.node.status() == "load failed; previous model serving"
 
 
 def test_waits_for_a_model_then_loads_one_from_the_topic(graph, models):
@@ -379,6 +414,44 @@ def test_process_stops_cleanly(mode, node_process, ros_context, models):
     assert rc == 0, proc.output()
     assert "Traceback" not in proc.stderr(), proc.stderr()
     assert "worker joined" in proc.output(), proc.output()
+
+
+FORGED = "\n[FATAL] [1700000000.000000000] [classifier_node]: forged"
+LOG_LINE = re.compile(r"^\[(DEBUG|INFO|WARN|ERROR|FATAL)\] \[\d+\.\d+\] \[[\w/.]+\]: ")
+
+
+def test_outside_text_cannot_forge_log_lines(node_process, ros_context, models):
+    """A frame's encoding and a model_updated path carrying a newline and a fake log line are written
+    escaped into the node's one line: no line of the log is one the node did not write."""
+    proc = node_process("classifier_node", "-p", f"model_dir:={models['a']}", "-p", "backend:=onnxruntime")
+    source = Node("frame_source", context=ros_context)
+    pub = source.create_publisher(Image, "image_raw", SENSOR_DATA)
+    model_pub = source.create_publisher(String, "model_updated", EVENTS)
+    classes = Collector(ros_context, String, "/classifier_node/classes", LATCHED, name="classes")
+    with Spinner(ros_context, source, classes):
+        assert wait_for(lambda: classes.count() > 0 or proc.proc.poll() is not None, 40.0), proc.output()
+
+        def bad_frame_logged() -> bool:
+            msg = image_msg(solid("green"), time.time_ns())
+            msg.encoding = "rgb8" + FORGED
+            pub.publish(msg)
+            return "bad frame" in proc.output()
+
+        assert wait_for(bad_frame_logged, 20.0, interval=0.1), proc.output()
+
+        def load_failure_logged() -> bool:
+            model_pub.publish(String(data=f"{models['missing']}{FORGED}"))
+            return "failed" in proc.output()
+
+        assert wait_for(load_failure_logged, 20.0, interval=0.2), proc.output()
+        assert stop_and_check(proc, "int") == 0
+    lines = proc.output().splitlines()
+    forged = [line for line in lines if "forged" in line]
+    assert len(forged) >= 3, lines  # the bad frame, the load and its failure were all logged ...
+    for line in forged:  # ... each on one line of its own, the fake one escaped inside it
+        assert LOG_LINE.match(line) and not line.startswith("[FATAL] [1700000000"), line
+        assert "\\n[FATAL] [1700000000" in line, line
+    assert not [line for line in lines if line.startswith("[FATAL]")], lines
 
 
 # -- camera -> classifier across processes, with a model trained here ------------------------------

@@ -96,3 +96,26 @@ def test_parameters_that_are_not_ours_pass_through(recorder):
     (result,) = recorder.set(use_sim_time=True)
     assert result.successful
     assert recorder.changes in ([], [{}])  # nothing of ours changed
+
+
+def test_an_undeclared_parameter_is_refused_with_its_name(recorder, ros_context):
+    from rclpy.exceptions import ParameterNotDeclaredException
+
+    with pytest.raises(ParameterNotDeclaredException) as info:
+        recorder.set(rate_hx=5.0)
+    message = str(info.value)
+    assert "'rate_hx'" in message and "did you mean 'rate_hz'?" in message and "[]" not in message, message
+    # through the node's parameter service, as `ros2 param set` does: refused with that reason
+    from graphutil import Spinner, wait_for
+    from rcl_interfaces.srv import SetParameters
+
+    client_node = Node("param_setter", context=ros_context)
+    client = client_node.create_client(SetParameters, "/params_test/set_parameters")
+    with Spinner(ros_context, recorder.node, client_node):
+        assert client.wait_for_service(timeout_sec=20.0)
+        request = SetParameters.Request(parameters=[Parameter("nonsense", value=1).to_parameter_msg()])
+        future = client.call_async(request)
+        assert wait_for(future.done, 10.0)
+    (result,) = future.result().results
+    assert not result.successful and "'nonsense'" in result.reason and "[]" not in result.reason, result.reason
+    assert recorder.changes == []

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import statistics
 import threading
+import time
 import uuid
 
 import pytest
@@ -154,6 +156,48 @@ def test_ramp_limits_speed_up_and_thumbs_table_with_stamped_output(ros_context):
         assert _drive_until(driver, "thumbs_down", cmds, (-0.1, 0.0), DEADLINE_S)
         assert _drive_until(driver, "thumbs_down", cmds, (0.0, 0.0), DEADLINE_S)
         assert node._policy.last_command.reason == "duration-elapsed"
+
+
+def _stamp_ns(msg: TwistStamped) -> int:
+    return msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+
+
+def test_watchdog_stops_at_the_stale_deadline_not_at_the_next_periodic_command(ros_context):
+    """The zero Twist for a stale label goes out at last label + stale_timeout_s. With commands every
+    1 s (rate_hz 1), waiting for the next periodic one would be up to 1 s late (median ~0.5 s); the
+    lateness is read from the commands' own stamps, so a loaded machine's delivery delay is left out."""
+    ns = _ns()
+    stale_s = 0.3
+    node = _reaction(
+        ros_context,
+        ns,
+        start_enabled=True,
+        stamped=True,
+        rate_hz=1.0,
+        stale_timeout_s=stale_s,
+        max_linear_accel=0.0,
+        max_angular_accel=0.0,
+    )
+    driver = Driver(ros_context, ns)
+    cmds = Collector(ros_context, TwistStamped, f"{ns}/cmd_vel", EVENTS, name="cmds")
+    lateness_s: list[float] = []
+    with Spinner(ros_context, node, driver, cmds, threads=3):
+        assert wait_for(lambda: driver.label_pub.get_subscription_count() > 0, DISCOVERY_S)
+        assert wait_for(lambda: node.cmd_pub.get_subscription_count() > 0, DISCOVERY_S)
+        for _ in range(6):
+            assert _drive_until(driver, "free", cmds, (0.15, 0.0), DEADLINE_S)
+            n = cmds.count()
+            sent_ns = time.time_ns()
+            driver.send("free")  # the last label
+            assert wait_for(
+                lambda n=n: any(_velocity(m) == (0.0, 0.0) for m in list(cmds.msgs)[n:]), DEADLINE_S
+            )
+            stop = next(m for m in list(cmds.msgs)[n:] if _velocity(m) == (0.0, 0.0))
+            lateness_s.append((_stamp_ns(stop) - sent_ns) / 1e9 - stale_s)
+            assert node._policy.last_command.reason == "stale"
+    print(f"stop lateness after the stale deadline, s: {[round(x, 4) for x in lateness_s]}")
+    assert min(lateness_s) > -0.01, lateness_s  # never before the deadline (label delivery aside)
+    assert statistics.median(lateness_s) < 0.1, lateness_s  # at the deadline, not at the next 1 s tick
 
 
 def test_bad_actions_file_is_a_config_error(ros_context, tmp_path):

@@ -4,6 +4,8 @@ across processes with camera_node (synthetic source); the dataset on disk must m
 from __future__ import annotations
 
 import json
+import statistics
+import threading
 import time
 import uuid
 from collections import Counter
@@ -259,10 +261,12 @@ def test_continuous_capture_never_blocks_frames_and_drops_when_the_writer_lags(r
             )
             assert recorder._frames_received > received
             assert recorder._queue.qsize() <= 2
+            r = teacher.capture()
+            assert not r.success and "write_timeout_s" in r.message, r.message
         assert teacher.set_recording(False).success
         assert wait_for(lambda: recorder.pending_jobs == 0, timeout=DEADLINE_S)
         saved = recorder.saved
-        assert recorder.dropped >= 3
+        assert recorder.refused["busy"] == 1 and recorder.dropped >= 3
         assert wait_for(lambda: teacher.counts and teacher.counts[-1]["_total"] == saved, timeout=DEADLINE_S)
         _assert_consistent(root, {"road": saved}, teacher.counts[-1])
         # stopped: new frames arrive (spread over several timer periods) and are not saved any more
@@ -274,6 +278,104 @@ def test_continuous_capture_never_blocks_frames_and_drops_when_the_writer_lags(r
         )
         assert recorder.saved == saved and recorder._record_timer is None
     _assert_consistent(root, {"road": saved})
+
+
+def _slow_store(recorder: RecorderNode, delay_s: float) -> None:
+    """Make every write of ``recorder``'s store take ``delay_s`` longer while holding the store's lock,
+    as a slow SD card does: anything else that reads the store meanwhile waits for it."""
+    store = recorder._store
+    add_encoded = store.add_encoded
+
+    def slow(*args, **kwargs):
+        with store._lock:
+            time.sleep(delay_s)
+            return add_encoded(*args, **kwargs)
+
+    store.add_encoded = slow
+
+
+CALLS = 40
+CALL_PERIOD_S = 0.1
+ANSWER_TIMEOUT_S = 2.5  # the client's timeout; the recorder's write_timeout_s below is 1.0
+
+
+@pytest.mark.parametrize(
+    ("recording", "threads"), [(False, None), (True, 1)], ids=["manual", "while_recording-one_thread"]
+)
+def test_every_capture_is_answered_in_time_while_slow_writes_hold_the_store(
+    ros_context, tmp_path, recording, threads
+):
+    """Writes take 150 ms and hold the store's lock; a capture call arrives every 100 ms (and, in one
+    variant, continuous recording competes for the writer): every call is answered within the client's
+    timeout, with the saved path or a refusal that says why, and the dataset matches the answers.
+    The recorder spins in an executor of its own: as its entry point runs it (default thread count),
+    and with one thread (any executor must do)."""
+    ns, root = _ns(), tmp_path / "ds"
+    recorder = _recorder(
+        ros_context, ns, root, image_format="png", write_timeout_s=1.0, capture_rate_hz=2.0, max_frame_age_s=30.0
+    )
+    _slow_store(recorder, 0.15)
+    teacher = Teacher(ros_context, ns)
+    sent: dict[int, float] = {}
+    answered: dict[int, float] = {}
+    lock = threading.Lock()
+
+    def on_answer(i: int):
+        def done(_future) -> None:
+            with lock:
+                answered.setdefault(i, time.monotonic())
+
+        return done
+
+    with Spinner(ros_context, recorder, threads=threads), Spinner(ros_context, teacher, threads=2):
+        teacher.teach("cup")
+        _frame_delivered(recorder, teacher, _pixels(1000))
+        assert wait_for(lambda: teacher.capture_client.wait_for_service(timeout_sec=0.1), DISCOVERY_S)
+        if recording:
+            assert teacher.set_recording(True).success
+        diags_before = len(teacher.diags)
+        futures = []
+        start = time.monotonic()
+        for i in range(CALLS):
+            teacher.image_pub.publish(_image_msg(_pixels(2000 + i)))
+            future = teacher.capture_client.call_async(Trigger.Request())
+            sent[i] = time.monotonic()
+            future.add_done_callback(on_answer(i))
+            futures.append(future)
+            time.sleep(max(0.0, start + (i + 1) * CALL_PERIOD_S - time.monotonic()))
+        wait_for(lambda: all(f.done() for f in futures), timeout=ANSWER_TIMEOUT_S + 1.0)
+        end = time.monotonic()
+        if recording:
+            assert teacher.set_recording(False).success
+        with lock:
+            seen = dict(answered)
+        times = {i: seen.get(i, end) - sent[i] for i in range(CALLS)}
+        print(
+            f"answers: {len(seen)}/{CALLS} ({sum(f.done() and f.result().success for f in futures)} saved), "
+            f"answer time p50 {statistics.median(times.values()):.3f} s, "
+            f"max {max(times.values()):.3f} s (unanswered counted at {end - start:.1f} s)"
+        )
+        missing = [i for i, f in enumerate(futures) if not f.done()]
+        assert not missing, f"{len(missing)} of {CALLS} capture calls never answered: {missing}"
+        late = {i: round(t, 3) for i, t in times.items() if t > ANSWER_TIMEOUT_S}
+        assert not late, f"answered after the client's {ANSWER_TIMEOUT_S} s timeout: {late}"
+        # the recorder kept publishing diagnostics while the writes held the store
+        assert len(teacher.diags) - diags_before >= 2, teacher.diags[diags_before:]
+        replies = [f.result() for f in futures]
+        saved = [r for r in replies if r.success]
+        for r in replies:
+            if r.success:
+                assert r.message.startswith("saved ") and Path(r.message.split()[1]).parent.name == "cup"
+            else:
+                assert "write_timeout_s" in r.message or r.message.startswith("duplicate"), r.message
+        assert len(saved) >= CALLS // 4, [r.message for r in replies]
+        assert wait_for(lambda: recorder.pending_jobs == 0, timeout=DEADLINE_S)
+        total = sum(_disk(root).values())
+        assert wait_for(lambda: teacher.counts and teacher.counts[-1]["_total"] == total, timeout=DEADLINE_S)
+        _assert_consistent(root, {"cup": total}, teacher.counts[-1])
+        # every saved answer names a file that is there (a "may still complete" one can add more)
+        assert all(Path(r.message.split()[1]).is_file() for r in saved)
+        assert total >= len(saved)
 
 
 def test_second_recorder_on_the_same_dataset_exits_1_with_one_clear_line(node_process, tmp_path):
