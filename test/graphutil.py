@@ -58,6 +58,15 @@ class Spinner:
         self.executor.add_node(node)
         return node
 
+    def destroy(self, node: Node) -> None:
+        """Take ``node`` out of the executor and destroy it while the other nodes keep spinning.
+
+        What the node sends while it is destroyed (a final zero Twist) still reaches collectors.
+        """
+        self.executor.remove_node(node)
+        self.nodes.remove(node)
+        node.destroy_node()
+
     def __enter__(self) -> "Spinner":
         self._thread.start()
         return self

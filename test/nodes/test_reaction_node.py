@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import uuid
@@ -77,7 +78,7 @@ def test_right_twist_per_class_only_after_enable_and_zero_on_every_stop(ros_cont
     driver = Driver(ros_context, ns)
     cmds = Collector(ros_context, Twist, f"{ns}/cmd_vel", EVENTS, name="cmds")
     states = Collector(ros_context, String, f"{ns}/reaction_node/state", LATCHED, name="states")
-    with Spinner(ros_context, node, driver, cmds, states, threads=3):
+    with Spinner(ros_context, node, driver, cmds, states, threads=3) as spinner:
         # disabled at start: labels arrive, every command is zero
         assert wait_for(
             lambda: (driver.send("free"), node._policy.counters.labels_received >= 5)[1], DISCOVERY_S, 0.05
@@ -124,8 +125,39 @@ def test_right_twist_per_class_only_after_enable_and_zero_on_every_stop(ros_cont
         assert wait_for(lambda: (driver.send("blocked"), cmds.count() >= n + 5)[1], DEADLINE_S, 0.05)
         assert all(_velocity(m) == (0.0, 0.0) for m in list(cmds.msgs)[n - 1 :])
         assert json.loads(states.msgs[-1].data)["reason"] == "disabled"
-    # the Spinner destroyed the node: its last command is zero
-    assert _velocity(cmds.msgs[-1]) == (0.0, 0.0)
+
+        # destroyed while moving, labels still coming: its last command is zero, received while cmds still spins
+        assert driver.enable(True).success
+        assert _drive_until(driver, "free", cmds, (0.15, 0.0), DEADLINE_S)
+        n_cmds, n_states = cmds.count(), states.count()
+        with _labels_every_50_ms(driver, "free"):
+            spinner.destroy(node)
+            assert wait_for(lambda: cmds.count() > n_cmds and _last_is(cmds, (0.0, 0.0)), DEADLINE_S), [
+                _velocity(m) for m in list(cmds.msgs)[n_cmds - 1 :]
+            ]
+        # the zero is the shutdown path's (not the watchdog's or a label's), and nothing moves it after
+        shutdown = [json.loads(m.data) for m in list(states.msgs)[n_states:]]
+        assert shutdown and shutdown[-1]["reason"] == "shutdown" and shutdown[-1]["linear_x"] == 0.0, shutdown
+        assert all(r["reason"] != "stale" for r in shutdown), shutdown
+        assert all(_velocity(m) == (0.15, 0.0) for m in list(cmds.msgs)[n_cmds - 1 : -1])
+
+
+@contextlib.contextmanager
+def _labels_every_50_ms(driver: Driver, label: str):
+    """Keep publishing ``label`` from a thread while the block runs."""
+    stop = threading.Event()
+
+    def keep_sending() -> None:
+        while not stop.wait(0.05):
+            driver.send(label)
+
+    sender = threading.Thread(target=keep_sending, daemon=True)
+    sender.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        sender.join(timeout=5.0)
 
 
 def test_ramp_limits_speed_up_and_thumbs_table_with_stamped_output(ros_context):
