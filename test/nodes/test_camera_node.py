@@ -63,8 +63,22 @@ def test_in_process_frames_have_size_encoding_stamps_and_camera_info(ros_context
     assert info.k[2] == 48.0 and info.k[5] == 32.0 and info.k[0] > 0
 
 
-def test_run_time_parameters_are_validated_and_applied(ros_context):
-    camera = CameraNode(context=ros_context, parameter_overrides=_params(width=32, height=24, fps=30.0))
+def _two_colour_picture(width: int, height: int) -> np.ndarray:
+    """RGB picture whose red and blue channels differ everywhere: orange left half, blue right half."""
+    rgb = np.zeros((height, width, 3), np.uint8)
+    rgb[:, : width // 2] = (230, 120, 20)
+    rgb[:, width // 2 :] = (20, 60, 200)
+    return rgb
+
+
+def test_run_time_parameters_are_validated_and_applied(ros_context, tmp_path):
+    picture = _two_colour_picture(32, 24)
+    (tmp_path / "slides").mkdir()
+    assert cv2.imwrite(str(tmp_path / "slides" / "picture.png"), picture[..., ::-1])  # OpenCV writes BGR
+    camera = CameraNode(
+        context=ros_context,
+        parameter_overrides=_params(source="folder", path=str(tmp_path / "slides"), width=32, height=24, fps=30.0),
+    )
     images = Collector(ros_context, Image, "image_raw", SENSOR_DATA)
     with Spinner(ros_context, camera, images):
         assert wait_for(lambda: images.count() >= 2, timeout=DISCOVERY_S)
@@ -78,10 +92,12 @@ def test_run_time_parameters_are_validated_and_applied(ros_context):
         assert wait_for(lambda: images.count() >= n + 3 and images.msgs[-1].encoding == "bgr8", timeout=10)
     rgb = [m for m in images.msgs if m.encoding == "rgb8"][-1]
     bgr = images.msgs[-1]
-    # the same scene class, published in the other channel order: the mean colours mirror each other
-    mean_rgb = imgmsg_to_cv2(rgb, "rgb8").reshape(-1, 3).mean(0)
-    mean_bgr_as_rgb = imgmsg_to_cv2(bgr, "rgb8").reshape(-1, 3).mean(0)
-    assert np.abs(mean_rgb - mean_bgr_as_rgb).max() < 40
+    # The same lossless picture with distinct red and blue: the bytes are in the order each encoding names.
+    raw_rgb = np.frombuffer(bytes(rgb.data), np.uint8).reshape(24, 32, 3)
+    raw_bgr = np.frombuffer(bytes(bgr.data), np.uint8).reshape(24, 32, 3)
+    np.testing.assert_array_equal(raw_rgb, picture)
+    np.testing.assert_array_equal(raw_bgr, picture[..., ::-1])
+    np.testing.assert_array_equal(imgmsg_to_cv2(bgr, "rgb8"), picture)
 
 
 def _frames_via_process(node_process, ros_context, count: int, **params) -> tuple[list[Image], object]:
