@@ -193,7 +193,8 @@ def test_missing_camera_is_retried_and_reported_not_fatal(node_process, ros_cont
 
     with Spinner(ros_context, diags):
         assert wait_for(lambda: failures() >= 3, timeout=DISCOVERY_S), proc.output()
-    status = next(s for s in diags.msgs[-1].status if s.name.endswith("camera_node"))
+    # the camera's latest report in the history (the last message may be another node's)
+    status = next(s for m in reversed(list(diags.msgs)) for s in m.status if s.name.endswith("camera_node"))
     assert "camera unavailable" in status.message and "/dev/video99" in status.message
     assert proc.proc.poll() is None
     assert stop_and_check(proc, "int") == 0
@@ -211,23 +212,45 @@ def test_exit_code_zero_and_camera_released_after_signals(node_process, ros_cont
     assert "camera released after" in proc.output()
 
 
+def _stamp_windows(log: "_FrameLog", fps: float, span_s: float = 2.0) -> list[dict]:
+    """Over the received history of a fixed-rate publisher: for each frame, the ``span_s`` window of stamps
+    starting there, with the fraction of the ``span_s * fps`` frames sent in it that arrived."""
+    stamps = sorted({s for _, s in list(log.frames)})
+    windows, j = [], 0
+    for i, start in enumerate(stamps):
+        end = start + span_s * 1e9
+        if stamps[-1] < end:
+            break
+        j = max(j, i)
+        while j < len(stamps) and stamps[j] < end:
+            j += 1
+        windows.append({"start_ns": start, "received": j - i, "delivered": min(1.0, (j - i) / (span_s * fps))})
+    return windows
+
+
 @pytest.mark.parametrize("size", ["640x480", "1280x720"])
-def test_30_hz_frames_cross_processes_with_the_shipped_profile(size):
+def test_30_hz_frames_cross_processes_with_the_shipped_profile(ros_context, size):
     """Sensor-data QoS frames at 30 Hz reach a subscriber in another process (builtin transports: ~5%).
 
-    A publisher process sends one pre-built frame at 30 Hz (benchmarks/transport.py raw-transport),
-    so the measure is the transport's, not how fast a loaded machine renders synthetic scenes. The
-    bound leaves room for frames the subscriber itself could not take in time on a loaded 2-core
-    machine (depth 1: a newer frame replaces an unread one).
+    A publisher process sends one pre-built frame at 30 Hz (benchmarks/transport.py --raw-publisher),
+    so the measure is the transport's alone. Asserted over the received history with a deadline: some
+    2 s window of stamps in which >= 90 % of the 60 frames sent arrived (depth 1: on a loaded machine
+    a newer frame replaces one the subscriber could not take in time).
     """
-    out = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "transport.py"), "--worker", "raw-transport", size, "5", "30"],
-        capture_output=True, text=True, timeout=120,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    result = json.loads(out.stdout.strip().splitlines()[-1])
-    assert result["published"] >= 120, result
-    assert result["delivered_fraction"] >= 0.9, result
+    publisher = subprocess.Popen(
+        [sys.executable, str(REPO / "benchmarks" / "transport.py"), "--raw-publisher", size, "30", "100"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        log = _FrameLog(ros_context, "")
+        ok = _watch(ros_context, log, lambda: any(w["delivered"] >= 0.9 for w in _stamp_windows(log, 30.0)), 90.0)
+    finally:
+        publisher.terminate()
+        _, err = publisher.communicate(timeout=15)
+    best = max(_stamp_windows(log, 30.0), key=lambda w: w["delivered"], default=None)
+    assert ok, (best, len(log.frames), err[-2000:])
+    width, height = (int(v) for v in size.split("x"))
+    assert log.layouts == {(width, height, "rgb8", width * height * 3)}, log.layouts
 
 
 class _FrameLog(Node):
@@ -253,6 +276,29 @@ class _FrameLog(Node):
             if status.name == self._status_name:
                 values = {kv.key: kv.value for kv in status.values}
                 self.reports.append((_stamp_ns(msg), int(values["frames_published"])))
+
+
+def _watch(ros_context, log: _FrameLog, condition, timeout: float) -> bool:
+    """Spin ``log`` alone in a single-threaded executor (least overhead per frame taken) until
+    ``condition()`` holds or ``timeout`` seconds pass; destroys ``log`` afterwards."""
+    executor = SingleThreadedExecutor(context=ros_context)
+    executor.add_node(log)
+    stop = threading.Event()
+
+    def spin() -> None:
+        while not stop.is_set():
+            executor.spin_once(timeout_sec=0.05)
+
+    spinner = threading.Thread(target=spin, daemon=True)
+    spinner.start()
+    try:
+        return wait_for(condition, timeout=timeout, interval=0.5)
+    finally:
+        stop.set()
+        spinner.join(timeout=5.0)
+        executor.remove_node(log)
+        log.destroy_node()
+        executor.shutdown(timeout_sec=2.0)
 
 
 def _windows(log: _FrameLog, span_s: float = 2.0) -> list[dict]:
@@ -298,20 +344,7 @@ def test_camera_node_30_hz_frames_reach_another_process(node_process, ros_contex
     params = _ros_args(source="folder", path=str(tmp_path / "frames"), width=width, height=height, fps=30.0)
     proc = node_process("camera_node", *params, "-r", f"__ns:={ns}")
     log = _FrameLog(ros_context, ns)
-    executor = SingleThreadedExecutor(context=ros_context)  # least overhead per frame taken
-    executor.add_node(log)
-    stop = threading.Event()
-    spinner = threading.Thread(target=lambda: [executor.spin_once(0.05) for _ in iter(stop.is_set, True)], daemon=True)
-    spinner.start()
-
-    try:
-        ok = wait_for(lambda: any(_at_30_hz(w) for w in _windows(log)), timeout=90.0, interval=0.5)
-    finally:
-        stop.set()
-        spinner.join(timeout=5.0)
-        executor.remove_node(log)
-        log.destroy_node()
-        executor.shutdown(timeout_sec=2.0)
+    ok = _watch(ros_context, log, lambda: any(_at_30_hz(w) for w in _windows(log)), 90.0)
     best = max(_windows(log), key=lambda w: min(w["rate_hz"] / 30.0, w["delivered"]), default=None)
     assert ok, (best, len(log.frames), len(log.reports), proc.output()[-2000:])
     assert log.layouts == {(width, height, "rgb8", width * height * 3)}, log.layouts

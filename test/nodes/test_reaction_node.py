@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 from geometry_msgs.msg import Twist, TwistStamped
-from graphutil import Collector, Spinner, stop_and_check, wait_for
+from graphutil import Collector, Spinner, stop_and_check, wait_for, wait_seen
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from std_msgs.msg import String
@@ -85,19 +85,18 @@ def test_right_twist_per_class_only_after_enable_and_zero_on_every_stop(ros_cont
         )
         assert wait_for(lambda: cmds.count() >= 5, DEADLINE_S)
         assert all(_velocity(m) == (0.0, 0.0) for m in list(cmds.msgs))
-        assert json.loads(states.msgs[-1].data)["reason"] == "disabled"
+        assert wait_for(lambda: states.count() > 0, DEADLINE_S)
+        assert all(json.loads(m.data)["reason"] == "disabled" for m in list(states.msgs))
 
         response = driver.enable(True)
         assert response.success and response.message == "motion enabled"
         assert _drive_until(driver, "free", cmds, (0.15, 0.0), DEADLINE_S)
+        n_states = states.count()
         assert _drive_until(driver, "blocked", cmds, (0.0, 1.0), DEADLINE_S)
-        assert json.loads(states.msgs[-1].data) == {
-            "enabled": True,
-            "label": "blocked",
-            "reason": "moving",
-            "linear_x": 0.0,
-            "angular_z": 1.0,
-        }
+        blocked = {"enabled": True, "label": "blocked", "reason": "moving", "linear_x": 0.0, "angular_z": 1.0}
+        assert wait_seen(states, lambda m: json.loads(m.data) == blocked, DEADLINE_S, n_states), [
+            m.data for m in list(states.msgs)[n_states:]
+        ]
 
         # unknown: zero while it lasts
         assert _drive_until(driver, "unknown", cmds, (0.0, 0.0), DEADLINE_S)
@@ -124,7 +123,7 @@ def test_right_twist_per_class_only_after_enable_and_zero_on_every_stop(ros_cont
         n = cmds.count()
         assert wait_for(lambda: (driver.send("blocked"), cmds.count() >= n + 5)[1], DEADLINE_S, 0.05)
         assert all(_velocity(m) == (0.0, 0.0) for m in list(cmds.msgs)[n - 1 :])
-        assert json.loads(states.msgs[-1].data)["reason"] == "disabled"
+        assert wait_for(lambda: json.loads(states.msgs[-1].data)["reason"] == "disabled", DEADLINE_S)
 
         # destroyed while moving, labels still coming: its last command is zero, received while cmds still spins
         assert driver.enable(True).success
