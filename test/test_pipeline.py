@@ -98,9 +98,9 @@ def test_trained_model_drives_the_robot_per_class_and_every_stop_path_zeroes_it(
         teacher.publish(String(data="blocked"))
         assert wait_seen(state, _reason("moving"), 10, n_state), _states(state)[-3:]
         assert enable.wait_for_service(timeout_sec=10)
+        n_state, n_cmd = state.count(), cmd.count()
         future = enable.call_async(SetBool.Request(data=False))
         assert wait_for(future.done, timeout=10) and future.result().success
-        n_state, n_cmd = state.count(), cmd.count()
         teacher.publish(String(data="blocked"))
         assert wait_seen(state, _reason("disabled"), 10, n_state), _states(state)[-3:]
         assert wait_seen(cmd, _zero, 5, n_cmd)
