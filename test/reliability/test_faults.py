@@ -381,7 +381,7 @@ def test_disk_full_while_recording_refuses_reports_stays_up_and_recovers(ros_con
             assert wait_for(lambda: "disk is full" in teacher.diag("message"), DEADLINE_S), teacher.diags[-1:]
             full = [d for d in list(teacher.diags) if "disk is full" in d.get("message", "")]
             assert all(d["level"] == b"\x01" for d in full), full[-3:]  # every report of it is a warning
-            assert int(teacher.diag("refused_dataset_error")) >= 3
+            assert wait_for(lambda: int(teacher.diag("refused_dataset_error", "0")) >= 3, DEADLINE_S), teacher.diags[-1:]
             assert teacher.set_recording(False).success
             assert wait_for(lambda: recorder._queue.qsize() == 0, DEADLINE_S)
             assert assert_manifest_matches_files(root) == Counter({"road": recorder.saved})
