@@ -38,6 +38,20 @@ def wait_for(predicate: Callable[[], bool], timeout: float, interval: float = 0.
         time.sleep(interval)
 
 
+def seen(collector: "Collector", predicate: Callable[[object], bool], start: int = 0) -> bool:
+    """True when some message ``collector`` received from index ``start`` on satisfies ``predicate``.
+
+    Asserting over the received history, not the last message, holds on a loaded machine where a
+    short-lived state (0.5 s before a watchdog fires) may be replaced before a poll reads it.
+    """
+    return any(predicate(m) for m in list(collector.msgs)[start:])
+
+
+def wait_seen(collector: "Collector", predicate: Callable[[object], bool], timeout: float, start: int = 0) -> bool:
+    """Poll until :func:`seen` holds or ``timeout`` seconds pass."""
+    return wait_for(lambda: seen(collector, predicate, start), timeout)
+
+
 class Spinner:
     """Spins nodes of one context in a background thread; ``with Spinner(ctx, a, b): ...``."""
 
@@ -57,6 +71,15 @@ class Spinner:
         self.nodes.append(node)
         self.executor.add_node(node)
         return node
+
+    def destroy(self, node: Node) -> None:
+        """Take ``node`` out of the executor and destroy it while the other nodes keep spinning.
+
+        What the node sends while it is destroyed (a final zero Twist) still reaches collectors.
+        """
+        self.executor.remove_node(node)
+        self.nodes.remove(node)
+        node.destroy_node()
 
     def __enter__(self) -> "Spinner":
         self._thread.start()

@@ -5,11 +5,16 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
+import uuid
 from pathlib import Path
 
 from conftest import installed_env, run_colcon
-from graphutil import NodeProcess, stop_and_check, wait_for
+from graphutil import Collector, NodeProcess, Spinner, stop_and_check, wait_for
+from sensor_msgs.msg import Image
+
+from dli_perception.nodes.qos import SENSOR_DATA
+
+DISCOVERY_S = 30.0  # first frame across processes (discovery took up to ~3 s here, more on a loaded machine)
 
 
 def test_colcon_lists_an_ament_python_package(colcon_workspace):
@@ -40,16 +45,27 @@ def test_installed_package_finds_its_share_through_the_ament_index(colcon_instal
     assert Path(share) == colcon_installed / "share" / "dli_perception"
 
 
-def test_installed_camera_node_starts_publishes_and_exits_cleanly(colcon_installed):
+def test_installed_camera_node_starts_publishes_and_exits_cleanly(colcon_installed, ros_context):
+    """Frames from the installed executable reach a subscriber here: size, encoding, data, rising stamps."""
+    tag = uuid.uuid4().hex[:8]
+    ns, frame_id = f"/colcon_{tag}", f"colcon_cam_{tag}"  # only this process publishes here, with this frame_id
     proc = NodeProcess(
         str(colcon_installed / "lib" / "dli_perception" / "camera_node"),
-        ["-p", "width:=64", "-p", "height:=48", "-p", "fps:=10.0"],
+        ["-p", "width:=64", "-p", "height:=48", "-p", "fps:=10.0", "-p", f"frame_id:={frame_id}", "-r", f"__ns:={ns}"],
         env=installed_env(colcon_installed),
         cwd=str(colcon_installed),
     )
+    images = Collector(ros_context, Image, f"{ns}/image_raw", SENSOR_DATA, name="colcon_images")
     try:
-        assert wait_for(lambda: "publishing synthetic frames" in proc.output(), timeout=30), proc.output()
-        time.sleep(0.5)
+        with Spinner(ros_context, images):
+            assert wait_for(lambda: images.count() >= 5, timeout=DISCOVERY_S), proc.output()
+        msgs = list(images.msgs)
+        for msg in msgs:
+            assert (msg.width, msg.height, msg.encoding, msg.step) == (64, 48, "rgb8", 64 * 3)
+            assert len(msg.data) == 64 * 48 * 3 and msg.header.frame_id == frame_id
+        stamps = [m.header.stamp.sec * 10**9 + m.header.stamp.nanosec for m in msgs]
+        assert stamps == sorted(stamps) and len(set(stamps)) == len(stamps)
+        assert any(max(m.data) > min(m.data) for m in msgs)  # a scene, not an empty buffer
         rc = stop_and_check(proc, "int")
         assert rc == 0, proc.output()
         assert "Traceback" not in proc.stderr()

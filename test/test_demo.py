@@ -29,22 +29,14 @@ from dli_perception.errors import ConfigError, WeightsNotFoundError
 REPO = Path(__file__).resolve().parent.parent
 MODULE = "dli_perception.commands.demo"
 
-# Runs the command through the real CLI once it is registered there, else through a parser built the same way.
-LAUNCHER = """
-import sys
-from dli_perception import cli
-if "dli_perception.commands.demo" not in cli.COMMANDS:
-    cli.COMMANDS.append("dli_perception.commands.demo")
-sys.exit(cli.main(sys.argv[1:]))
-"""
+CLI = Path(sys.prefix) / "bin" / "dli-perception"  # the installed console script: the real registered CLI
 
 
 def demo_process(out: Path, *extra: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": f"{REPO}:{os.environ.get('PYTHONPATH', '')}"}
+    assert CLI.exists(), f"{CLI} not found: install the package (scripts/setup_venv.sh)"
     cmd = [
-        sys.executable,
-        "-c",
-        LAUNCHER,
+        str(CLI),
         "demo",
         "--quick",
         "--out",
@@ -333,13 +325,15 @@ def test_weights_fall_back_to_random_only_when_not_asked_for(tmp_path, monkeypat
     assert D.resolve_weights(str(cached)) == (str(cached.resolve()), "")
 
 
-def test_command_options_map_onto_the_config():
-    import argparse
+def test_the_cli_registers_demo():
+    assert MODULE in cli.COMMANDS
+    assert re.search(r"^\s+demo\s", cli.build_parser().format_help(), re.M), cli.build_parser().format_help()
 
+
+def test_command_options_map_onto_the_config():
     from dli_perception.commands import demo as command
 
-    parser = argparse.ArgumentParser(prog="dli-perception")
-    command.register(parser.add_subparsers(dest="command"))
+    parser = cli.build_parser()  # the real CLI: fails here when demo is not registered
     args = parser.parse_args(
         [
             "demo",
@@ -360,5 +354,3 @@ def test_command_options_map_onto_the_config():
     assert config.classes == ("up", "down", "left") and config.per_class == 7 and config.scene_period_s == 2.5
     assert config.image_size == D.DemoConfig.quick().image_size and config.weights == "none"
     assert command.config_from_args(parser.parse_args(["demo"])).image_size == D.DemoConfig().image_size
-    if MODULE in cli.COMMANDS:
-        assert "demo" in cli.build_parser().format_help()

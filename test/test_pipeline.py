@@ -12,7 +12,7 @@ import json
 
 import pytest
 from geometry_msgs.msg import Twist
-from graphutil import Collector, Spinner, stop_and_check, wait_for
+from graphutil import Collector, Spinner, seen, stop_and_check, wait_for, wait_seen
 from std_msgs.msg import String
 from std_srvs.srv import SetBool
 
@@ -28,6 +28,14 @@ def _twist(msg: Twist) -> tuple[float, float]:
 
 def _states(collector: Collector) -> list[dict]:
     return [json.loads(m.data) for m in list(collector.msgs)]
+
+
+def _reason(reason: str):
+    return lambda m: json.loads(m.data)["reason"] == reason
+
+
+def _zero(m: Twist) -> bool:
+    return _twist(m) == (0.0, 0.0)
 
 
 def test_trained_model_drives_the_robot_per_class_and_every_stop_path_zeroes_it(
@@ -65,27 +73,38 @@ def test_trained_model_drives_the_robot_per_class_and_every_stop_path_zeroes_it(
             if s["label"] == "blocked" and s["reason"] == "moving":
                 assert s["linear_x"] == 0 and s["angular_z"] > 0, s
 
-        # 2. Labels stop (the classifier goes away): the watchdog stops the robot.
+        # 2. Labels stop (the classifier goes away): the watchdog stops the robot, and it stays stopped.
+        # Each step below is judged over the messages received since it began (a state lasts only until
+        # the 0.5 s watchdog replaces it), with deadlines.
+        n_state, n_cmd = state.count(), cmd.count()
         assert stop_and_check(classifier, "int") == 0, classifier.output()
-        assert wait_for(lambda: _states(state)[-1]["reason"] == "stale", timeout=10), _states(state)[-3:]
-        assert _twist(cmd.msgs[-1]) == (0.0, 0.0)
+        assert wait_seen(state, _reason("stale"), 10, n_state), _states(state)[-3:]
+        assert wait_seen(cmd, _zero, 10, n_cmd)
+        first_zero = next(i for i, m in enumerate(list(cmd.msgs)) if i >= n_cmd and _zero(m))
+        assert wait_for(lambda: cmd.count() >= first_zero + 3, 10)
+        assert all(_zero(m) for m in list(cmd.msgs)[first_zero:])
 
         # 3. `unknown` stops it; a known label moves it again first, so the stop is the label's doing.
+        n_state = state.count()
         teacher.publish(String(data="free"))
-        assert wait_for(lambda: _states(state)[-1]["reason"] == "moving", timeout=10), _states(state)[-3:]
+        assert wait_seen(state, _reason("moving"), 10, n_state), _states(state)[-3:]
+        n_state, n_cmd = state.count(), cmd.count()
         teacher.publish(String(data="unknown"))
-        assert wait_for(lambda: _states(state)[-1]["reason"] == "unknown", timeout=10), _states(state)[-3:]
-        assert wait_for(lambda: _twist(cmd.msgs[-1]) == (0.0, 0.0), timeout=5)
+        assert wait_seen(state, _reason("unknown"), 10, n_state), _states(state)[-3:]
+        assert wait_seen(cmd, _zero, 5, n_cmd)
 
         # 4. Disable stops it even while a moving label keeps coming.
+        n_state = state.count()
         teacher.publish(String(data="blocked"))
-        assert wait_for(lambda: _states(state)[-1]["reason"] == "moving", timeout=10), _states(state)[-3:]
+        assert wait_seen(state, _reason("moving"), 10, n_state), _states(state)[-3:]
         assert enable.wait_for_service(timeout_sec=10)
+        n_state, n_cmd = state.count(), cmd.count()
         future = enable.call_async(SetBool.Request(data=False))
         assert wait_for(future.done, timeout=10) and future.result().success
         teacher.publish(String(data="blocked"))
-        assert wait_for(lambda: _states(state)[-1]["reason"] == "disabled", timeout=10), _states(state)[-3:]
-        assert wait_for(lambda: _twist(cmd.msgs[-1]) == (0.0, 0.0), timeout=5)
+        assert wait_seen(state, _reason("disabled"), 10, n_state), _states(state)[-3:]
+        assert wait_seen(cmd, _zero, 5, n_cmd)
+        assert not seen(state, _reason("moving"), n_state)  # the label did not move it while disabled
 
         # 5. Shutdown while moving: the last command is a zero Twist.
         assert wait_for(future.done, timeout=1)
@@ -97,9 +116,10 @@ def test_trained_model_drives_the_robot_per_class_and_every_stop_path_zeroes_it(
             return _twist(cmd.msgs[-1])[1] > 0
 
         assert wait_for(keep_turning, timeout=10, interval=0.1)
+        n_state, n_cmd = state.count(), cmd.count()
         assert stop_and_check(reaction, "int2") == 0, reaction.output()
-        assert wait_for(lambda: _states(state)[-1]["reason"] == "shutdown", timeout=5)
-        assert _twist(cmd.msgs[-1]) == (0.0, 0.0)
+        assert wait_seen(state, _reason("shutdown"), 5, n_state)
+        assert wait_seen(cmd, _zero, 5, n_cmd) and _zero(cmd.msgs[-1])  # the last command received is zero
     assert stop_and_check(camera, "term") == 0
     for proc in (camera, classifier, reaction):
         assert "Traceback" not in proc.stderr(), proc.stderr()

@@ -34,7 +34,6 @@ import importlib
 import logging
 import os
 import re
-import struct
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -43,6 +42,8 @@ from typing import Any
 
 import numpy as np
 
+from dli_perception.core.cvtypes import cv_type_layout, generic_name, parse_generic
+from dli_perception.core.imagecodecs import CODECS, MAX_DECODED_PIXELS, declared_size, is_gray_sun_raster
 from dli_perception.errors import CvBridgeError, ImageConversionError
 
 __all__ = [
@@ -55,10 +56,12 @@ __all__ = [
     "EncodingInfo",
     "HeaderMsg",
     "ImageConversionError",
+    "MAX_DECODED_PIXELS",
     "ImageMsg",
     "TimeMsg",
     "bridge_backend",
     "compressed_imgmsg_to_cv2",
+    "convert",
     "cv2_to_compressed_imgmsg",
     "cv2_to_imgmsg",
     "encoding_info",
@@ -224,8 +227,15 @@ _RGB8_SOURCE_GUESS: Mapping[str, str] = MappingProxyType(
 )
 
 
+@functools.lru_cache(maxsize=64)
+def _wide_generic(name: str) -> EncodingInfo | None:
+    """EncodingInfo of a generic name with more channels than :data:`ENCODINGS` lists (``"8UC5"``)."""
+    parsed = parse_generic(name)
+    return None if parsed is None else EncodingInfo(name, parsed[0], parsed[1], None)
+
+
 def encoding_info(encoding: str) -> EncodingInfo:
-    """Look up an encoding name (exact, else case-insensitive).
+    """Look up an encoding name (exact, else case-insensitive); generic names take 1 to 512 channels.
 
     Raises ImageConversionError for unknown names or non-strings.
     """
@@ -233,8 +243,11 @@ def encoding_info(encoding: str) -> EncodingInfo:
         raise ImageConversionError(f"image encoding must be a string, got {type(encoding).__name__}")
     info = ENCODINGS.get(encoding) or _ENCODINGS_FOLDED.get(encoding.strip().lower())
     if info is None:
+        info = _wide_generic(encoding.strip().upper())
+    if info is None:
         raise ImageConversionError(
-            f"unknown image encoding {encoding!r}; supported: {', '.join(sorted(ENCODINGS))}"
+            f"unknown image encoding {encoding!r}; supported: {', '.join(sorted(ENCODINGS))}, and "
+            "generic types with up to 512 channels (8UC5 ...)"
         )
     return info
 
@@ -246,18 +259,12 @@ def encoding_to_dtype_with_channels(encoding: str) -> tuple[np.dtype, int]:
 
 
 def generic_encoding(dtype: Any, channels: int) -> str:
-    """OpenCV type name (``"8UC3"``, ``"32FC1"`` ...) for a numpy dtype and channel count.
+    """OpenCV type name (``"8UC3"``, ``"32FC1"``, ``"8UC5"`` ...) for a numpy dtype and channel count.
 
-    Raises ImageConversionError for dtypes OpenCV images cannot hold (bool, int64, float16 ...).
+    Raises ImageConversionError for dtypes OpenCV images cannot hold (bool, int64, float16 ...)
+    or more than 512 channels.
     """
-    dt = np.dtype(dtype)
-    depth = _GENERIC_BY_DTYPE.get((dt.kind, dt.itemsize))
-    if depth is None or not 1 <= channels <= 4:
-        raise ImageConversionError(
-            f"an image of dtype {dt} with {channels} channel(s) has no ROS encoding; use uint8, int8, "
-            "uint16, int16, int32, float32 or float64 with 1 to 4 channels"
-        )
-    return f"{depth}C{channels}"
+    return generic_name(dtype, channels)
 
 
 # --------------------------------------------------------------------------- message classes
@@ -539,6 +546,11 @@ def _convert(img: np.ndarray, src_encoding: str, desired_encoding: str | None) -
     return np.asarray(out)
 
 
+def convert(img: np.ndarray, src_encoding: str, desired_encoding: str) -> np.ndarray:
+    """Pixels ``img`` stored as ``src_encoding``, converted by the rules of :func:`imgmsg_to_cv2`."""
+    return _convert(img, src_encoding, desired_encoding)
+
+
 def imgmsg_to_cv2(img_msg: Any, desired_encoding: str = PASSTHROUGH) -> np.ndarray:
     """Pixels of a sensor_msgs/Image-like message as ``HxW`` or ``HxWxC`` array in host byte order.
 
@@ -550,8 +562,11 @@ def imgmsg_to_cv2(img_msg: Any, desired_encoding: str = PASSTHROUGH) -> np.ndarr
     return _convert(arr, info.name, desired_encoding)
 
 
-def _checked_array(cvim: Any) -> tuple[np.ndarray, str]:
-    """A native-byte-order ndarray and its generic type name, or ImageConversionError."""
+def _checked_array(cvim: Any, *, keep_byte_order: bool = False) -> tuple[np.ndarray, str]:
+    """The ndarray (in host byte order unless ``keep_byte_order``) and its generic type name.
+
+    Raises ImageConversionError for anything an image message cannot hold.
+    """
     if not isinstance(cvim, np.ndarray):
         raise ImageConversionError(f"expected a numpy array, got {type(cvim).__name__}")
     if cvim.ndim not in (2, 3):
@@ -562,14 +577,24 @@ def _checked_array(cvim: Any) -> tuple[np.ndarray, str]:
         raise ImageConversionError(f"empty image of shape {cvim.shape}")
     if cvim.shape[0] > _MAX_UINT32 or cvim.shape[1] > _MAX_UINT32:
         raise ImageConversionError(f"image of shape {cvim.shape} is too large for a ROS message")
-    if not cvim.dtype.isnative:
+    if not keep_byte_order and not cvim.dtype.isnative:
         cvim = cvim.astype(cvim.dtype.newbyteorder("="))
     return cvim, generic
 
 
-def _prepare_image(cvim: Any, encoding: str | None) -> tuple[np.ndarray, str, int]:
-    """Array (C-contiguous, host order), encoding name and step for an Image message."""
-    arr, generic = _checked_array(cvim)
+def _is_bigendian(arr: np.ndarray) -> bool:
+    """Byte order of an array's items: explicit '>'/'<', else the host's (native and 1-byte items)."""
+    order = arr.dtype.byteorder
+    return order == ">" if order in "<>" else _HOST_BIGENDIAN
+
+
+def _prepare_image(cvim: Any, encoding: str | None) -> tuple[np.ndarray, str, int, bool]:
+    """Array (C-contiguous, in its own byte order), encoding name, step and is_bigendian for an Image.
+
+    Like cv_bridge, the bytes of a big-endian array are kept and the message says so
+    (``is_bigendian=1``); readers swap them when they differ from their host's order.
+    """
+    arr, generic = _checked_array(cvim, keep_byte_order=True)
     if encoding is None or encoding in _PASSTHROUGH_NAMES:
         name = generic
     else:
@@ -583,7 +608,7 @@ def _prepare_image(cvim: Any, encoding: str | None) -> tuple[np.ndarray, str, in
             raise ImageConversionError(f"{encoding} needs an even width, got {arr.shape[1]}")
         name = info.name
     arr = np.ascontiguousarray(arr)
-    return arr, name, arr.strides[0]
+    return arr, name, arr.strides[0], _is_bigendian(arr)
 
 
 def _flat_bytes(arr: np.ndarray) -> np.ndarray:
@@ -648,21 +673,21 @@ def _new_message(msg_type: Any, kind: str) -> Any:
 def cv2_to_imgmsg(
     cvim: np.ndarray, encoding: str = PASSTHROUGH, header: Any = None, *, msg_type: Any = None
 ) -> Any:
-    """A sensor_msgs/Image holding ``cvim`` (copied once), in host byte order without row padding.
+    """A sensor_msgs/Image holding ``cvim`` (copied once), in the array's byte order without row padding.
 
     ``passthrough`` names the generic type (``"8UC3"``); any other encoding must match the array's
     dtype and channels. Builds ``msg_type()`` when given (any class with the Image fields whose
     constructor takes no arguments), else ``sensor_msgs.msg.Image`` when importable, else
     :class:`ImageMsg`. For rosbags messages use :func:`to_rosbags_image`.
     """
-    arr, name, step = _prepare_image(cvim, encoding)
+    arr, name, step, bigendian = _prepare_image(cvim, encoding)
     msg = _new_message(msg_type, "Image")
     try:
         _assign_header(msg, header)
         msg.height = int(arr.shape[0])
         msg.width = int(arr.shape[1])
         msg.encoding = name
-        msg.is_bigendian = int(_HOST_BIGENDIAN)
+        msg.is_bigendian = int(bigendian)
         msg.step = int(step)
         msg.data = _payload(getattr(msg, "data", None), _flat_bytes(arr))
     except ImageConversionError:
@@ -736,57 +761,19 @@ def _decoded_encoding(img: np.ndarray, spec: _FormatSpec) -> str:
     return generic
 
 
-MAX_DECODED_PIXELS = 1 << 26
-"""Most pixels (width x height) a PNG or JPEG may declare: 67 MP, twice 8K UHD. Larger ones are refused
-before decoding, because decoders allocate (and for truncated JPEGs fill) what the header declares: a
-600-byte JPEG declaring 30000x30000 would take 2.7 GB and half a minute."""
-
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-# JPEG start-of-frame markers (SOF0-SOF15 except DHT, JPG and DAC), which carry the image size.
-_JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
-
-
-def _declared_size(buf: np.ndarray) -> tuple[int, int] | None:
-    """(width, height) a PNG IHDR or JPEG frame header declares; None for other formats or no header."""
-    mv = memoryview(buf)
-    n = len(mv)
-    if bytes(mv[:8]) == _PNG_SIGNATURE and n >= 24:
-        width, height = struct.unpack(">II", mv[16:24])
-        return width, height
-    if bytes(mv[:2]) != b"\xff\xd8":
-        return None
-    i = 2
-    while i + 4 <= n:
-        if mv[i] != 0xFF:
-            return None
-        marker = mv[i + 1]
-        if marker == 0xFF:  # fill byte
-            i += 1
-            continue
-        if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # segments without a length
-            i += 2
-            continue
-        if marker in _JPEG_SOF:
-            if i + 9 > n:
-                return None
-            height, width = struct.unpack(">HH", mv[i + 5 : i + 9])
-            return width, height
-        if marker == 0xDA:  # image data before any frame header
-            return None
-        i += 2 + ((mv[i + 2] << 8) | mv[i + 3])
-    return None
-
-
 def _imdecode(buf: np.ndarray) -> np.ndarray:
-    size = _declared_size(buf)
+    size = declared_size(buf)
     if size is not None and size[0] * size[1] > MAX_DECODED_PIXELS:
         raise ImageConversionError(
             f"compressed image declares {size[0]}x{size[1]} pixels, more than MAX_DECODED_PIXELS="
             f"{MAX_DECODED_PIXELS}; refused before decoding (a corrupt or hostile header)"
         )
     cv2 = _cv2()
+    gray_raster = is_gray_sun_raster(buf)
     try:
-        img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+        img = cv2.imdecode(buf, cv2.IMREAD_COLOR if gray_raster else cv2.IMREAD_UNCHANGED)
+        if gray_raster and img is not None:
+            img = np.ascontiguousarray(img[:, :, 0])
     except cv2.error as exc:
         raise ImageConversionError(f"compressed image data cannot be decoded: {exc}") from exc
     if img is None:
@@ -844,30 +831,26 @@ def compressed_imgmsg_to_cv2(cmprs_img_msg: Any, desired_encoding: str = PASSTHR
     return _convert(img, encoding, desired_encoding)
 
 
-_COMPRESSED_FORMATS = MappingProxyType({"jpg": "jpeg", "jpeg": "jpeg", "png": "png"})
-
-
 def _encode(
     cvim: Any, dst_format: str, quality: int, png_compression: int | None
 ) -> tuple[bytes | np.ndarray, str]:
     arr, generic = _checked_array(cvim)
-    fmt = _COMPRESSED_FORMATS.get(str(dst_format).lower().lstrip("."))
-    if fmt is None:
-        raise ImageConversionError(
-            f"dst_format must be one of {sorted(_COMPRESSED_FORMATS)}, got {dst_format!r}"
-        )
-    allowed = {"jpeg": ("8UC1", "8UC3"), "png": ("8UC1", "8UC3", "8UC4", "16UC1", "16UC3", "16UC4")}[fmt]
-    if generic not in allowed:
-        raise ImageConversionError(f"{fmt} can store {', '.join(allowed)} images, not {generic}")
+    codec = CODECS.get(str(dst_format).lower().lstrip("."))
+    if codec is None:
+        raise ImageConversionError(f"dst_format must be one of {', '.join(CODECS)}, got {dst_format!r}")
+    fmt = codec.name
+    if generic not in codec.layouts:
+        raise ImageConversionError(f"{fmt} can store {', '.join(sorted(codec.layouts))} images, not {generic}")
     if not 0 <= int(quality) <= 100:
         raise ImageConversionError(f"JPEG quality must be in [0, 100], got {quality}")
     cv2 = _cv2()
+    params = []
     if fmt == "jpeg":
         params = [cv2.IMWRITE_JPEG_QUALITY, int(quality)]
-    else:
-        params = [] if png_compression is None else [cv2.IMWRITE_PNG_COMPRESSION, int(png_compression)]
+    elif fmt == "png" and png_compression is not None:
+        params = [cv2.IMWRITE_PNG_COMPRESSION, int(png_compression)]
     try:
-        ok, encoded = cv2.imencode(".jpg" if fmt == "jpeg" else ".png", arr, params)
+        ok, encoded = cv2.imencode(codec.extension, arr, params)
     except cv2.error as exc:
         raise ImageConversionError(f"OpenCV could not encode a {generic} image as {fmt}: {exc}") from exc
     if not ok:
@@ -884,10 +867,11 @@ def cv2_to_compressed_imgmsg(
     header: Any = None,
     msg_type: Any = None,
 ) -> Any:
-    """A sensor_msgs/CompressedImage of ``cvim`` encoded as JPEG (``jpg``/``jpeg``) or PNG.
+    """A sensor_msgs/CompressedImage of ``cvim`` in any format cv_bridge accepts (see imagecodecs.CODECS).
 
-    Like cv_bridge, 3/4-channel input is taken as bgr8/bgra8; ``format`` is written as "jpeg" or
-    "png". ``quality`` (0-100) applies to JPEG, ``png_compression`` (0-9) to PNG. Builds
+    ``jpg``/``jpeg``/``jpe``, ``png``, ``bmp``/``dib``, ``ras``/``sr``, ``tif``/``tiff``; like cv_bridge,
+    3/4-channel input is taken as bgr8/bgra8. ``format`` is written in its canonical spelling ("jpeg",
+    "png", "bmp", "ras", "tiff"); a layout the format would silently change is refused. ``quality`` (0-100) applies to JPEG, ``png_compression`` (0-9) to PNG. Builds
     ``msg_type()`` when given, else sensor_msgs when importable, else :class:`CompressedImageMsg`.
     """
     encoded, fmt = _encode(cvim, dst_format, quality, png_compression)
@@ -968,7 +952,7 @@ def to_rosbags_image(
     ``typestore`` defaults to rosbags' ROS 2 Humble store; ``header`` may be any header (rclpy,
     rosbags, :class:`HeaderMsg`) or None for a zero stamp. Same checks as :func:`cv2_to_imgmsg`.
     """
-    arr, name, step = _prepare_image(cvim, encoding)
+    arr, name, step, bigendian = _prepare_image(cvim, encoding)
     store = _default_typestore(typestore)
     image_cls = store.types["sensor_msgs/msg/Image"]
     return image_cls(
@@ -976,7 +960,7 @@ def to_rosbags_image(
         height=int(arr.shape[0]),
         width=int(arr.shape[1]),
         encoding=name,
-        is_bigendian=int(_HOST_BIGENDIAN),
+        is_bigendian=int(bigendian),
         step=int(step),
         data=_flat_bytes(arr).copy(),
     )
@@ -1039,7 +1023,4 @@ class CvBridge:
 
     def cvtype2_to_dtype_with_channels(self, cvtype: int) -> tuple[np.dtype, int]:
         """OpenCV type constant -> (numpy dtype, channels)."""
-        for info in ENCODINGS.values():
-            if not info.is_color and self.dtype_with_channels_to_cvtype2(info.dtype, info.channels) == cvtype:
-                return info.dtype, info.channels
-        raise ImageConversionError(f"OpenCV type {cvtype} has no ROS encoding")
+        return cv_type_layout(cvtype)

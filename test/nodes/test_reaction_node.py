@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import statistics
 import threading
@@ -10,7 +11,7 @@ import uuid
 
 import pytest
 from geometry_msgs.msg import Twist, TwistStamped
-from graphutil import Collector, Spinner, stop_and_check, wait_for
+from graphutil import Collector, Spinner, stop_and_check, wait_for, wait_seen
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from std_msgs.msg import String
@@ -79,26 +80,25 @@ def test_right_twist_per_class_only_after_enable_and_zero_on_every_stop(ros_cont
     driver = Driver(ros_context, ns)
     cmds = Collector(ros_context, Twist, f"{ns}/cmd_vel", EVENTS, name="cmds")
     states = Collector(ros_context, String, f"{ns}/reaction_node/state", LATCHED, name="states")
-    with Spinner(ros_context, node, driver, cmds, states, threads=3):
+    with Spinner(ros_context, node, driver, cmds, states, threads=3) as spinner:
         # disabled at start: labels arrive, every command is zero
         assert wait_for(
             lambda: (driver.send("free"), node._policy.counters.labels_received >= 5)[1], DISCOVERY_S, 0.05
         )
         assert wait_for(lambda: cmds.count() >= 5, DEADLINE_S)
         assert all(_velocity(m) == (0.0, 0.0) for m in list(cmds.msgs))
-        assert json.loads(states.msgs[-1].data)["reason"] == "disabled"
+        assert wait_for(lambda: states.count() > 0, DEADLINE_S)
+        assert all(json.loads(m.data)["reason"] == "disabled" for m in list(states.msgs))
 
         response = driver.enable(True)
         assert response.success and response.message == "motion enabled"
         assert _drive_until(driver, "free", cmds, (0.15, 0.0), DEADLINE_S)
+        n_states = states.count()
         assert _drive_until(driver, "blocked", cmds, (0.0, 1.0), DEADLINE_S)
-        assert json.loads(states.msgs[-1].data) == {
-            "enabled": True,
-            "label": "blocked",
-            "reason": "moving",
-            "linear_x": 0.0,
-            "angular_z": 1.0,
-        }
+        blocked = {"enabled": True, "label": "blocked", "reason": "moving", "linear_x": 0.0, "angular_z": 1.0}
+        assert wait_seen(states, lambda m: json.loads(m.data) == blocked, DEADLINE_S, n_states), [
+            m.data for m in list(states.msgs)[n_states:]
+        ]
 
         # unknown: zero while it lasts
         assert _drive_until(driver, "unknown", cmds, (0.0, 0.0), DEADLINE_S)
@@ -125,9 +125,40 @@ def test_right_twist_per_class_only_after_enable_and_zero_on_every_stop(ros_cont
         n = cmds.count()
         assert wait_for(lambda: (driver.send("blocked"), cmds.count() >= n + 5)[1], DEADLINE_S, 0.05)
         assert all(_velocity(m) == (0.0, 0.0) for m in list(cmds.msgs)[n - 1 :])
-        assert json.loads(states.msgs[-1].data)["reason"] == "disabled"
-    # the Spinner destroyed the node: its last command is zero
-    assert _velocity(cmds.msgs[-1]) == (0.0, 0.0)
+        assert wait_for(lambda: json.loads(states.msgs[-1].data)["reason"] == "disabled", DEADLINE_S)
+
+        # destroyed while moving, labels still coming: its last command is zero, received while cmds still spins
+        assert driver.enable(True).success
+        assert _drive_until(driver, "free", cmds, (0.15, 0.0), DEADLINE_S)
+        n_cmds, n_states = cmds.count(), states.count()
+        with _labels_every_50_ms(driver, "free"):
+            spinner.destroy(node)
+            assert wait_for(lambda: cmds.count() > n_cmds and _last_is(cmds, (0.0, 0.0)), DEADLINE_S), [
+                _velocity(m) for m in list(cmds.msgs)[n_cmds - 1 :]
+            ]
+        # the zero is the shutdown path's (not the watchdog's or a label's), and nothing moves it after
+        shutdown = [json.loads(m.data) for m in list(states.msgs)[n_states:]]
+        assert shutdown and shutdown[-1]["reason"] == "shutdown" and shutdown[-1]["linear_x"] == 0.0, shutdown
+        assert all(r["reason"] != "stale" for r in shutdown), shutdown
+        assert all(_velocity(m) == (0.15, 0.0) for m in list(cmds.msgs)[n_cmds - 1 : -1])
+
+
+@contextlib.contextmanager
+def _labels_every_50_ms(driver: Driver, label: str):
+    """Keep publishing ``label`` from a thread while the block runs."""
+    stop = threading.Event()
+
+    def keep_sending() -> None:
+        while not stop.wait(0.05):
+            driver.send(label)
+
+    sender = threading.Thread(target=keep_sending, daemon=True)
+    sender.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        sender.join(timeout=5.0)
 
 
 def test_ramp_limits_speed_up_and_thumbs_table_with_stamped_output(ros_context):

@@ -7,9 +7,9 @@ with it is the combination: sizes, step, encoding and data that disagree, huge d
 dimensions with a few bytes, unknown encodings, truncated or tampered compressed data.
 
 :func:`expected_outcome` says what the classifier and recorder nodes must make of a
-message: ``"good"`` when the converter (and the model's preprocessing) accept it, ``"bad"``
-when they raise ImageConversionError (or ConfigError); anything else propagates, which is a
-bug the fuzz tests report.
+message: ``"good"`` when it holds a valid image (and the model's preprocessing accepts it),
+``"bad"`` when the converter must refuse it. The verdict comes from ``oracle.py``, which
+decodes messages itself and shares no code with the converter it judges.
 """
 
 from __future__ import annotations
@@ -20,11 +20,12 @@ from typing import Any
 import numpy as np
 from hypothesis import strategies as st
 from memprobe import jpeg_bytes, png_bytes
+from oracle import expected_rgb8
 from sensor_msgs.msg import CompressedImage, Image
 
-from dli_perception.core.imaging import ENCODINGS, encoding_info, to_rgb8
+from dli_perception.core.imaging import ENCODINGS, encoding_info
 from dli_perception.core.preprocess import PreprocessConfig, preprocess
-from dli_perception.errors import ConfigError, ImageConversionError
+from dli_perception.errors import ConfigError
 
 MAX_UINT32 = 2**32 - 1
 MAX_DATA = 48 * 1024
@@ -211,17 +212,15 @@ def roundtrip(msg: Any) -> Any:
 
 
 def expected_outcome(msg: Any, cfg: PreprocessConfig | None = None) -> str:
-    """``"good"`` or ``"bad"``: what a node's conversion (+ the model's preprocessing) makes of ``msg``.
-
-    Any exception other than ImageConversionError / ConfigError propagates: the converter
-    promised those are the only failures.
-    """
-    try:
-        rgb = to_rgb8(msg)
-        if cfg is not None:
-            preprocess(rgb, cfg)
-    except (ImageConversionError, ConfigError):
+    """``"good"`` or ``"bad"``: what a node must make of ``msg`` (the oracle's verdict + the model's preprocessing)."""
+    expected = expected_rgb8(msg)
+    if not expected.valid:
         return "bad"
+    if cfg is not None:
+        try:
+            preprocess(expected.rgb, cfg)
+        except ConfigError:
+            return "bad"
     return "good"
 
 

@@ -157,7 +157,8 @@ def fuzz_recorder(context, root: Path, examples: int) -> dict[str, Any]:
             ),
             DEADLINE_S,
         ), teacher.diags[-1:]
-        assert teacher.counts[-1] == {"fuzz": saved, "_total": saved}, teacher.counts[-1]
+        assert wait_for(lambda: bool(teacher.counts) and teacher.counts[-1] == {"fuzz": saved, "_total": saved},
+                        DEADLINE_S), teacher.counts[-1:]  # fmt: skip
         frames_received = recorder._frames_received
     assert assert_manifest_matches_files(root) == Counter({"fuzz": saved})
     with DatasetStore(root) as store:

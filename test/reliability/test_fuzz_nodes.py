@@ -28,6 +28,7 @@ import pytest
 from fixtures_models import build_colour_model_dir
 from fuzzmsgs import compressed_images, environ_int, image_msg, images
 from hypothesis import HealthCheck, given, settings
+from oracle import agrees, expected_rgb8
 from scenarios import fuzz_classifier, fuzz_recorder
 
 from dli_perception.core.imaging import compressed_imgmsg_to_cv2, imgmsg_to_cv2, to_rgb8
@@ -78,6 +79,24 @@ def test_converter_gives_an_image_or_image_conversion_error_with_memory_bounded_
         assert peak <= budget, (peak, budget, msg.height, msg.width, msg.step, msg.encoding, len(msg.data))
         if out is not None:
             assert isinstance(out, np.ndarray) and out.shape[:2] == (msg.height, msg.width)
+    _assert_converter_agrees_with_the_oracle(msg)
+
+
+def _assert_converter_agrees_with_the_oracle(msg) -> None:
+    """to_rgb8 refuses exactly what the independent oracle refuses and otherwise returns its pixels."""
+    expected = expected_rgb8(msg)
+    try:
+        rgb = to_rgb8(msg)
+    except ImageConversionError as exc:
+        assert not expected.valid, f"refused a valid message ({exc}): {_fields(msg)}"
+        return
+    assert expected.valid, f"accepted a message the oracle refuses: {_fields(msg)}"
+    assert agrees(expected, rgb), (_fields(msg), rgb[:2, :2], expected.rgb[:2, :2])
+
+
+def _fields(msg) -> dict:
+    names = ("format",) if hasattr(msg, "format") else ("height", "width", "encoding", "step", "is_bigendian")
+    return {**{n: getattr(msg, n) for n in names}, "data_bytes": len(msg.data)}
 
 
 @pytest.mark.parametrize("encoding", ["rgb8", "mono16", "yuv422", "bayer_grbg8", "32FC1", "8UC4"])
@@ -106,11 +125,42 @@ def test_compressed_converter_gives_an_image_or_image_conversion_error(msg):
         except ImageConversionError:
             continue
         assert isinstance(out, np.ndarray) and out.size > 0
-    try:
-        rgb = to_rgb8(msg)
-    except ImageConversionError:
-        return
-    assert rgb.dtype == np.uint8 and rgb.ndim == 3 and rgb.shape[2] == 3
+    _assert_converter_agrees_with_the_oracle(msg)
+
+
+@settings(max_examples=EXAMPLES, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+@given(msg=images(good_fraction=2))
+def test_the_oracle_is_not_the_converter_and_both_outcomes_occur(msg):
+    """Consistent messages are valid for the oracle on its own (it would catch a converter refusing them)."""
+    _assert_converter_agrees_with_the_oracle(msg)
+
+
+def test_the_oracle_accepts_known_images_with_their_pixels():
+    rng = np.random.default_rng(7)
+    rgb = rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)
+    cases = {
+        "rgb8": rgb.tobytes(),
+        "bgr8": rgb[..., ::-1].tobytes(),
+        "8UC3": rgb[..., ::-1].tobytes(),
+        "RGB8 ": rgb.tobytes(),
+        "rgba8": np.dstack([rgb, np.full((6, 8), 9, np.uint8)]).tobytes(),
+    }
+    for encoding, data in cases.items():
+        channels = 4 if encoding == "rgba8" else 3
+        expected = expected_rgb8(image_msg(6, 8, encoding, 8 * channels, data))
+        assert expected.valid and np.array_equal(expected.rgb, rgb), encoding
+    mono16 = (rng.integers(0, 256, (6, 8)) * 257).astype(">u2")
+    expected = expected_rgb8(image_msg(6, 8, "mono16", 16, mono16.tobytes(), is_bigendian=1))
+    assert np.array_equal(expected.rgb[..., 1], (mono16.astype(np.uint32) // 257).astype(np.uint8))
+    for bad in (
+        image_msg(6, 8, "rgb8", 24, rgb.tobytes()[:-1]),  # truncated
+        image_msg(6, 8, "rgb8", 23, rgb.tobytes()),  # step shorter than a row
+        image_msg(6, 8, "rgb9", 24, rgb.tobytes()),
+        image_msg(6, 7, "yuv422", 14, bytes(84)),  # odd width
+        image_msg(6, 8, "rgb8", 24, rgb.tobytes(), is_bigendian=2),
+        image_msg(6, 8, "32FC1", 32, bytes(192)),  # no colour meaning
+    ):
+        assert not expected_rgb8(bad).valid, bad.encoding
 
 
 BOMB_CHILD = textwrap.dedent(
