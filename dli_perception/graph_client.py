@@ -163,7 +163,6 @@ class Teacher:
             ("counts", f"{n.recorder}/counts", Counts.decode, LATCHED),
             ("progress", f"{n.trainer}/progress", TrainProgress.decode, EVENTS),
             ("train_status", f"{n.trainer}/status", TrainStatus.decode, LATCHED),
-            ("model_updated", "model_updated", str, LATCHED),
             ("scores", f"{n.classifier}/scores", Scores.decode, EVENTS),
             ("classes", f"{n.classifier}/classes", ClassList.decode, LATCHED),
             ("label", "label", str, EVENTS),

@@ -146,7 +146,7 @@ class TrainProgress:
             return 1.0
         if self.epochs <= 0:
             return 0.0
-        done = self.epoch if self.phase == "epoch" else max(0, self.epoch - 1)
+        done = self.epoch if self.phase in ("epoch", "export") else max(0, self.epoch - 1)
         if self.phase in ("train", "val") and self.batches:
             done += min(1.0, self.batch / self.batches) * (0.9 if self.phase == "train" else 1.0)
         return max(0.0, min(1.0, done / self.epochs))
