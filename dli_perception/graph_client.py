@@ -3,7 +3,7 @@
 :class:`Teacher` talks to ``recorder_node``, ``trainer_node``, ``classifier_node`` and
 ``reaction_node`` over their topics and services only, so it works as well with the nodes in
 another process or on another machine as in this one. It owns a private rclpy ``Context``, one
-node and a multi-threaded executor spinning on a thread of its own: call its methods from any
+node and an executor spinning on a thread of its own: call its methods from any
 thread but that one (they block for at most their deadline).
 
 Every action returns a :class:`Reply` whose :class:`Result` tells the caller what happened
@@ -131,7 +131,7 @@ class Teacher:
         stamped_cmd_vel: bool = False,
     ) -> None:
         from geometry_msgs.msg import Twist, TwistStamped
-        from rclpy.executors import MultiThreadedExecutor
+        from rclpy.executors import SingleThreadedExecutor
         from std_msgs.msg import String
         from std_srvs.srv import SetBool, Trigger
 
@@ -191,7 +191,7 @@ class Teacher:
             "cancel": n.trainer,
             "enable": n.reaction,
         }
-        self._executor = MultiThreadedExecutor(num_threads=4, context=self.context)
+        self._executor = SingleThreadedExecutor(context=self.context)  # callbacks only store
         self._executor.add_node(node)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._spin, name="dli_teacher_spin", daemon=True)

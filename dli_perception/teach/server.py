@@ -63,6 +63,7 @@ class TeachServer:
         self._error: BaseException | None = None
         self._thread: threading.Thread | None = None
         self._encoder: FrameEncoder | None = None
+        self._tick: asyncio.Task | None = None
 
     @property
     def url(self) -> str:
@@ -117,10 +118,12 @@ class TeachServer:
         site = web.TCPSite(self._runner, opts.host, opts.port)
         await site.start()
         self.port = self._runner.addresses[0][1]
-        loop.create_task(hub.tick())
+        self._tick = loop.create_task(hub.tick())
         self._ready.set()
 
     async def _shutdown(self) -> None:
+        if self._tick is not None:
+            self._tick.cancel()
         if self.hub is not None:
             for conn in list(self.hub.connections):
                 await conn.ws.close()

@@ -4,7 +4,7 @@ Frames go one at a time: the next is sent only after the page acknowledged drawi
 (``{"type": "ack", "seq": n}``) or after :data:`ACK_TIMEOUT_S`, and it is always the newest, so a
 slow page or network drops frames instead of falling behind. A binary message is a 4-byte big-endian
 header length, a JSON header (``seq``, ``stamp_ns`` of the source image, ``source``, ``width``,
-``height``, ``sent_ns``) and the JPEG.
+``height``, ``encoded_ns``, ``sent_ns``: wall-clock nanoseconds) and the JPEG.
 
 JSON messages: ``hello`` (the page's client id), ``state``, ``health``, ``live`` (the classifier's
 latest label, at most :data:`LIVE_HZ` a second) and ``thumbs``; each is sent again only when it
@@ -154,6 +154,7 @@ def _frame_bytes(frame: Frame) -> bytes:
             "source": frame.source,
             "width": frame.width,
             "height": frame.height,
+            "encoded_ns": frame.encoded_ns,
             "sent_ns": time.time_ns(),
         }
     ).encode()

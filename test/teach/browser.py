@@ -98,9 +98,13 @@ SCENE_JS = """() => {
   // The synthetic camera's class, from the pixels on the page: free is drawn on green, blocked on magenta.
   const c = document.getElementById('view');
   if (!window.teachStats || !window.teachStats.drawn) return null;
-  const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+  const small = window.__sceneCanvas || (window.__sceneCanvas = document.createElement('canvas'));
+  small.width = 32; small.height = 24;
+  const sg = small.getContext('2d', { willReadFrequently: true });
+  sg.drawImage(c, 0, 0, 32, 24);
+  const d = sg.getImageData(0, 0, 32, 24).data;
   let r = 0, g = 0, b = 0;
-  for (let i = 0; i < d.length; i += 4 * 16) { r += d[i]; g += d[i + 1]; b += d[i + 2]; }
+  for (let i = 0; i < d.length; i += 4) { r += d[i]; g += d[i + 1]; b += d[i + 2]; }
   return g > (r + b) / 2 ? 'free' : 'blocked';
 }"""
 

@@ -101,7 +101,10 @@ async function onFrame(buffer) {
   }
   const drawn = nowMs();
   stats.drawn += 1;
-  stats.frames.push({ seq: header.seq, stamp_ms: header.stamp_ns / 1e6, received, drawn, source: header.source });
+  stats.frames.push({
+    seq: header.seq, stamp_ms: header.stamp_ns / 1e6, encoded_ms: header.encoded_ns / 1e6,
+    sent_ms: header.sent_ns / 1e6, received, drawn, source: header.source,
+  });
   if (stats.frames.length > stats.max) stats.frames.splice(0, stats.frames.length - stats.max);
   $("view-source").textContent = header.source === "overlay" ? "classifier overlay" : "camera";
   $("view-source").dataset.source = header.source;
