@@ -248,13 +248,22 @@ class Station:
         async with self.lock:
             reply = await self._run(self.teacher.undo)
             if reply.ok and reply.path:
-                removed = PurePath(reply.path).parts
-                for deque in self.thumbs.values():
-                    for thumb in list(deque):
-                        if PurePath(thumb.path).parts[-len(removed) :] == removed:
-                            deque.remove(thumb)
-                            self._changed("thumbs")
+                self._forget_thumb(PurePath(reply.path).parts)
         return self._answer(reply)
+
+    def _forget_thumb(self, removed: tuple[str, ...]) -> None:
+        """Drop the thumbnail of an undone capture: the one saved as that file, else the class's newest
+        (recorded frames' files are not known here; the removed file's folder is its class)."""
+        for thumbs in self.thumbs.values():
+            for thumb in thumbs:
+                if thumb.path and PurePath(thumb.path).parts[-len(removed) :] == removed:
+                    thumbs.remove(thumb)
+                    self._changed("thumbs")
+                    return
+        thumbs = self.thumbs.get(removed[0]) if len(removed) > 1 else None
+        if thumbs:
+            thumbs.pop()
+            self._changed("thumbs")
 
     async def record(self, name: Any, on: Any, client: str) -> tuple[int, dict[str, Any]]:
         if not isinstance(on, bool):
@@ -293,7 +302,7 @@ class Station:
         while self.recording is recording:
             await asyncio.sleep(0.25)
             count = self._count(recording["class"])
-            if count > last:
+            if count > last and self.recording is recording:
                 await self._add_thumb(recording["class"], "", self.newest_frame())
             last = count
             if time.monotonic() - recording["since"] > MAX_RECORD_S:
