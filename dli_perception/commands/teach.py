@@ -18,6 +18,7 @@ reaction node sends its zero Twist) and exits 0.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import threading
 from collections.abc import Sequence
@@ -45,7 +46,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _add_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--connect", action="store_true", help="start no node: drive the nodes already running")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=8080, help="port to listen on (0: any free port; default 8080)")
+    p.add_argument(
+        "--port",
+        type=int,
+        default=int(os.environ.get("DLI_TEACH_PORT", "8080")),
+        help="port to listen on (0: any free port; default $DLI_TEACH_PORT or 8080)",
+    )
     p.add_argument("--token", default=None, help="token the page requires (default: a random one off localhost)")
     p.add_argument(
         "--no-token", action="store_true", help="no token on localhost even when --token is given (refused off it)"
@@ -115,7 +121,11 @@ def run(args: argparse.Namespace) -> int:
 
     server = TeachServer(options)
     if plan is None:
+        from dli_perception.nodes import launcher
+
         signals = StopSignal().install()
+        if launcher.EARLY_STOP.is_set():  # stopped while still importing
+            signals.event.set()
         try:
             url = server.start()
             _announce(url, options, "drives the nodes on the ROS graph")
@@ -176,6 +186,13 @@ def _announce(url: str, options, what: str) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m dli_perception.commands.teach ...`` (what launch/teach.launch.py runs)."""
     import logging
+    import signal
+
+    from dli_perception.nodes import launcher
+
+    if threading.current_thread() is threading.main_thread():  # a Ctrl-C while importing: exit cleanly
+        signal.signal(signal.SIGINT, launcher._record)
+        signal.signal(signal.SIGTERM, launcher._record)
 
     parser = argparse.ArgumentParser(prog="dli-perception")
     register(parser.add_subparsers(dest="command", required=True))
