@@ -25,7 +25,7 @@ setup(
         (f"share/{PACKAGE}/launch", glob("launch/*.launch.py")),
         (f"share/{PACKAGE}/config", glob("config/*.yaml") + glob("config/*.xml")),
     ],
-    package_data={PACKAGE: ["py.typed"]},
+    package_data={PACKAGE: ["py.typed", "teach/static/*"]},  # the teach station page
     install_requires=["setuptools", "numpy", "PyYAML"],
     zip_safe=True,
     maintainer="dli_perception maintainers",

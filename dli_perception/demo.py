@@ -820,20 +820,18 @@ class Demo:
                 self._first_stamp_ns = stamp
 
     def _on_train_progress(self, msg: Any) -> None:
-        from dli_perception.core.training import ProgressEvent
+        from dli_perception.core.contracts import TrainProgress
+        from dli_perception.errors import BadMessageError
 
         callback = self._train_progress
         if callback is None:
             return
         try:
-            data = json.loads(msg.data)
-            phase = data.get("phase")
-            known = {f.name for f in dataclasses.fields(ProgressEvent)}
-            event = ProgressEvent(**{k: v for k, v in data.items() if k in known})
-        except (ValueError, TypeError):
+            event = TrainProgress.decode(msg.data)
+        except BadMessageError:
             return
         callback(event)
-        if phase == "export":
+        if event.phase == "export":
             self._say("      exporting the model (ONNX, checked against torch) and its report")
 
     def _on_train_status(self, msg: Any) -> None:

@@ -45,6 +45,8 @@ class Argument:
     name: str
     node: str
     parameter: str = ""
+    also: tuple[str, ...] = ()
+    """Other nodes whose parameter of the same name gets the same value (one dataset for two nodes)."""
 
     @property
     def param_name(self) -> str:
@@ -92,6 +94,22 @@ SETS: dict[str, NodeSet] = {
             tuple(
                 Argument(name, "trainer_node")
                 for name in ("dataset_dir", "model_dir", "mode", "epochs", "weights")
+            ),
+        ),
+        NodeSet(
+            "teach",
+            "every node the teach station (dli-perception teach) drives: camera, recorder, trainer, "
+            "classifier and reaction, one dataset for recorder and trainer.",
+            ("camera_node", "recorder_node", "trainer_node", "classifier_node", "reaction_node"),
+            _CAMERA
+            + (
+                Argument("dataset_dir", "recorder_node", also=("trainer_node",)),
+                Argument("model_dir", "trainer_node"),
+                Argument("mode", "trainer_node"),
+                Argument("epochs", "trainer_node"),
+                Argument("weights", "trainer_node"),
+                Argument("backend", "classifier_node"),
+                Argument("actions_file", "reaction_node"),
             ),
         ),
         NodeSet(
@@ -239,7 +257,8 @@ def argument_overrides(
         value = parse_value(text, param.default, f"{name}:={text}")
         if only_changed and value == param.default and type(value) is type(param.default):
             continue
-        out[arg.node][arg.param_name] = value
+        for node in (arg.node, *arg.also):
+            out[node][arg.param_name] = value
     return out
 
 

@@ -26,7 +26,9 @@ Topics:
   the latest model even when it starts after the run;
 * ``~/status`` (std_msgs/String, LATCHED): JSON of the last run's outcome (``status`` completed,
   early_stopped, cancelled or failed; ``model_dir``, ``exported``, ``best_val_acc``,
-  ``best_epoch``, ``epochs_run``, ``classes``, ``checkpoint``, ``error``, ``duration_s``);
+  ``best_epoch``, ``epochs_run``, ``classes``, ``checkpoint``, ``confusion`` (validation of the best
+  epoch: rows true class, columns predicted), ``error``, ``duration_s``; decoded by
+  :class:`dli_perception.core.contracts.TrainStatus`);
 * ``/diagnostics``: state (idle, training, failed), epoch, loss, accuracy, time left, last result.
 
 The model directory is written by :func:`~dli_perception.core.export.export_model_dir`: built beside
@@ -407,6 +409,7 @@ class TrainerNode(Node):
             "classes": list(result.classes),
             "checkpoint": result.checkpoint_path or "",
             "skipped_images": len(result.dataset.skipped),
+            "confusion": [[int(n) for n in row] for row in result.confusion],
         }
         if result.cancelled or job.cancel.is_set():
             outcome["status"] = "cancelled"

@@ -1,0 +1,507 @@
+"""One client of the package's nodes: teach a class, capture, train, wait for a model, react, stop.
+
+:class:`Teacher` talks to ``recorder_node``, ``trainer_node``, ``classifier_node`` and
+``reaction_node`` over their topics and services only, so it works as well with the nodes in
+another process or on another machine as in this one. It owns a private rclpy ``Context``, one
+node and an executor spinning on a thread of its own: call its methods from any
+thread but that one (they block for at most their deadline).
+
+Every action returns a :class:`Reply` whose :class:`Result` tells the caller what happened
+(``SUCCEEDED``, ``REFUSED`` by the node with its reason, ``UNAVAILABLE`` when the node is not on
+the graph, ``TIMED_OUT``, ``INVALID`` input refused before anything was sent); the last failure is
+kept in :attr:`Teacher.last_error`. What the nodes publish is decoded into the typed results of
+:mod:`dli_perception.core.contracts` and kept, newest only; ``on_update(kind, value)`` is called
+(on an executor thread) whenever one arrives.
+
+    teacher = Teacher()
+    teacher.wait_for_nodes(timeout_s=10)
+    teacher.set_label("thumbs_up"); teacher.capture()
+    teacher.start_training(); status = teacher.wait_for_training(timeout_s=600)
+    teacher.enable_reaction(True) ... teacher.stop()
+    teacher.close()
+"""
+
+from __future__ import annotations
+
+import enum
+import inspect
+import re
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from dli_perception.core.contracts import ClassList, Counts, ReactionState, Scores, TrainProgress, TrainStatus
+from dli_perception.errors import BadMessageError, InvalidLabelError
+
+SPIN_SLICE_S = 0.05
+HEALTH_STALE_S = 3.0
+"""A node whose last ``/diagnostics`` status is older than this is reported stale (it publishes every 1 s)."""
+LABEL_REPEAT_S = 0.3
+"""How often :meth:`Teacher.set_label` publishes again until the recorder confirms the label."""
+
+LEVELS = {0: "ok", 1: "warn", 2: "error", 3: "stale"}
+
+
+class Result(enum.Enum):
+    """What became of one request."""
+
+    SUCCEEDED = "succeeded"
+    REFUSED = "refused"  # the node answered no; the message says why
+    UNAVAILABLE = "unavailable"  # the node or its service is not on the graph
+    TIMED_OUT = "timed_out"  # no answer within the deadline
+    INVALID = "invalid"  # refused here before anything was sent (bad input)
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A :class:`Result`, the node's (or our) message, and the file a capture or undo touched."""
+
+    result: Result
+    message: str
+    path: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.result is Result.SUCCEEDED
+
+
+@dataclass(frozen=True)
+class NodeHealth:
+    """A node's latest ``/diagnostics`` status: level ``ok``/``warn``/``error``/``stale``, message, values."""
+
+    name: str
+    level: str
+    message: str
+    values: dict[str, str]
+    received: float  # time.monotonic()
+
+    def age_s(self, now: float | None = None) -> float:
+        return (time.monotonic() if now is None else now) - self.received
+
+    def current_level(self, now: float | None = None) -> str:
+        """``level``, or ``gone`` when nothing came for :data:`HEALTH_STALE_S` seconds."""
+        return "gone" if self.age_s(now) > HEALTH_STALE_S else self.level
+
+
+@dataclass(frozen=True)
+class NodeNames:
+    """Names of the nodes the client talks to (change them when the nodes were renamed at launch)."""
+
+    recorder: str = "recorder_node"
+    trainer: str = "trainer_node"
+    classifier: str = "classifier_node"
+    reaction: str = "reaction_node"
+    camera: str = "camera_node"
+
+    def all(self) -> tuple[str, ...]:
+        return (self.camera, self.recorder, self.trainer, self.classifier, self.reaction)
+
+
+_SAVED = re.compile(r"^saved (?P<path>.+) as ['\"]")
+_REMOVED = re.compile(r"^removed (?P<path>.+?) \(")
+
+
+def _init_context():
+    """A private, initialised Context that installs no signal handlers (the caller's process owns them)."""
+    import rclpy
+    from rclpy.context import Context
+
+    ctx = Context()
+    kwargs: dict[str, Any] = {"context": ctx, "args": []}
+    if "signal_handler_options" in inspect.signature(rclpy.init).parameters:
+        from rclpy.signals import SignalHandlerOptions
+
+        kwargs["signal_handler_options"] = SignalHandlerOptions.NO
+    rclpy.init(**kwargs)
+    return ctx
+
+
+class Teacher:
+    """Teaches, trains and drives the robot through its nodes; see the module docstring."""
+
+    def __init__(
+        self,
+        namespace: str = "",
+        *,
+        names: NodeNames | None = None,
+        node_name: str = "dli_teacher",
+        on_update: Callable[[str, Any], None] | None = None,
+        stamped_cmd_vel: bool = False,
+    ) -> None:
+        from geometry_msgs.msg import Twist, TwistStamped
+        from rclpy.executors import SingleThreadedExecutor
+        from std_msgs.msg import String
+        from std_srvs.srv import SetBool, Trigger
+
+        from dli_perception import transport
+        from dli_perception.nodes.qos import EVENTS, LATCHED
+
+        transport.apply_default_profile()
+        self.names = names or NodeNames()
+        self.namespace = "/" + namespace.strip("/") if namespace.strip("/") else ""
+        self.on_update = on_update
+        self.last_error = ""
+        self.bad_messages = 0
+        self._lock = threading.Lock()
+        self._latest: dict[str, Any] = {}
+        self._health: dict[str, NodeHealth] = {}
+        self._stamped = stamped_cmd_vel
+        self._twist_types = (Twist, TwistStamped)
+        self._frame_subs: list = []
+
+        self.context = _init_context()
+        from rclpy.node import Node
+
+        self.node = Node(node_name, namespace=self.namespace or None, context=self.context)
+        n, node = self.names, self.node
+        self._label_pub = node.create_publisher(String, "teach_label", EVENTS)
+        self._model_pub = node.create_publisher(String, "model_updated", EVENTS)
+        self._cmd_pub = node.create_publisher(TwistStamped if stamped_cmd_vel else Twist, "cmd_vel", EVENTS)
+        subs = (
+            ("counts", f"{n.recorder}/counts", Counts.decode, LATCHED),
+            ("progress", f"{n.trainer}/progress", TrainProgress.decode, EVENTS),
+            ("train_status", f"{n.trainer}/status", TrainStatus.decode, LATCHED),
+            ("scores", f"{n.classifier}/scores", Scores.decode, EVENTS),
+            ("classes", f"{n.classifier}/classes", ClassList.decode, LATCHED),
+            ("label", "label", str, EVENTS),
+            ("reaction_state", f"{n.reaction}/state", ReactionState.decode, LATCHED),
+        )
+        self._subs = [
+            node.create_subscription(String, topic, self._decoder(kind, decode), qos)
+            for kind, topic, decode, qos in subs
+        ]
+        from diagnostic_msgs.msg import DiagnosticArray
+
+        self._diag_sub = node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, EVENTS)
+        self._clients = {
+            "capture": node.create_client(Trigger, f"{n.recorder}/capture"),
+            "undo": node.create_client(Trigger, f"{n.recorder}/undo"),
+            "set_recording": node.create_client(SetBool, f"{n.recorder}/set_recording"),
+            "train": node.create_client(Trigger, f"{n.trainer}/train"),
+            "cancel": node.create_client(Trigger, f"{n.trainer}/cancel"),
+            "enable": node.create_client(SetBool, f"{n.reaction}/enable"),
+        }
+        self._owner = {
+            "capture": n.recorder,
+            "undo": n.recorder,
+            "set_recording": n.recorder,
+            "train": n.trainer,
+            "cancel": n.trainer,
+            "enable": n.reaction,
+        }
+        self._executor = SingleThreadedExecutor(context=self.context)  # callbacks only store
+        self._executor.add_node(node)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._spin, name="dli_teacher_spin", daemon=True)
+        self._thread.start()
+
+    # -- plumbing -------------------------------------------------------------------------------
+    def _spin(self) -> None:
+        while not self._stop.is_set() and self.context.ok():
+            try:
+                self._executor.spin_once(timeout_sec=SPIN_SLICE_S)
+            except Exception:  # noqa: BLE001 - shutdown races end the loop; anything else is retried
+                if self._stop.is_set() or not self.context.ok():
+                    return
+
+    def _decoder(self, kind: str, decode: Callable[[str], Any]) -> Callable[[Any], None]:
+        def on_msg(msg: Any) -> None:
+            try:
+                value = decode(msg.data)
+            except BadMessageError as exc:
+                with self._lock:
+                    self.bad_messages += 1
+                    self.last_error = f"{kind}: {exc}"
+                return
+            with self._lock:
+                self._latest[kind] = value
+                self._latest[f"{kind}@"] = time.monotonic()
+            self._notify(kind, value)
+
+        return on_msg
+
+    def _notify(self, kind: str, value: Any) -> None:
+        if self.on_update is not None:
+            try:
+                self.on_update(kind, value)
+            except Exception as exc:  # noqa: BLE001 - a listener's bug must not stop the client
+                self.last_error = f"on_update({kind}) failed: {type(exc).__name__}: {exc}"
+
+    def _on_diagnostics(self, msg: Any) -> None:
+        now = time.monotonic()
+        changed = []
+        for status in msg.status:
+            level = status.level if isinstance(status.level, int) else int.from_bytes(status.level, "little")
+            health = NodeHealth(
+                name=status.name,
+                level=LEVELS.get(level, "error"),
+                message=status.message,
+                values={kv.key: kv.value for kv in status.values},
+                received=now,
+            )
+            with self._lock:
+                self._health[status.name] = health
+            changed.append(health)
+        for health in changed:
+            self._notify("health", health)
+
+    def _fail(self, reply: Reply) -> Reply:
+        if not reply.ok:
+            self.last_error = reply.message
+        return reply
+
+    def _call(self, what: str, request: Any, timeout_s: float) -> tuple[Reply, Any]:
+        """Call one of the nodes' services with a deadline; (reply, response or None)."""
+        client = self._clients[what]
+        owner = self._owner[what]
+        deadline = time.monotonic() + timeout_s
+        while not client.service_is_ready():
+            if time.monotonic() >= deadline or self._stop.is_set():
+                return self._fail(
+                    Reply(Result.UNAVAILABLE, f"{owner} is not running: no {client.srv_name} service on the graph")
+                ), None
+            time.sleep(0.02)
+        done = threading.Event()
+        future = client.call_async(request)
+        future.add_done_callback(lambda _f: done.set())
+        if not done.wait(max(0.0, deadline - time.monotonic())):
+            future.cancel()
+            return self._fail(
+                Reply(Result.TIMED_OUT, f"{owner} did not answer {client.srv_name} within {timeout_s:g} s")
+            ), None
+        response = future.result()
+        if response is None:
+            return self._fail(Reply(Result.UNAVAILABLE, f"{client.srv_name}: the call failed")), None
+        ok = bool(response.success)
+        return self._fail(Reply(Result.SUCCEEDED if ok else Result.REFUSED, response.message)), response
+
+    def _wait(self, predicate: Callable[[], bool], timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while not predicate():
+            if time.monotonic() >= deadline or self._stop.is_set():
+                return bool(predicate())
+            time.sleep(0.02)
+        return True
+
+    def latest(self, kind: str) -> Any:
+        """The newest decoded value of ``kind`` (counts, progress, train_status, scores, ...), or None."""
+        with self._lock:
+            return self._latest.get(kind)
+
+    def received_at(self, kind: str) -> float | None:
+        """time.monotonic() when ``kind`` last arrived, or None."""
+        with self._lock:
+            return self._latest.get(f"{kind}@")
+
+    # -- graph ----------------------------------------------------------------------------------
+    def nodes_present(self) -> set[str]:
+        """Names of this namespace's nodes that are on the graph now."""
+        ns = self.namespace or "/"
+        return {name for name, node_ns in self.node.get_node_names_and_namespaces() if node_ns == ns}
+
+    def wait_for_nodes(self, names: Iterable[str] | None = None, timeout_s: float = 10.0) -> list[str]:
+        """Wait (at most ``timeout_s``) until the nodes are on the graph; returns those still missing."""
+        wanted = set(names if names is not None else self.names.all())
+        self._wait(lambda: wanted <= self.nodes_present(), timeout_s)
+        missing = sorted(wanted - self.nodes_present())
+        if missing:
+            self.last_error = f"not on the graph after {timeout_s:g} s: {', '.join(missing)}"
+        return missing
+
+    def wait_for_services(self, timeout_s: float = 10.0) -> list[str]:
+        """Wait until every service the client calls is ready; returns the names still missing."""
+        self._wait(lambda: all(c.service_is_ready() for c in self._clients.values()), timeout_s)
+        return sorted(c.srv_name for c in self._clients.values() if not c.service_is_ready())
+
+    # -- teaching -------------------------------------------------------------------------------
+    def set_label(self, label: str | None, timeout_s: float = 3.0) -> Reply:
+        """Publish the class being shown on ``teach_label`` (None clears it) until the recorder confirms it."""
+        from std_msgs.msg import String
+
+        from dli_perception.core.dataset import validate_label
+
+        if label is not None:
+            try:
+                label = validate_label(label)
+            except InvalidLabelError as exc:
+                return self._fail(Reply(Result.INVALID, str(exc)))
+        wanted = label or ""
+        recorder = self.names.recorder
+
+        def confirmed() -> bool:
+            health = self.health().get(self._status_name(recorder))
+            return health is not None and health.values.get("label") == wanted and health.age_s() < HEALTH_STALE_S
+
+        deadline = time.monotonic() + timeout_s
+        while True:
+            self._label_pub.publish(String(data=wanted))
+            if self._wait(confirmed, min(LABEL_REPEAT_S, max(0.0, deadline - time.monotonic()))):
+                return Reply(Result.SUCCEEDED, f"teach label {wanted!r}" if wanted else "teach label cleared")
+            if time.monotonic() >= deadline:
+                known = self._status_name(recorder) in self.health()
+                result = Result.TIMED_OUT if known else Result.UNAVAILABLE
+                why = "did not confirm" if known else "is not running (no diagnostics from it)"
+                return self._fail(Reply(result, f"{recorder} {why} the teach label {wanted!r} within {timeout_s:g} s"))
+
+    def capture(self, timeout_s: float = 10.0) -> Reply:
+        """Save the newest frame under the current teach label; ``path`` is the saved file."""
+        from std_srvs.srv import Trigger
+
+        reply, _ = self._call("capture", Trigger.Request(), timeout_s)
+        match = _SAVED.match(reply.message) if reply.ok else None
+        return Reply(reply.result, reply.message, match["path"] if match else "")
+
+    def undo(self, timeout_s: float = 10.0) -> Reply:
+        """Remove the dataset's last saved image; ``path`` is the removed file (relative to the dataset)."""
+        from std_srvs.srv import Trigger
+
+        reply, _ = self._call("undo", Trigger.Request(), timeout_s)
+        match = _REMOVED.match(reply.message) if reply.ok else None
+        return Reply(reply.result, reply.message, match["path"] if match else "")
+
+    def set_recording(self, on: bool, timeout_s: float = 5.0) -> Reply:
+        """Start or stop continuous capture under the current teach label."""
+        from std_srvs.srv import SetBool
+
+        return self._call("set_recording", SetBool.Request(data=bool(on)), timeout_s)[0]
+
+    def counts(self) -> Counts | None:
+        return self.latest("counts")
+
+    # -- training -------------------------------------------------------------------------------
+    def start_training(self, timeout_s: float = 10.0) -> Reply:
+        """Ask the trainer to start a run on its dataset (answers at once; progress follows)."""
+        from std_srvs.srv import Trigger
+
+        return self._call("train", Trigger.Request(), timeout_s)[0]
+
+    def cancel_training(self, timeout_s: float = 10.0) -> Reply:
+        from std_srvs.srv import Trigger
+
+        return self._call("cancel", Trigger.Request(), timeout_s)[0]
+
+    def progress(self) -> TrainProgress | None:
+        return self.latest("progress")
+
+    def train_status(self) -> TrainStatus | None:
+        return self.latest("train_status")
+
+    def wait_for_training(self, timeout_s: float, after_run: int | None = None) -> TrainStatus | None:
+        """The status of the run after ``after_run`` (default: the last one seen now), or None at the deadline."""
+        if after_run is None:
+            last = self.train_status()
+            after_run = last.run if last is not None else 0
+
+        def finished() -> bool:
+            status = self.train_status()
+            return status is not None and status.run > after_run
+
+        if not self._wait(finished, timeout_s):
+            self.last_error = f"no training run ended within {timeout_s:g} s"
+            return None
+        return self.train_status()
+
+    # -- the classifier -------------------------------------------------------------------------
+    def switch_model(self, model_dir: str) -> Reply:
+        """Tell the classifier to load ``model_dir`` (published on ``model_updated``)."""
+        from std_msgs.msg import String
+
+        if not model_dir:
+            return self._fail(Reply(Result.INVALID, "no model directory to switch to: train a model first"))
+        if self._model_pub.get_subscription_count() == 0:
+            return self._fail(
+                Reply(Result.UNAVAILABLE, f"{self.names.classifier} is not running: nobody listens on model_updated")
+            )
+        self._model_pub.publish(String(data=model_dir))
+        return Reply(Result.SUCCEEDED, f"asked {self.names.classifier} to load {model_dir}")
+
+    def wait_for_model(self, model_dir: str | None = None, timeout_s: float = 60.0) -> Reply:
+        """Wait until the classifier publishes results from ``model_dir`` (any model when None)."""
+
+        def serving() -> bool:
+            scores = self.scores()
+            if scores is None:
+                return False
+            return model_dir is None or scores.model.rstrip("/") == model_dir.rstrip("/")
+
+        if self._wait(serving, timeout_s):
+            return Reply(Result.SUCCEEDED, f"{self.names.classifier} serves {self.scores().model}")
+        return self._fail(
+            Reply(
+                Result.TIMED_OUT,
+                f"{self.names.classifier} did not serve {model_dir or 'a model'} within {timeout_s:g} s",
+            )
+        )
+
+    def scores(self) -> Scores | None:
+        return self.latest("scores")
+
+    def classes(self) -> ClassList | None:
+        return self.latest("classes")
+
+    # -- reacting -------------------------------------------------------------------------------
+    def enable_reaction(self, on: bool, timeout_s: float = 5.0) -> Reply:
+        """Allow (True) or forbid (False) the reaction node to move the robot."""
+        from std_srvs.srv import SetBool
+
+        return self._call("enable", SetBool.Request(data=bool(on)), timeout_s)[0]
+
+    def stop(self, timeout_s: float = 2.0) -> Reply:
+        """Stop the robot now: a zero Twist on ``cmd_vel`` at once, then the reaction node disabled."""
+        twist_cls, stamped_cls = self._twist_types
+        msg = stamped_cls() if self._stamped else twist_cls()
+        if self._stamped:
+            msg.header.stamp = self.node.get_clock().now().to_msg()
+        self._cmd_pub.publish(msg)
+        reply = self.enable_reaction(False, timeout_s)
+        if reply.ok:
+            return Reply(Result.SUCCEEDED, "zero velocity sent; reaction disabled")
+        return self._fail(
+            Reply(reply.result, f"zero velocity sent, but disabling the reaction failed: {reply.message}")
+        )
+
+    def reaction_state(self) -> ReactionState | None:
+        return self.latest("reaction_state")
+
+    # -- health ---------------------------------------------------------------------------------
+    def _status_name(self, node: str) -> str:
+        return f"{self.namespace}/{node}".lstrip("/")
+
+    def health(self) -> dict[str, NodeHealth]:
+        """The newest ``/diagnostics`` status of every node heard from, by status name."""
+        with self._lock:
+            return dict(self._health)
+
+    def node_health(self, node: str) -> NodeHealth | None:
+        return self.health().get(self._status_name(node))
+
+    # -- frames ---------------------------------------------------------------------------------
+    def watch_frames(self, topic: str, callback: Callable[[Any], None]) -> None:
+        """Call ``callback(msg)`` with each sensor_msgs/Image on ``topic`` (sensor-data QoS, newest only)."""
+        from sensor_msgs.msg import Image
+
+        from dli_perception.nodes.qos import SENSOR_DATA
+
+        self._frame_subs.append(self.node.create_subscription(Image, topic, callback, SENSOR_DATA))
+
+    # -- end ------------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Stop spinning, destroy the node and shut the private context down (idempotent)."""
+        if self._stop.is_set():
+            return
+        self._stop.set()
+        self._thread.join(timeout=5.0)
+        try:
+            self._executor.remove_node(self.node)
+            self.node.destroy_node()
+            self._executor.shutdown(timeout_sec=1.0)
+        finally:
+            self.context.try_shutdown()
+
+    def __enter__(self) -> Teacher:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()

@@ -1,0 +1,118 @@
+"""The typed results: decoding what the nodes emit, encode/decode round trips, clear errors."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from dli_perception.core.contracts import (
+    CONTRACTS,
+    ClassList,
+    Counts,
+    ReactionState,
+    Scores,
+    TrainProgress,
+    TrainStatus,
+)
+from dli_perception.core.training import ProgressEvent
+from dli_perception.errors import BadMessageError
+
+
+def test_progress_decodes_the_trainers_events_nan_included():
+    from dli_perception.nodes.trainer_node import _finite  # what the node applies before json.dumps
+
+    event = ProgressEvent(
+        "epoch",
+        3,
+        10,
+        4,
+        4,
+        loss=0.5,
+        accuracy=0.75,
+        eta_s=12.0,
+        stage="head",
+        val_loss=math.nan,
+        val_accuracy=0.8,
+        best_val_accuracy=0.8,
+        message="improved",
+    )
+    decoded = TrainProgress.decode(json.dumps(_finite(event.to_dict())))
+    assert decoded.phase == "epoch" and decoded.val_loss is None and decoded.val_accuracy == 0.8
+    assert decoded.fraction == pytest.approx(0.3)
+    assert TrainProgress.decode(decoded.encode()) == decoded
+    assert set(json.loads(decoded.encode())) == set(event.to_dict())  # the same fields as the core's event
+
+
+def test_status_decodes_the_trainers_outcome():
+    outcome = {
+        "run": 2,
+        "dataset_dir": "/d",
+        "model_dir": "/m",
+        "exported": True,
+        "error": "",
+        "message": "",
+        "status": "completed",
+        "best_val_acc": 1.0,
+        "best_epoch": 4,
+        "epochs_run": 5,
+        "classes": ["a", "b"],
+        "checkpoint": "/m.checkpoints/best.pt",
+        "skipped_images": 0,
+        "confusion": [[3, 0], [1, 2]],
+        "duration_s": 4.2,
+        "finished": "2026-01-01T00:00:00+00:00",
+    }
+    status = TrainStatus.decode(json.dumps(outcome))
+    assert status.succeeded and status.confusion == ((3, 0), (1, 2)) and status.classes == ("a", "b")
+    assert json.loads(status.encode()) == outcome
+    failed = TrainStatus.decode(json.dumps({"status": "failed", "error": "two classes needed", "run": 1}))
+    assert not failed.succeeded and failed.error == "two classes needed" and failed.best_epoch is None
+
+
+def test_counts_scores_classes_state_round_trip():
+    values = [
+        Counts({"free": 3, "blocked": 1}),
+        Scores(
+            1_700_000_000_123_456_789,
+            "camera",
+            "free",
+            0.9,
+            "free",
+            0.95,
+            {"free": 0.95, "blocked": 0.05},
+            True,
+            3.5,
+            1.25,
+            "/m",
+        ),
+        ClassList(("free", "blocked")),
+        ReactionState(True, "free", "moving", 0.2, 0.0),
+        ReactionState(False, None, "disabled"),
+    ]
+    for value in values:
+        assert type(value).decode(value.encode()) == value
+    assert json.loads(values[1].encode())["stamp"] == {"sec": 1_700_000_000, "nanosec": 123_456_789}
+    assert {type(v) for v in values} | {TrainProgress, TrainStatus} == set(CONTRACTS)
+
+
+@pytest.mark.parametrize(
+    ("contract", "text", "says"),
+    [
+        (Counts, "[1]", "JSON object"),
+        (Counts, '{"a": -1}', "whole number"),
+        (Counts, '{"a": 1, "_total": 5}', "not the sum"),
+        (TrainProgress, '{"phase": "warp", "epoch": 1, "epochs": 2}', "unknown phase"),
+        (TrainProgress, '{"phase": "train", "epochs": 2}', "missing field 'epoch'"),
+        (TrainStatus, '{"status": "done"}', "unknown status"),
+        (TrainStatus, '{"status": "failed", "confusion": [[1.5]]}', "confusion"),
+        (Scores, '{"label": "a", "score": 1}', "stamp"),
+        (ClassList, '{"a": 1}', "list of class names"),
+        (ReactionState, '{"enabled": "yes", "reason": "x"}', "true or false"),
+        (ReactionState, "not json", "not valid JSON"),
+    ],
+)
+def test_bad_messages_are_refused_with_the_reason(contract, text, says):
+    with pytest.raises(BadMessageError, match=says):
+        contract.decode(text)
