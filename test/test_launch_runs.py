@@ -1,7 +1,8 @@
 """Each launch file runs with its defaults under the real launch_ros and ends cleanly on Ctrl-C.
 
-Needs ``launch``, ``launch_ros`` and ``ros2launch`` importable (they come with ROS on a robot;
-they have no PyPI wheels, so the off-robot CI skips this module). The package is colcon-built,
+Needs ``launch``, ``launch_ros`` and ``ros2launch`` importable: they come with ROS on a robot; they
+have no PyPI wheels, so off-robot scripts/setup_venv.sh installs wheels built from their sources
+(``DLI_LAUNCH_WHEELS`` or ../shared/wheels, as CI does). The package is colcon-built,
 each launch file is started as ``ros2 launch`` does (``launch_a_launch_file``) in its own process
 group, and then the group gets SIGINT as a terminal's Ctrl-C sends it: every node must report
 "process has finished cleanly" and launch must exit 0.
@@ -19,8 +20,9 @@ from pathlib import Path
 import pytest
 from conftest import installed_env
 
-pytest.importorskip("launch_ros", reason="launch_ros is not installed (no PyPI wheel): run on a robot")
-pytest.importorskip("ros2launch", reason="ros2launch is not installed (no PyPI wheel): run on a robot")
+_NO_LAUNCH = "is not installed (no PyPI wheel): give scripts/setup_venv.sh the launch wheels (DLI_LAUNCH_WHEELS)"
+pytest.importorskip("launch_ros", reason=f"launch_ros {_NO_LAUNCH}")
+pytest.importorskip("ros2launch", reason=f"ros2launch {_NO_LAUNCH}")
 
 REPO = Path(__file__).resolve().parent.parent
 LAUNCH_FILES = sorted(p.name for p in (REPO / "launch").glob("*.launch.py"))
