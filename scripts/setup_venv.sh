@@ -97,8 +97,8 @@ print("\n".join(bad))
 }
 
 has_launch() {  # whether the venv already has the launch wheels (then they are checked too)
-  [ -x "$venv/bin/python" ] && "$venv/bin/python" -c \
-    'import importlib.util, sys; sys.exit(0 if importlib.util.find_spec("launch_ros") else 1)' 2>/dev/null
+  [ -x "$venv/bin/python" ] && (cd / && env -u PYTHONPATH "$venv/bin/python" -c \
+    'import importlib.util, sys; sys.exit(0 if importlib.util.find_spec("launch_ros") else 1)' 2>/dev/null)
 }
 
 if [ "$check_only" -eq 1 ]; then
