@@ -68,7 +68,10 @@ def backend_statuses() -> list[BackendStatus]:
             else:
                 detail = f"providers {', '.join(offered)}; auto uses {', '.join(plan)}"
         elif reason is None and name == "torch":
-            detail = _torch_devices()
+            try:
+                detail = _torch_devices()
+            except Exception as exc:  # noqa: BLE001  (installed but broken: report it, as auto would fail)
+                reason = detail = f"torch does not import: {type(exc).__name__}: {exc}"
         elif reason is None and name == "tensorrt":
             from dli_perception.core.backends.tensorrt import tensorrt_availability
 
