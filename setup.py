@@ -15,6 +15,27 @@ NODES = {
     "reaction_node": "dli_perception.nodes.reaction_node:main",
 }
 
+# Python dependencies. install_requires holds only what is safe to let pip resolve anywhere (on a robot
+# rosdep installs these from apt, see package.xml). The rest are extras, so that `pip install` never
+# replaces a robot's OpenCV or JetPack's torch: `pip install -e .[all]` off-robot (the set-up script
+# uses requirements/*.txt instead, with pinned torch), `.[runtime]` next to an existing torch.
+EXTRAS = {
+    # inference, export, bags, training reports: none of these pulls in torch
+    "runtime": [
+        "opencv-python-headless",
+        "Pillow",
+        "onnx",
+        "onnxscript",
+        "onnxruntime",
+        "rosbags",
+        "matplotlib",
+        "tqdm",
+    ],
+    # training and the torch backend; on a Jetson use NVIDIA's JetPack wheels instead
+    "torch": ["torch", "torchvision"],
+}
+EXTRAS["all"] = EXTRAS["runtime"] + EXTRAS["torch"]
+
 setup(
     name=PACKAGE,
     version="0.1.0",
@@ -27,6 +48,7 @@ setup(
     ],
     package_data={PACKAGE: ["py.typed", "teach/static/*"]},  # the teach station page
     install_requires=["setuptools", "numpy", "PyYAML"],
+    extras_require=EXTRAS,
     zip_safe=True,
     maintainer="dli_perception maintainers",
     maintainer_email="maintainers@dli-perception.dev",

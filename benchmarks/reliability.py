@@ -2,8 +2,10 @@
 
 The scenarios are the tests' own (test/reliability/scenarios.py), with bigger sizes:
 
-* fuzz: hypothesis-generated malformed Image messages at a running classifier_node and recorder_node,
-  and compressed images declaring huge dimensions at the converter (child process, memory limited);
+* fuzz: ``--fuzz-examples`` (10 000) hypothesis-generated, mostly malformed Image messages at a running
+  classifier_node and as many at a recorder_node (a capture after each), and compressed images declaring
+  huge dimensions at the converter (child process, memory limited); fewer frames sent than asked for
+  fails the run;
 * soak: camera_node (synthetic, 30 fps, 320x240) -> classifier_node + recorder_node as processes for
   ``--soak-frames`` classified frames: RSS after the warm-up and at the end, latency p50/p95 in the
   first and the last 200 frames, frame accounting, dataset manifest == files;
@@ -13,7 +15,7 @@ The scenarios are the tests' own (test/reliability/scenarios.py), with bigger si
 
     .venv/bin/python benchmarks/reliability.py [--quick] [--only fuzz,soak,overload,crash] [--json out.json]
 
-``--quick`` uses the test sizes (a few minutes); the default takes about 20 minutes on 2 cores.
+``--quick`` uses the test sizes (a few minutes); the default takes about an hour on 2 cores.
 """
 
 from __future__ import annotations
@@ -51,15 +53,23 @@ def _print(title: str, figures: dict) -> None:
         print(f"  {key}: {value}", flush=True)
 
 
-def fuzz(context, tmp: Path, classifier_examples: int, recorder_examples: int) -> dict:
+def fuzz(context, tmp: Path, examples: int) -> dict:
     from fixtures_models import build_colour_model_dir
     from scenarios import fuzz_classifier, fuzz_recorder
 
     model = build_colour_model_dir(tmp / "fuzz_model", ("red", "green", "blue"))
-    out = {"classifier": fuzz_classifier(context, model, classifier_examples)}
+    out = {"classifier": fuzz_classifier(context, model, examples)}
     _print("fuzz: classifier_node", out["classifier"])
-    out["recorder"] = fuzz_recorder(context, tmp / "fuzz_ds", recorder_examples)
+    out["recorder"] = fuzz_recorder(context, tmp / "fuzz_ds", examples)
     _print("fuzz: recorder_node", out["recorder"])
+    # fuzz frames each node received (hypothesis could stop early on an exhausted search space); the
+    # classifier's figures include 3 good frames sent after the fuzzing, the recorder's 1
+    out["frames_per_node"] = {
+        "classifier_node": out["classifier"]["bad"] + out["classifier"]["good"] - 3,
+        "recorder_node": out["recorder"]["bad"] + out["recorder"]["saved"] - 1,
+    }
+    out["shortfall"] = {node: examples - n for node, n in out["frames_per_node"].items() if n < examples}
+    _print("fuzz: frames per node", out["frames_per_node"])
     out["bombs"] = bombs()
     _print("fuzz: compressed images declaring huge sizes (converter, child process)", out["bombs"])
     return out
@@ -187,7 +197,9 @@ def main() -> int:
         "--only", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}"
     )
     parser.add_argument("--soak-frames", type=int, default=None, help="classified frames of the soak (20000)")
-    parser.add_argument("--fuzz-examples", type=int, default=None, help="malformed frames per node (2000)")
+    parser.add_argument(
+        "--fuzz-examples", type=int, default=None, help="fuzz frames sent to each node (10000; --quick: 60)"
+    )
     parser.add_argument(
         "--overload-hz", type=float, default=60.0, help="frame rate offered in the overload run"
     )
@@ -199,7 +211,7 @@ def main() -> int:
     if unknown:
         parser.error(f"unknown sections {sorted(unknown)}; choose from {SECTIONS}")
     soak_frames = args.soak_frames or (1000 if args.quick else 20000)
-    examples = args.fuzz_examples or (60 if args.quick else 2000)
+    examples = args.fuzz_examples or (60 if args.quick else 10_000)
     overload_s = args.overload_s or (15.0 if args.quick else 60.0)
 
     from dli_perception import transport
@@ -215,7 +227,7 @@ def main() -> int:
         with tempfile.TemporaryDirectory() as tmp_name:
             tmp = Path(tmp_name)
             if "fuzz" in only:
-                results["fuzz"] = fuzz(context, tmp, examples, max(60, examples // 4))
+                results["fuzz"] = fuzz(context, tmp, examples)
             if "soak" in only:
                 results["soak"] = soak(context, tmp, soak_frames)
             if "overload" in only:
@@ -227,6 +239,10 @@ def main() -> int:
     print(f"\ntotal {time.monotonic() - t0:.0f} s", flush=True)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    shortfall = results.get("fuzz", {}).get("shortfall")
+    if shortfall:
+        print(f"fuzz: fewer frames than the {examples} asked for: {shortfall}", file=sys.stderr)
+        return 1
     return 0
 
 

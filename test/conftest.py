@@ -26,6 +26,12 @@ from dli_perception import transport  # noqa: E402
 
 transport.apply_default_profile()
 
+# CI's skip policy (DLI_FAIL_ON_SKIP=1: a skip outside the hardware allowlist fails; test/skip_policy.py).
+from skip_policy import (  # noqa: E402,F401
+    pytest_make_collect_report,
+    pytest_runtest_makereport,
+    pytest_terminal_summary,
+)
 
 # The ROS graph tests CI runs again with every other supported distribution's wheels (.ci/run: Jazzy):
 # every test marked ``graph`` plus these files and folders. They get the marker ``distro``, so

@@ -1,7 +1,8 @@
 """Each launch file runs with its defaults under the real launch_ros and ends cleanly on Ctrl-C.
 
-Needs ``launch``, ``launch_ros`` and ``ros2launch`` importable (they come with ROS on a robot;
-they have no PyPI wheels, so the off-robot CI skips this module). The package is colcon-built,
+Needs ``launch``, ``launch_ros`` and ``ros2launch`` importable: they come with ROS on a robot; they
+have no PyPI wheels, so off-robot scripts/setup_venv.sh installs wheels built from their sources
+(``DLI_LAUNCH_WHEELS`` or ../shared/wheels, as CI does). The package is colcon-built,
 each launch file is started as ``ros2 launch`` does (``launch_a_launch_file``) in its own process
 group, and then the group gets SIGINT as a terminal's Ctrl-C sends it: every node must report
 "process has finished cleanly" and launch must exit 0.
@@ -10,6 +11,7 @@ group, and then the group gets SIGINT as a terminal's Ctrl-C sends it: every nod
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -19,18 +21,32 @@ from pathlib import Path
 import pytest
 from conftest import installed_env
 
-pytest.importorskip("launch_ros", reason="launch_ros is not installed (no PyPI wheel): run on a robot")
-pytest.importorskip("ros2launch", reason="ros2launch is not installed (no PyPI wheel): run on a robot")
+_NO_LAUNCH = "is not installed (no PyPI wheel): give scripts/setup_venv.sh the launch wheels (DLI_LAUNCH_WHEELS)"
+pytest.importorskip("launch_ros", reason=f"launch_ros {_NO_LAUNCH}")
+pytest.importorskip("ros2launch", reason=f"ros2launch {_NO_LAUNCH}")
 
 REPO = Path(__file__).resolve().parent.parent
 LAUNCH_FILES = sorted(p.name for p in (REPO / "launch").glob("*.launch.py"))
-RUN_S = float(os.environ.get("DLI_LAUNCH_TEST_RUN_S", "8"))
+RUN_S = float(os.environ.get("DLI_LAUNCH_TEST_RUN_S", "3"))  # how long the nodes run once all are up
+STARTUP_DEADLINE_S = 120.0  # for every node to print its first line (imports take long on a loaded machine)
 
 LAUNCHER = """
 import sys
 from ros2launch.api import launch_a_launch_file
 sys.exit(launch_a_launch_file(launch_file_path=sys.argv[1], launch_file_arguments=[], noninteractive=True))
 """
+
+
+def wait_until_every_node_speaks(log: Path, proc: subprocess.Popen, deadline_s: float) -> bool:
+    """True once each process launch started has printed a line of its own; False at the deadline."""
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline and proc.poll() is None:
+        text = log.read_text(errors="replace")
+        names = re.findall(r"^\[INFO\] \[([\w.-]+-\d+)\]: process started with pid", text, re.MULTILINE)
+        if names and all(re.search(rf"^\[{re.escape(n)}\] ", text, re.MULTILINE) for n in names):
+            return True
+        time.sleep(0.2)
+    return False
 
 
 @pytest.mark.parametrize("name", LAUNCH_FILES)
@@ -45,6 +61,9 @@ def test_launch_file_runs_and_stops_cleanly(colcon_installed, name, signals, tmp
             env=env, cwd=tmp_path, start_new_session=True,
         )
         try:
+            # Ctrl-C once every node is up and has spoken (a stop during start-up is tested per node
+            # in test/nodes/test_early_signal.py); then let them run a little.
+            assert wait_until_every_node_speaks(log, proc, STARTUP_DEADLINE_S), log.read_text(errors="replace")
             time.sleep(RUN_S)
             assert proc.poll() is None, log.read_text()
             for sig in signals:
