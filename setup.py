@@ -30,6 +30,7 @@ EXTRAS = {
         "rosbags",
         "matplotlib",
         "tqdm",
+        "aiohttp",  # the teach station
     ],
     # training and the torch backend; on a Jetson use NVIDIA's JetPack wheels instead
     "torch": ["torch", "torchvision"],

@@ -40,6 +40,7 @@ DEPENDENCIES = {
     "rosbags": ("python3-rosbags-pip", "rosbags"),
     "torch": ("python3-torch", "torch"),
     "torchvision": ("python3-torchvision", "torchvision"),
+    "aiohttp": ("python3-aiohttp", "aiohttp"),
     "onnx": (None, "onnx"),
     "onnxscript": (None, "onnxscript"),  # not imported: torch.onnx.export(dynamo=True) needs it
 }
