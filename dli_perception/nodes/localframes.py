@@ -43,10 +43,6 @@ class LocalTopic:
         """The fully resolved topic name."""
         return self.key[1]
 
-    @property
-    def subscriber_count(self) -> int:
-        return len(self._subscribers)
-
     def publish(self, msg: Any) -> int:
         """Call every subscriber with ``msg`` (in this thread); returns how many took it.
 
@@ -84,14 +80,8 @@ def enabled() -> bool:
 
 
 def _key(node: Any, topic: str) -> tuple[int, str]:
-    resolve = getattr(node, "resolve_topic_name", None)
-    if resolve is not None:
-        name = resolve(topic)
-    elif topic.startswith("/"):
-        name = topic
-    else:  # older rclpy without resolve_topic_name: relative names under the node's namespace
-        name = f"{node.get_namespace().rstrip('/')}/{topic.removeprefix('~/')}"
-    return (id(node.context), name)
+    """(context id, fully resolved name: namespace, ``~`` and remappings applied)."""
+    return (id(node.context), node.resolve_topic_name(topic))
 
 
 def advertise(node: Any, topic: str) -> LocalTopic | None:

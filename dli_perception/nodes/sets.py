@@ -62,9 +62,6 @@ class NodeSet:
     nodes: tuple[str, ...]
     arguments: tuple[Argument, ...] = ()
 
-    def arguments_of(self, node: str) -> tuple[Argument, ...]:
-        return tuple(a for a in self.arguments if a.node == node)
-
     def argument(self, name: str) -> Argument:
         for arg in self.arguments:
             if arg.name == name:

@@ -26,9 +26,6 @@ from rosbags.typesys import Stores, get_typestore
 from sensor_msgs.msg import Image
 
 from dli_perception.compat import shim_dir
-from dli_perception.core.cvtypes import MAX_CHANNELS, cv_type, cv_type_layout
-from dli_perception.core.display import cvt_color_for_display, label_colors
-from dli_perception.core.imagecodecs import CODECS, MAX_DECODED_PIXELS
 from dli_perception.core.imaging import (
     CvBridge,
     compressed_imgmsg_to_cv2,
@@ -38,6 +35,9 @@ from dli_perception.core.imaging import (
     imgmsg_to_cv2,
     to_rosbags_image,
 )
+from dli_perception.core.imaging.cvtypes import MAX_CHANNELS, cv_type, cv_type_layout
+from dli_perception.core.imaging.display import cvt_color_for_display, label_colors
+from dli_perception.core.imaging.formats import CODECS, MAX_DECODED_PIXELS
 from dli_perception.errors import CvBridgeError, ImageConversionError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -99,7 +99,8 @@ def test_stand_in_is_importable_as_cv_bridge_only_from_its_folder():
         """
         import importlib.util, sys
         import cv_bridge
-        from dli_perception.core import imaging, cvtypes, display
+        from dli_perception.core import imaging
+        from dli_perception.core.imaging import cvtypes, display
         assert cv_bridge.IS_DLI_PERCEPTION_SHIM
         assert cv_bridge.CvBridge is imaging.CvBridge and cv_bridge.CvBridgeError is imaging.CvBridgeError
         assert cv_bridge.getCvType is cvtypes.cv_type

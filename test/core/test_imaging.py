@@ -24,11 +24,15 @@ from dli_perception.core.imaging import (
     ENCODINGS,
     CvBridge,
     ImageMsg,
+    bridge,
     compressed_imgmsg_to_cv2,
+    conversion,
     cv2_to_compressed_imgmsg,
     cv2_to_imgmsg,
     encoding_info,
+    encoding_table,
     imgmsg_to_cv2,
+    messages,
     stamp_ns,
     to_rgb8,
     to_rosbags_compressed_image,
@@ -105,7 +109,7 @@ def test_encoding_table_covers_the_documented_encodings():
 
 
 def test_every_conversion_names_a_real_opencv_code():
-    names = {step for steps in imaging._CONVERSIONS.values() for step in steps if step != imaging._DEPTH}
+    names = {step for steps in conversion._CONVERSIONS.values() for step in steps if step != conversion._DEPTH}
     assert names and all(hasattr(cv2, name) for name in names), sorted(
         n for n in names if not hasattr(cv2, n)
     )
@@ -677,7 +681,7 @@ def test_cv2_to_imgmsg_assigns_a_byte_container_never_a_list_or_ndarray():
 
 
 def test_plain_dataclasses_when_sensor_msgs_is_missing(monkeypatch):
-    imaging._message_class.cache_clear()
+    messages._message_class.cache_clear()
     monkeypatch.setitem(sys.modules, "sensor_msgs.msg", None)  # import now fails
     try:
         arr = random_image("rgba8")
@@ -688,7 +692,7 @@ def test_plain_dataclasses_when_sensor_msgs_is_missing(monkeypatch):
         assert type(cmsg) is imaging.CompressedImageMsg and cmsg.format == "png"
         np.testing.assert_array_equal(compressed_imgmsg_to_cv2(cmsg), arr)
     finally:
-        imaging._message_class.cache_clear()
+        messages._message_class.cache_clear()
 
 
 def test_headers_are_copied_or_rebuilt():
@@ -727,7 +731,7 @@ def test_to_rgb8_from_raw_images(encoding):
     arr = random_image(encoding)
     out = to_rgb8(cv2_to_imgmsg(arr, encoding))
     assert out.shape == (H, W, 3) and out.dtype == np.uint8
-    source = imaging._RGB8_SOURCE_GUESS.get(encoding, encoding)
+    source = bridge._RGB8_SOURCE_GUESS.get(encoding, encoding)
     expected = imgmsg_to_cv2(cv2_to_imgmsg(arr, source), "rgb8")
     np.testing.assert_array_equal(out, expected)
     if encoding == "8UC3":
@@ -789,7 +793,7 @@ def stand_in_cv_bridge(tmp_path, monkeypatch):
     (package / "boost" / "cv_bridge_boost.py").write_text(textwrap.dedent(STAND_IN))
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.delenv(imaging.FORCE_BUILTIN_ENV, raising=False)
-    monkeypatch.setattr(imaging, "_real_cvtcolor_cache", imaging._UNSET)
+    monkeypatch.setattr(conversion, "_real_cvtcolor_cache", conversion._UNSET)
     yield
     for name in ("cv_bridge.boost.cv_bridge_boost", "cv_bridge.boost", "cv_bridge"):
         sys.modules.pop(name, None)
@@ -821,7 +825,7 @@ def test_real_cv_bridge_is_used_and_its_errors_wrapped(stand_in_cv_bridge, monke
 
 
 def test_builtin_backend_without_cv_bridge(monkeypatch):
-    monkeypatch.setattr(imaging, "_real_cvtcolor_cache", imaging._UNSET)
+    monkeypatch.setattr(conversion, "_real_cvtcolor_cache", conversion._UNSET)
     monkeypatch.setitem(sys.modules, "cv_bridge", None)
     assert imaging.bridge_backend() == "builtin"
 
@@ -843,7 +847,7 @@ CONTAINERS = [bytes, bytearray, lambda b: np.frombuffer(b, np.uint8), lambda b: 
 def image_fields(draw):
     """Mostly consistent Image fields, some nudged off by a few bytes, some replaced by junk."""
     encoding = draw(st.sampled_from([*sorted(ENCODINGS), "", "rgb9"]))
-    info = imaging._known(encoding) or encoding_info("mono8")
+    info = encoding_table._known(encoding) or encoding_info("mono8")
     height, width = draw(st.integers(1, 5)), draw(st.integers(1, 5))
     row = width * info.channels * info.dtype.itemsize
     step = max(0, row + draw(st.sampled_from([0, 0, 0, 1, 3, -1])))

@@ -21,7 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from dli_perception.core import imaging
+from dli_perception.core.imaging.conversion import convert
+from dli_perception.core.imaging.encoding_table import EncodingInfo, encoding_info, generic_encoding
 from dli_perception.errors import ImageConversionError
 
 __all__ = ["DISPLAY_ENCODINGS", "cvt_color_for_display", "label_colors"]
@@ -62,14 +63,14 @@ def _labels_to_bgr(img: np.ndarray, bg_label: int) -> np.ndarray:
     return palette[inverse.reshape(img.shape)]
 
 
-def _output_encoding(encoding_out: str, source: imaging.EncodingInfo) -> str:
+def _output_encoding(encoding_out: str, source: EncodingInfo) -> str:
     if not encoding_out:
         if source.dtype.itemsize * 8 not in (8, 16, 32):
             raise ImageConversionError(
                 f"no display encoding given and none can be guessed for {source.name}: pass encoding_out"
             )
         return "bgr8"
-    target = imaging.encoding_info(encoding_out)
+    target = encoding_info(encoding_out)
     if target.name not in DISPLAY_ENCODINGS:
         raise ImageConversionError(f"images are displayed as {', '.join(DISPLAY_ENCODINGS)}, not {encoding_out!r}")
     return target.name
@@ -111,34 +112,34 @@ def cvt_color_for_display(
     if not isinstance(image, np.ndarray):
         raise ImageConversionError(f"expected a numpy array, got {type(image).__name__}")
     channels = 1 if image.ndim == 2 else image.shape[-1]
-    generic = imaging.generic_encoding(image.dtype, channels)
-    source = imaging.encoding_info(encoding_in or generic)
+    generic = generic_encoding(image.dtype, channels)
+    source = encoding_info(encoding_in or generic)
     if source.generic != generic:
         raise ImageConversionError(f"encoding_in is {source.name} but the image is {generic} (shape {image.shape})")
     target = _output_encoding(encoding_out, source)
     img = image.reshape(image.shape[:2]) if channels == 1 else image
 
     if source.name == "32SC1" and target != "mono8":
-        return imaging.convert(_labels_to_bgr(img, bg_label), "bgr8", target)
+        return convert(_labels_to_bgr(img, bg_label), "bgr8", target)
 
     low, high = float(min_image_value), float(max_image_value)
     if do_dynamic_scaling:
         finite = img[np.isfinite(img)] if img.dtype.kind == "f" else img
         if finite.size == 0 or finite.min() == finite.max():
             grey = np.full(img.shape[:2], _MID_GREY, np.uint8)
-            return imaging.convert(grey, "mono8", target)
+            return convert(grey, "mono8", target)
         low, high = float(finite.min()), float(finite.max())
     if low != high:
         if channels != 1:
             raise ImageConversionError(f"a value range applies to one-channel images, not {source.name}")
         scaled, scaled_encoding = _scaled(img, low, high, colormap)
-        return imaging.convert(scaled, scaled_encoding, target)
+        return convert(scaled, scaled_encoding, target)
 
     reading = _OPENCV_READING.get(source.name, source.name)
     if reading == target:
         return img
     try:
-        return imaging.convert(img, reading, target)
+        return convert(img, reading, target)
     except ImageConversionError as exc:
         raise ImageConversionError(
             f"{exc}; for depth or other non-colour images give min_image_value/max_image_value or "

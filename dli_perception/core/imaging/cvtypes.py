@@ -90,7 +90,7 @@ def cv_type(encoding: str) -> int:
     ``cv_type("bgr8") == cv2.CV_8UC3``, ``cv_type("8U") == cv2.CV_8UC1``. Raises
     ImageConversionError for names that are none of these.
     """
-    from dli_perception.core.imaging import ENCODINGS  # the colour table lives with the converters
+    from dli_perception.core.imaging.encoding_table import ENCODINGS  # it imports this module: import on use
 
     if not isinstance(encoding, str):
         raise ImageConversionError(f"image encoding must be a string, got {type(encoding).__name__}")
