@@ -51,9 +51,10 @@ from dli_perception.demo.config import (
     resolve_weights,
 )
 from dli_perception.demo.robot import Motion, SimulatedRobot, format_pose
-from dli_perception.demo.scenario import Demo, Interrupted
+from dli_perception.demo.scenario import Demo
 from dli_perception.demo.schedule import SceneSchedule
 from dli_perception.demo.scoring import SCENE_CHANGE
+from dli_perception.demo.stages import Interrupted
 from dli_perception.demo.story import DemoOutput, ProgressLike
 
 __all__ = [

@@ -26,9 +26,7 @@ class SceneSchedule:
 
     def __post_init__(self) -> None:
         if not self.period_s > 0 or self.opened_before_ns < self.opened_after_ns or len(self.classes) < 1:
-            raise ConfigError(
-                "SceneSchedule needs classes, period_s > 0 and opened_after_ns <= opened_before_ns"
-            )
+            raise ConfigError("SceneSchedule needs classes, period_s > 0 and opened_after_ns <= opened_before_ns")
 
     @property
     def uncertainty_s(self) -> float:
