@@ -129,6 +129,7 @@ class Teacher:
         node_name: str = "dli_teacher",
         on_update: Callable[[str, Any], None] | None = None,
         stamped_cmd_vel: bool = False,
+        context: Any | None = None,
     ) -> None:
         from geometry_msgs.msg import Twist, TwistStamped
         from rclpy.executors import SingleThreadedExecutor
@@ -150,8 +151,11 @@ class Teacher:
         self._stamped = stamped_cmd_vel
         self._twist_types = (Twist, TwistStamped)
         self._frame_subs: list = []
+        self._watching: set[str] = set()
 
-        self.context = _init_context()
+        # A caller's initialised Context (nodes of the same process then share its participant); else a private one.
+        self._owns_context = context is None
+        self.context = _init_context() if context is None else context
         from rclpy.node import Node
 
         self.node = Node(node_name, namespace=self.namespace or None, context=self.context)
@@ -486,6 +490,70 @@ class Teacher:
 
         self._frame_subs.append(self.node.create_subscription(Image, topic, callback, SENSOR_DATA))
 
+    def watch_camera(self, topic: str = "camera_info") -> None:
+        """Start listening to the camera's ``camera_info`` (idempotent); :meth:`wait_for_camera` reads it."""
+        from sensor_msgs.msg import CameraInfo
+
+        from dli_perception.nodes.qos import SENSOR_DATA
+
+        if "camera" in self._watching:
+            return
+        self._watching.add("camera")
+
+        def on_info(msg: Any) -> None:
+            stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+            with self._lock:
+                first = self._latest.get("camera_first_stamp_ns")
+                if first is None or stamp < first:
+                    self._latest["camera_first_stamp_ns"] = stamp
+
+        self._frame_subs.append(self.node.create_subscription(CameraInfo, topic, on_info, SENSOR_DATA))
+
+    def wait_for_camera(self, timeout_s: float = 10.0) -> int | None:
+        """Wait until the camera publishes; the stamp (ns) of the earliest frame heard, or None at the deadline.
+
+        Listens from the first call of this or :meth:`watch_camera` (call that before the camera starts to
+        hear its very first frame).
+        """
+        self.watch_camera()
+        if not self._wait(lambda: self.latest("camera_first_stamp_ns") is not None, timeout_s):
+            self.last_error = f"no camera frame within {timeout_s:g} s"
+            return None
+        return self.latest("camera_first_stamp_ns")
+
+    def watch_velocity(self, callback: Callable[[float, float], None]) -> None:
+        """Call ``callback(linear_x m/s, angular_z rad/s)`` for every command on ``cmd_vel`` (anyone's)."""
+        from dli_perception.nodes.qos import EVENTS
+
+        twist_cls, stamped_cls = self._twist_types
+
+        def on_cmd(msg: Any) -> None:
+            twist = msg.twist if self._stamped else msg
+            callback(twist.linear.x, twist.angular.z)
+
+        self._frame_subs.append(
+            self.node.create_subscription(stamped_cls if self._stamped else twist_cls, "cmd_vel", on_cmd, EVENTS)
+        )
+
+    def watch_log(self, callback: Callable[[str, int, str], None]) -> None:
+        """Call ``callback(logger name, level, text)`` for the log messages of this namespace's nodes (``/rosout``).
+
+        Levels are rcl's (10 debug, 20 info, 30 warn, 40 error, 50 fatal); messages logged before the
+        subscription matched still arrive (the ROSOUT profile keeps them).
+        """
+        from rcl_interfaces.msg import Log
+
+        from dli_perception.nodes.qos import ROSOUT
+
+        prefix = self.namespace.strip("/").replace("/", ".") + "." if self.namespace else ""
+
+        def on_log(msg: Any) -> None:
+            if prefix and not msg.name.startswith(prefix):
+                return  # another namespace's (or process's) node
+            callback(msg.name, int(msg.level), msg.msg)
+
+        self._frame_subs.append(self.node.create_subscription(Log, "/rosout", on_log, ROSOUT))
+
     # -- end ------------------------------------------------------------------------------------
     def close(self) -> None:
         """Stop spinning, destroy the node and shut the private context down (idempotent)."""
@@ -498,7 +566,8 @@ class Teacher:
             self.node.destroy_node()
             self._executor.shutdown(timeout_sec=1.0)
         finally:
-            self.context.try_shutdown()
+            if self._owns_context:
+                self.context.try_shutdown()
 
     def __enter__(self) -> Teacher:
         return self

@@ -27,3 +27,12 @@ EVENTS = QoSProfile(
     durability=DurabilityPolicy.VOLATILE,
 )
 """Labels, commands and progress: reliable, a short queue."""
+
+ROSOUT = QoSProfile(
+    history=HistoryPolicy.KEEP_LAST,
+    depth=1000,
+    reliability=ReliabilityPolicy.RELIABLE,
+    durability=DurabilityPolicy.TRANSIENT_LOCAL,
+)
+"""Subscribing to ``/rosout`` as rcl publishes it (reliable, transient local, deep): node messages logged before
+the subscription matched still arrive."""

@@ -80,7 +80,11 @@ class StopSignal:
                 signal.signal(sig, previous)
 
 
-def _init_rclpy(args: Sequence[str] | None, context) -> None:
+def init_rclpy(args: Sequence[str] | None, context=None) -> None:
+    """``rclpy.init`` without rclpy's signal handlers: the process's own handlers decide when to stop.
+
+    ``context`` None initialises the global context; pass a private ``Context`` to run nodes beside others.
+    """
     import rclpy
 
     kwargs = {"args": list(args) if args is not None else None, "context": context}
@@ -97,6 +101,37 @@ def spin_until_stopped(executor, stop: threading.Event, context=None) -> None:
 
     while not stop.is_set() and rclpy.ok(context=context):
         executor.spin_once(timeout_sec=SPIN_SLICE_S)
+
+
+class BackgroundSpin:
+    """Spins ``executor`` on a daemon thread in short slices until :meth:`stop` or the context shuts down.
+
+    For a process whose main thread does other work (the demo). An exception raised by a callback is
+    logged and spinning goes on: one bad message must not stop every node of the process.
+    """
+
+    def __init__(self, executor, context=None, name: str = "executor") -> None:
+        self.executor = executor
+        self.context = context
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        import rclpy
+
+        while not self._done.is_set() and rclpy.ok(context=self.context):
+            try:
+                self.executor.spin_once(timeout_sec=SPIN_SLICE_S / 2)
+            except Exception as exc:  # noqa: BLE001 - a callback's error is logged, not fatal
+                if self._done.is_set() or not rclpy.ok(context=self.context):
+                    return
+                log.error("executor: %s: %s", type(exc).__name__, exc)
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Stop spinning and join the thread (at most ``timeout_s``); idempotent."""
+        self._done.set()
+        self._thread.join(timeout=timeout_s)
 
 
 def run_nodes(
@@ -129,7 +164,7 @@ def run_nodes(
     executor = None
     code = 0
     try:
-        _init_rclpy(args, None)
+        init_rclpy(args)
         executor = MultiThreadedExecutor() if multithreaded else SingleThreadedExecutor()
         for factory in factories:
             if stop_event.is_set():

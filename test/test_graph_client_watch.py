@@ -1,0 +1,117 @@
+"""The graph client on its caller's context (as the demo runs it) and the runtime's background spinner.
+
+Real nodes and topics in one private context: ``Teacher.watch_camera``/``wait_for_camera``,
+``watch_velocity`` and ``watch_log`` hear what a node publishes; ``close()`` leaves the caller's
+context running; ``BackgroundSpin`` keeps spinning after a callback raised.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+import pytest
+from geometry_msgs.msg import Twist, Vector3
+from graphutil import wait_for
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.node import Node
+from sensor_msgs.msg import CameraInfo
+from std_msgs.msg import String
+
+from dli_perception.graph_client import Teacher
+from dli_perception.nodes.qos import EVENTS, SENSOR_DATA
+from dli_perception.nodes.runtime import BackgroundSpin
+
+DEADLINE = 20.0
+
+
+def _ns(tag: str) -> str:
+    return f"/{tag}_{os.getpid()}_{time.monotonic_ns() % 1_000_000}"
+
+
+@pytest.mark.graph
+def test_a_client_on_the_callers_context_hears_the_camera_the_velocity_and_its_namespace_log(ros_context):
+    ns = _ns("watch")
+    source = Node("source", namespace=ns, context=ros_context)
+    other = Node("source", namespace=ns + "_other", context=ros_context)
+    info_pub = source.create_publisher(CameraInfo, "camera_info", SENSOR_DATA)
+    cmd_pub = source.create_publisher(Twist, "cmd_vel", EVENTS)
+    executor = SingleThreadedExecutor(context=ros_context)
+    executor.add_node(source)
+    executor.add_node(other)
+    spin = BackgroundSpin(executor, ros_context, name="test_spin")
+    teacher = Teacher(ns, node_name="watcher", context=ros_context)
+    logs: list[tuple[str, int, str]] = []
+    velocities: list[tuple[float, float]] = []
+    teacher.watch_log(lambda name, level, text: logs.append((name, level, text)))
+    teacher.watch_velocity(lambda v, w: velocities.append((v, w)))
+
+    def info(sec: int) -> None:
+        msg = CameraInfo()
+        msg.header.stamp.sec = sec
+        info_pub.publish(msg)
+
+    try:
+        assert teacher.wait_for_camera(0.2) is None  # nothing published yet: None at the deadline
+        assert "no camera frame" in teacher.last_error
+        assert wait_for(lambda: (info(50), teacher.wait_for_camera(0.05))[1] is not None, DEADLINE)
+        assert teacher.wait_for_camera(0.0) == 50_000_000_000
+        # the earliest stamp heard is kept: an earlier one replaces it, a later one does not
+        assert wait_for(lambda: (info(30), teacher.wait_for_camera(0.0))[1] == 30_000_000_000, DEADLINE)
+        info(90)
+        assert wait_for(lambda: (info(90), teacher.wait_for_camera(0.0))[1] == 30_000_000_000, 1.0)
+
+        command = Twist(linear=Vector3(x=0.25), angular=Vector3(z=-0.5))
+        assert wait_for(lambda: (cmd_pub.publish(command), bool(velocities))[1], DEADLINE)
+        assert velocities[-1] == (0.25, -0.5)
+
+        other.get_logger().error("from another namespace")
+        source.get_logger().error("from the watched namespace")
+        assert wait_for(lambda: any(text == "from the watched namespace" for _, _, text in logs), DEADLINE), logs
+        source.get_logger().warning("a second one")
+        assert wait_for(lambda: any(text == "a second one" for _, _, text in logs), DEADLINE), logs
+        watched = [entry for entry in logs if entry[2] == "from the watched namespace"][0]
+        assert watched[0] == f"{ns.strip('/')}.source" and watched[1] == 40
+        assert not any(text == "from another namespace" for _, _, text in logs), logs
+    finally:
+        teacher.close()
+        assert ros_context.ok()  # the client leaves its caller's context running
+        spin.stop()
+        for node in (source, other):
+            executor.remove_node(node)
+            node.destroy_node()
+        executor.shutdown(timeout_sec=1.0)
+
+
+@pytest.mark.graph
+def test_background_spin_logs_a_callback_error_and_goes_on_spinning(ros_context, caplog):
+    ns = _ns("spin")
+    node = Node("listener", namespace=ns, context=ros_context)
+    talker = Node("talker", namespace=ns, context=ros_context)
+    heard: list[str] = []
+
+    def on_msg(msg: String) -> None:
+        if msg.data == "boom":
+            raise RuntimeError("a callback failed")
+        heard.append(msg.data)
+
+    node.create_subscription(String, "chatter", on_msg, EVENTS)
+    pub = talker.create_publisher(String, "chatter", EVENTS)
+    executor = SingleThreadedExecutor(context=ros_context)
+    executor.add_node(node)
+    executor.add_node(talker)
+    spin = BackgroundSpin(executor, ros_context)
+    try:
+        with caplog.at_level(logging.ERROR, logger="dli_perception.nodes.runtime"):
+            assert wait_for(lambda: pub.get_subscription_count() > 0, DEADLINE)
+            pub.publish(String(data="boom"))
+            assert wait_for(lambda: "a callback failed" in caplog.text, DEADLINE), caplog.text
+            assert wait_for(lambda: (pub.publish(String(data="fine")), "fine" in heard)[1], DEADLINE)
+    finally:
+        spin.stop()
+        for n in (node, talker):
+            executor.remove_node(n)
+            n.destroy_node()
+        executor.shutdown(timeout_sec=1.0)
+    assert not spin._thread.is_alive()
