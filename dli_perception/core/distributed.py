@@ -332,7 +332,7 @@ class DistributedRun(T._Run):
             full, num_replicas=self.ctx.world_size, rank=self.ctx.rank, shuffle=False, drop_last=False
         )
         positions = list(sampler)
-        if len(positions) > 1 and len(positions) % self.batch_size == 1:
+        if len(positions) > 1 and len(positions) % self.batch_size == 1 and not self.cached(self.stage):
             positions = positions[:-1]  # same length on every rank: a batch of one breaks batch norm
         self._positions = positions
         self._full_len = len(full)
