@@ -204,11 +204,21 @@ def test_a_rank_killed_mid_run_fails_the_run_clearly_and_resume_finishes_it(data
     assert [h["epoch"] for h in meta.training["history"]] == list(range(1, done + 2))
 
 
-def _worker(dataset: Path, out: Path, rank: int, port: int) -> subprocess.Popen:
+def _worker(dataset: Path, out: Path, rank: int, port: int, options: list[str] = MATCH) -> subprocess.Popen:
     env = _env() | {"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2"}
     env |= {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(
-        [sys.executable, "-m", "dli_perception.train", str(dataset), "--out", str(out), *MATCH, "--dist-timeout", "60"],
+        [
+            sys.executable,
+            "-m",
+            "dli_perception.train",
+            str(dataset),
+            "--out",
+            str(out),
+            *options,
+            "--dist-timeout",
+            "60",
+        ],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -239,6 +249,31 @@ def test_ranks_with_different_datasets_refuse_to_train(dataset, tmp_path):
         assert str(dataset) in stderr and str(other) in stderr
         assert "Traceback" not in stderr
     assert not out.exists() and not (tmp_path / "model.checkpoints").exists()
+
+
+def test_a_node_whose_peer_dies_fails_with_a_clear_error_instead_of_hanging(dataset, tmp_path):
+    """Two 'nodes' without a common torchrun (as on two machines): nobody stops rank 0 but its own collectives."""
+    out = tmp_path / "model"
+    port = _free_port()
+    rank0, rank1 = _worker(dataset, out, 0, port, LONG), _worker(dataset, out, 1, port, LONG)
+    try:
+        deadline = time.monotonic() + TIMEOUT_S
+        while not (tmp_path / "model.checkpoints" / "last.pt").is_file():
+            assert rank0.poll() is None and time.monotonic() < deadline, "the run ended before epoch 1 did"
+            time.sleep(0.1)
+        rank1.kill()
+        killed = time.monotonic()
+        _, stderr = rank0.communicate(timeout=120)
+    finally:
+        for p in (rank0, rank1):
+            if p.poll() is None:
+                p.kill()
+            p.communicate()
+    assert time.monotonic() - killed < 70, "rank 0 waited past its --dist-timeout"
+    assert rank0.returncode == 1, stderr[-2000:]
+    assert "rank 0: error: rank 0 lost contact with the other ranks" in stderr
+    assert f"checkpoints of completed epochs are in {tmp_path / 'model.checkpoints'}" in stderr
+    assert "Traceback" not in stderr and not out.exists()
 
 
 def test_a_port_in_use_is_named_with_the_way_out(dataset, tmp_path):

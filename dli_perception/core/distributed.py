@@ -327,7 +327,11 @@ class DistributedRun(T._Run):
     def epoch_order(self, epoch: int) -> list[int]:
         from torch.utils.data import DistributedSampler
 
-        full = super().epoch_order(epoch)
+        per_rank, self.batch_size = self.batch_size, self.cfg.batch_size
+        try:  # the single-process order, trimmed by the single-process batch rule
+            full = super().epoch_order(epoch)
+        finally:
+            self.batch_size = per_rank
         sampler = DistributedSampler(
             full, num_replicas=self.ctx.world_size, rank=self.ctx.rank, shuffle=False, drop_last=False
         )
