@@ -104,6 +104,7 @@ def _onnx_accuracy(model_dir: Path, dataset: Path, val_fraction: float, seed: in
     return float((logits.argmax(axis=1) == labels).mean()), len(labels)
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_write_a_model_dir_matching_one_process(ddp_run, dataset):
     from dli_perception.commands.train import config_from_args
     from dli_perception.core.training import train
@@ -156,6 +157,7 @@ def _read_until(stream, pattern: str, deadline: float) -> re.Match:
     raise AssertionError(f"{pattern!r} not seen; got:\n{''.join(lines)[-3000:]}")
 
 
+@pytest.mark.slow
 def test_a_rank_killed_mid_run_fails_the_run_clearly_and_resume_finishes_it(dataset, tmp_path):
     out = tmp_path / "model"
     ckpt = tmp_path / "model.checkpoints"
@@ -232,6 +234,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_ranks_with_different_datasets_refuse_to_train(dataset, tmp_path):
     """Two 'nodes' (started by hand, as torchrun would on two machines) whose copies differ by one image."""
     other = tmp_path / "other"
@@ -251,6 +254,7 @@ def test_ranks_with_different_datasets_refuse_to_train(dataset, tmp_path):
     assert not out.exists() and not (tmp_path / "model.checkpoints").exists()
 
 
+@pytest.mark.slow
 def test_a_node_whose_peer_dies_fails_with_a_clear_error_instead_of_hanging(dataset, tmp_path):
     """Two 'nodes' without a common torchrun (as on two machines): nobody stops rank 0 but its own collectives."""
     out = tmp_path / "model"
@@ -276,6 +280,7 @@ def test_a_node_whose_peer_dies_fails_with_a_clear_error_instead_of_hanging(data
     assert "Traceback" not in stderr and not out.exists()
 
 
+@pytest.mark.slow
 def test_a_port_in_use_is_named_with_the_way_out(dataset, tmp_path):
     with socket.socket() as busy:
         busy.bind(("", 0))
