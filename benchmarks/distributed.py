@@ -14,7 +14,7 @@ time, validation included), feature-cache images/s (head mode: images through th
 one; they can only lose to communication. Expect a speed-up only with more cores or GPUs than
 processes. No export is timed.
 
-    .venv/bin/python benchmarks/distributed.py [--per-class 40] [--size 64] [--epochs 4] [--batch-size 16]
+    .venv/bin/python benchmarks/distributed.py [--per-class 40] [--size 64] [--epochs 4] [--batch-size 16] [--repeat 3]
 """
 
 from __future__ import annotations
@@ -99,6 +99,15 @@ def worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def median_row(rows: list[dict]) -> dict:
+    import statistics
+
+    out = dict(rows[0])
+    for key in ("finetune_images_per_s", "feature_images_per_s", "finetune_epoch_s"):
+        out[key] = statistics.median(r[key] for r in rows)
+    return out
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -149,6 +158,7 @@ def main() -> int:
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--repeat", type=int, default=3, help="runs of each kind, alternated; the median is shown")
     p.add_argument("--worker", choices=("plain", "ddp"), help=argparse.SUPPRESS)
     p.add_argument("--data", help=argparse.SUPPRESS)
     p.add_argument("--result", help=argparse.SUPPRESS)
@@ -159,15 +169,19 @@ def main() -> int:
         tmp = Path(tmp_name)
         data = tmp / "data"
         make_dataset(data, args.per_class, args.size)
-        rows = [
-            ("plain", measure("plain", 1, args, data, tmp)),
-            ("ddp x1", measure("ddp", 1, args, data, tmp)),
-            ("ddp x2", measure("ddp", 2, args, data, tmp)),
-        ]
+        runs = (("plain", "plain", 1), ("ddp x1", "ddp", 1), ("ddp x2", "ddp", 2))
+        load_before = os.getloadavg()[0]
+        samples: dict[str, list[dict]] = {name: [] for name, _, _ in runs}
+        for i in range(args.repeat):  # alternate the order so a change of machine load hits every row
+            for name, kind, procs in runs if i % 2 == 0 else runs[::-1]:
+                samples[name].append(measure(kind, procs, args, data, tmp))
+        load_after = os.getloadavg()[0]
+    rows = [(name, median_row(samples[name])) for name, _, _ in runs]
     base = rows[0][1]
     print(
         f"{len(CLASSES) * args.per_class} images {args.size}px, batch {args.batch_size}, {args.epochs} epochs "
-        f"(head-then-finetune), random weights, {os.cpu_count()} cores, device {args.device}"
+        f"(head-then-finetune), random weights, {os.cpu_count()} cores, device {args.device}, median of "
+        f"{args.repeat}; load average {load_before:.1f} before, {load_after:.1f} after"
     )
     print(
         f"{'run':<8} {'procs':>5} {'thr/proc':>8} {'finetune img/s':>15} {'ratio':>6} {'features img/s':>15} {'ratio':>6}"
