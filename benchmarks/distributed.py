@@ -5,7 +5,9 @@ in fresh processes, in the same run:
 
 * ``plain``: one process without torch.distributed (``core.training.train``), the baseline;
 * ``ddp x1``: torchrun with one process (the DDP code path, world size 1);
-* ``ddp x2``: torchrun with two processes (gloo on the CPU, nccl with ``--device cuda``).
+* ``ddp x2``: torchrun with two processes (gloo on the CPU, nccl with ``--device cuda``);
+* ``plain 1t``: the baseline with one torch thread, i.e. the share of the cores each of the two
+  processes gets, to tell the effect of splitting threads from the effect of DDP.
 
 Reported per run: fine-tuning images/s (training images of a fine-tuning epoch / its mean wall
 time, validation included), feature-cache images/s (head mode: images through the frozen backbone
@@ -82,7 +84,7 @@ def worker(args: argparse.Namespace) -> int:
     """One process of a measured run (``--worker plain`` or ``--worker ddp`` under torchrun)."""
     import torch
 
-    threads = max(1, (os.cpu_count() or 1) // int(os.environ.get("WORLD_SIZE", "1")))
+    threads = int(os.environ["BENCH_THREADS"])
     torch.set_num_threads(threads)
     if args.worker == "plain":
         from dli_perception.core.training import train
@@ -114,8 +116,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def measure(kind: str, processes: int, args: argparse.Namespace, data: Path, tmp: Path) -> dict:
-    result = tmp / f"{kind}{processes}.json"
+def measure(kind: str, processes: int, threads: int, args: argparse.Namespace, data: Path, tmp: Path) -> dict:
+    result = tmp / f"{kind}{processes}x{threads}.json"
     common = [
         "--worker",
         kind,
@@ -132,7 +134,7 @@ def measure(kind: str, processes: int, args: argparse.Namespace, data: Path, tmp
         "--device",
         args.device,
     ]
-    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 1) // processes)))
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS=str(threads), BENCH_THREADS=str(threads))
     if kind == "plain":
         cmd = [sys.executable, __file__, *common]
     else:
@@ -169,14 +171,20 @@ def main() -> int:
         tmp = Path(tmp_name)
         data = tmp / "data"
         make_dataset(data, args.per_class, args.size)
-        runs = (("plain", "plain", 1), ("ddp x1", "ddp", 1), ("ddp x2", "ddp", 2))
+        cores = os.cpu_count() or 1
+        runs = (
+            ("plain", "plain", 1, cores),
+            ("plain 1t", "plain", 1, 1),
+            ("ddp x1", "ddp", 1, cores),
+            ("ddp x2", "ddp", 2, max(1, cores // 2)),
+        )
         load_before = os.getloadavg()[0]
-        samples: dict[str, list[dict]] = {name: [] for name, _, _ in runs}
+        samples: dict[str, list[dict]] = {name: [] for name, *_ in runs}
         for i in range(args.repeat):  # alternate the order so a change of machine load hits every row
-            for name, kind, procs in runs if i % 2 == 0 else runs[::-1]:
-                samples[name].append(measure(kind, procs, args, data, tmp))
+            for name, kind, procs, threads in runs if i % 2 == 0 else runs[::-1]:
+                samples[name].append(measure(kind, procs, threads, args, data, tmp))
         load_after = os.getloadavg()[0]
-    rows = [(name, median_row(samples[name])) for name, _, _ in runs]
+    rows = [(name, median_row(samples[name])) for name, *_ in runs]
     base = rows[0][1]
     print(
         f"{len(CLASSES) * args.per_class} images {args.size}px, batch {args.batch_size}, {args.epochs} epochs "
