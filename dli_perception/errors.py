@@ -71,3 +71,11 @@ class BadMessageError(DliPerceptionError, ValueError):
 
 class DemoError(DliPerceptionError, RuntimeError):
     """A stage of ``dli-perception demo`` could not finish (no frames, training failed, no model served)."""
+
+
+class DistributedError(TrainingError):
+    """A data-parallel run cannot start or lost a process (port in use, datasets differ, a rank died)."""
+
+
+class MergeError(DatasetError):
+    """Datasets cannot be merged (missing input, output not empty, conflicting labels refused)."""

@@ -425,3 +425,54 @@ def test_ctrl_c_stops_bag2dataset_with_partial_stats_and_a_consistent_dataset(tm
         assert store.repair_report.clean, store.repair_report.summary()
         assert store.counts() == {"cup": saved}
     assert len(manifest(out)) == saved == sum(disk_counts(out).values())
+
+
+def test_bag2dataset_over_a_fleet_folder_records_provenance_per_image(run, tmp_path):
+    """Two robots' bags under bags/<robot>/<bag>: one command, one dataset, robot/bag/topic/stamp per image."""
+    ts = _typestore()
+    fleet = tmp_path / "bags"
+    for robot, first in (("jetbot1", 0), ("jetbot2", 10)):
+        (fleet / robot).mkdir(parents=True)
+        messages = [
+            ("/cam", IMAGE, T0 + (first + k) * MS, raw_msg(ts, pixels(first + k), T0 + (first + k) * MS))
+            for k in range(3)
+        ]
+        write_bag(fleet / robot / f"session_{robot}", "mcap", messages)
+    out = tmp_path / "ds"
+    rc, stdout, err = run("bag2dataset", fleet, "--class-map", "/cam:cup", "--out", out)
+    assert rc == 0, err
+    assert "bag2dataset (2 bags)" in err
+    assert stdout.count("(robot jetbot1)") == 1 and stdout.count("(robot jetbot2)") == 1
+    lines = manifest(out)
+    assert len(lines) == 6
+    got = sorted((e["robot"], e["bag"], e["topic"], e["stamp_ns"]) for e in lines)
+    assert got == sorted(
+        [("jetbot1", "session_jetbot1", "/cam", T0 + k * MS) for k in range(3)]
+        + [("jetbot2", "session_jetbot2", "/cam", T0 + (10 + k) * MS) for k in range(3)]
+    )
+    # Several bags named directly, with the robot given; a bad bag among them stops everything before a write.
+    out2 = tmp_path / "ds2"
+    bags = [fleet / "jetbot1" / "session_jetbot1", fleet / "jetbot2" / "session_jetbot2"]
+    rc, _, err = run("bag2dataset", *bags, tmp_path / "missing", "--class-map", "/cam:cup", "--out", out2)
+    assert rc == 1 and "does not exist" in one_error_line(err, "bag2dataset") and not out2.exists()
+    rc, _, err = run("bag2dataset", *bags, "--class-map", "/cam:cup", "--out", out2, "--robot", "lab")
+    assert rc == 0, err
+    assert {e["robot"] for e in manifest(out2)} == {"lab"}
+    rc, _, err = run("bag2dataset", fleet, bags[0], "--class-map", "/cam:cup", "--out", tmp_path / "ds3")
+    assert rc == 1 and "named twice" in one_error_line(err, "bag2dataset")
+
+
+def test_robot_name_comes_from_the_bags_custom_data_before_its_folder(tmp_path):
+    from rosbags.rosbag2 import StoragePlugin, Writer
+
+    from dli_perception.core.bagio import robot_name
+
+    ts = _typestore()
+    (tmp_path / "shelf").mkdir()
+    with Writer(tmp_path / "shelf" / "b", version=Writer.VERSION_LATEST, storage_plugin=StoragePlugin.MCAP) as w:
+        w.set_custom_data("robot", "jetbot7")
+        conn = w.add_connection("/cam", IMAGE, typestore=ts)
+        w.write(conn, T0, ts.serialize_cdr(raw_msg(ts, pixels(0), T0), IMAGE))
+    assert robot_name(tmp_path / "shelf" / "b") == "jetbot7"
+    plain = session_bag(tmp_path / "jetbot3" / "session", "sqlite3")
+    assert robot_name(plain) == "jetbot3"

@@ -28,13 +28,24 @@ LABEL_TYPE = "std_msgs/msg/String"
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "bag2dataset",
-        help="save the images of a rosbag2 bag into a labelled dataset",
-        description="Save the images of a rosbag2 bag (sqlite3 or mcap) into a dataset (ImageFolder layout + "
-        "manifest). Each image gets the latest label of --label-topic at or before its stamp (images "
+        help="save the images of rosbag2 bags into a labelled dataset",
+        description="Save the images of one or many rosbag2 bags (sqlite3 or mcap) into a dataset (ImageFolder "
+        "layout + manifest). Each image gets the latest label of --label-topic at or before its stamp (images "
         "before the first label or under none/unknown are skipped and counted), or the class its topic "
-        "has in --class-map.",
+        "has in --class-map. A folder without metadata.yaml stands for every bag below it (a fleet layout "
+        "bags/<robot>/<bag>). Each image's robot, bag, topic and stamp go into the manifest.",
     )
-    p.add_argument("bag", help="bag directory (the one holding metadata.yaml)")
+    p.add_argument(
+        "bags",
+        nargs="+",
+        metavar="BAG",
+        help="bag directory (the one holding metadata.yaml), or a folder of bags; several may be given",
+    )
+    p.add_argument(
+        "--robot",
+        help="robot name recorded with every image (default: the bag's custom_data robot, else the name of "
+        "the folder holding the bag)",
+    )
     p.add_argument(
         "--image-topic", help="sensor_msgs/Image or CompressedImage topic (required with --label-topic)"
     )
@@ -155,8 +166,38 @@ def _run_interruptible(work: Callable[[threading.Event], T], stop: threading.Eve
     return box.get("result"), interrupted
 
 
+def find_bags(path: str | Path) -> list[Path]:
+    """``path`` when it is a bag (holds metadata.yaml), else every bag below it (sorted); a missing path is
+    returned as is so that reading it reports it."""
+    root = Path(path)
+    if (root / "metadata.yaml").is_file() or not root.is_dir():
+        return [root]
+    bags = sorted(p.parent for p in root.rglob("metadata.yaml"))
+    if not bags:
+        raise BagError(f"{root} is neither a bag (no metadata.yaml) nor a folder holding bags")
+    return bags
+
+
+def _check_bag(bag: Path, args: argparse.Namespace, class_map: dict[str, str] | None) -> dict[str, tuple[str, int]]:
+    """The bag's topics after checking the ones the options name; raises BagError/ConfigError."""
+    from dli_perception.core.bagio import bag_topics
+
+    topics = bag_topics(bag)  # BagError for a missing or unreadable bag, before anything is created
+    if class_map is not None:
+        for topic in class_map:
+            _check_topic(str(bag), topics, topic, IMAGE_TYPES)
+        if args.image_topic and args.image_topic not in class_map:
+            raise ConfigError(
+                f"--image-topic {args.image_topic} has no class in --class-map; add it or leave it out"
+            )
+    else:
+        _check_topic(str(bag), topics, args.image_topic, IMAGE_TYPES)
+        _check_topic(str(bag), topics, args.label_topic, (LABEL_TYPE,))
+    return topics
+
+
 def run_bag2dataset(args: argparse.Namespace) -> int:
-    from dli_perception.core.bagio import bag_to_dataset, bag_topics
+    from dli_perception.core.bagio import bag_to_dataset
     from dli_perception.core.dataset import DatasetStore, validate_label
 
     class_map = parse_class_map(args.class_map) if args.class_map is not None else None
@@ -164,19 +205,16 @@ def run_bag2dataset(args: argparse.Namespace) -> int:
         class_map = {topic: validate_label(label) for topic, label in class_map.items()}
     if class_map is None and not args.image_topic:
         raise ConfigError("--label-topic needs --image-topic (the images it labels)")
-    topics = bag_topics(args.bag)  # BagError for a missing or unreadable bag, before anything is created
+    bags = [bag for given in args.bags for bag in find_bags(given)]
+    if len({b.resolve() for b in bags}) != len(bags):
+        raise ConfigError("a bag is named twice (directly or inside a folder given); name each once")
     image_topics = list(class_map) if class_map is not None else [args.image_topic]
-    if class_map is not None:
-        for topic in class_map:
-            _check_topic(args.bag, topics, topic, IMAGE_TYPES)
-        if args.image_topic and args.image_topic not in class_map:
-            raise ConfigError(
-                f"--image-topic {args.image_topic} has no class in --class-map; add it or leave it out"
-            )
-    else:
-        _check_topic(args.bag, topics, args.image_topic, IMAGE_TYPES)
-        _check_topic(args.bag, topics, args.label_topic, (LABEL_TYPE,))
+    totals = []
+    for bag in bags:  # every bag is checked before the dataset is created or touched
+        topics = _check_bag(bag, args, class_map)
+        totals.append(sum(topics[t][1] for t in image_topics if t in topics))
 
+    results = []
     with DatasetStore(
         args.out,
         max_per_class=args.max_per_class,
@@ -184,27 +222,39 @@ def run_bag2dataset(args: argparse.Namespace) -> int:
         dedupe=not args.no_dedupe,
         image_format=args.format,
     ) as store:
-        total = sum(topics[t][1] for t in image_topics if t in topics)
-        with ProgressBar(total, "bag2dataset", unit="img") as bar:
+        desc = "bag2dataset" if len(bags) == 1 else f"bag2dataset ({len(bags)} bags)"
+        with ProgressBar(sum(totals), desc, unit="img") as bar:
 
             def work(stop: threading.Event):
-                return bag_to_dataset(
-                    args.bag,
-                    store,
-                    image_topic=args.image_topic,
-                    label_topic=args.label_topic,
-                    class_map=class_map,
-                    progress=bar.update_to,
-                    stop_event=stop,
-                    distro=args.distro,
-                    workers=args.workers,
-                )
+                offset = 0
+                for bag, total in zip(bags, totals, strict=True):
+                    if stop.is_set():
+                        break
 
-            stats, interrupted = _run_interruptible(work, threading.Event())
+                    def progress(done: int, _total: int, offset: int = offset) -> None:
+                        bar.update_to(offset + done, sum(totals))
+
+                    stats = bag_to_dataset(
+                        bag,
+                        store,
+                        image_topic=args.image_topic,
+                        label_topic=args.label_topic,
+                        class_map=class_map,
+                        progress=progress,
+                        stop_event=stop,
+                        distro=args.distro,
+                        workers=args.workers,
+                        robot=args.robot,
+                    )
+                    results.append((bag, stats))
+                    offset += total
+
+            _, interrupted = _run_interruptible(work, threading.Event())
         counts = store.counts()
         root = store.root
-    print(f"{args.bag} -> {root}")
-    print(stats.summary())
+    for bag, stats in results:
+        print(f"{bag} -> {root} (robot {stats.robot})")
+        print(stats.summary())
     listed = ", ".join(f"{k}: {v}" for k, v in counts.items()) or "empty"
     classes = "class" if len(counts) == 1 else "classes"
     print(f"dataset now holds {sum(counts.values())} images in {len(counts)} {classes} ({listed})")

@@ -1,4 +1,4 @@
-"""``dli-perception dataset info|check|split``: look at, repair and split a recorded dataset."""
+"""``dli-perception dataset info|check|split|merge``: look at, repair, split and merge recorded datasets."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("dataset", help="show, check/repair or split a dataset")
+    p = sub.add_parser("dataset", help="show, check/repair, split or merge datasets")
     actions = p.add_subparsers(dest="action", metavar="ACTION")
     actions.required = True
 
@@ -43,6 +43,35 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--out", help="write the split as JSON {train: [files], val: [files], ...} to this file"
     )
     split.set_defaults(func=run_split)
+
+    merge = actions.add_parser(
+        "merge",
+        help="merge datasets of several robots into a new one (dedupe, provenance, conflicts)",
+        description="Merge datasets into a new dataset at --out, written atomically (it appears whole or not at "
+        "all). Identical images (same sha256 of the file) are stored once. Each manifest line records the "
+        "image's robot (default: the input directory's name), bag, topic and stamp. Class names equal but "
+        "for case are refused (map them with --rename); an image stored under different classes is left "
+        "out and listed (--label-conflicts).",
+    )
+    merge.add_argument("inputs", nargs="+", metavar="DATASET", help="input dataset directories (read-only)")
+    merge.add_argument("--out", required=True, help="new dataset directory (must not exist or be empty)")
+    merge.add_argument("--force", action="store_true", help="replace a non-empty --out (atomically, at the end)")
+    merge.add_argument(
+        "--rename",
+        action="append",
+        default=[],
+        metavar="OLD=NEW",
+        help="merge class OLD into NEW (repeatable), e.g. --rename Cup=cup",
+    )
+    merge.add_argument(
+        "--label-conflicts",
+        choices=("drop", "first", "fail"),
+        default="drop",
+        help="an image under different classes: leave every copy out (default), keep the first input's "
+        "class, or refuse the merge",
+    )
+    merge.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    merge.set_defaults(func=run_merge)
 
 
 def run_info(args: argparse.Namespace) -> int:
@@ -120,4 +149,36 @@ def run_split(args: argparse.Namespace) -> int:
         }
         atomic_write_text(args.out, json.dumps(data, ensure_ascii=False, indent=1) + "\n")
         print(f"wrote {args.out}")
+    return 0
+
+
+def run_merge(args: argparse.Namespace) -> int:
+    import threading
+
+    from dli_perception.commands.bag import INTERRUPTED, _run_interruptible
+    from dli_perception.commands.progress import ProgressBar
+    from dli_perception.core.merge import merge_datasets, parse_renames
+
+    rename = parse_renames(args.rename)
+    with ProgressBar(None, "merge", unit="img") as bar:
+
+        def work(stop: threading.Event):
+            return merge_datasets(
+                args.inputs,
+                args.out,
+                overwrite=args.force,
+                rename=rename,
+                label_conflicts=args.label_conflicts,
+                progress=bar.update_to,
+                stop_event=stop,
+            )
+
+        report, interrupted = _run_interruptible(work, threading.Event())
+    if interrupted or report is None or report.cancelled:
+        print(f"interrupted: {args.out} was not written", file=sys.stderr)
+        return INTERRUPTED
+    if args.json:
+        print(json.dumps(report.to_dict(), ensure_ascii=False))
+    else:
+        print(report.summary())
     return 0

@@ -42,6 +42,7 @@ EXIT_CANCELLED = 130
 CHECKPOINT_SUFFIX = ".checkpoints"
 QUIET_LOGGERS = (
     "dli_perception.core.training",
+    "dli_perception.core.distributed",
     "dli_perception.core.export",
     "onnxscript",
     "onnx_ir",
@@ -53,8 +54,6 @@ exporter's passes (kept with --verbose)."""
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``train`` and ``export`` subcommands."""
-    from dli_perception.core.training import BACKBONES, CLASS_BALANCE, DEVICES, MODES, OPTIMIZERS, SCHEDULES
-
     p = sub.add_parser(
         "train",
         help="fine-tune a classifier on an image folder and export a model directory",
@@ -62,6 +61,31 @@ def register(sub: argparse._SubParsersAction) -> None:
         "(model.onnx, labels.txt, metadata.json, checkpoint.pt, report/). Options left out take the "
         "defaults of TrainConfig (sized for a 4 GB Jetson).",
     )
+    add_train_arguments(p)
+    from dli_perception.commands.train_launch import add_launch_arguments
+
+    add_launch_arguments(p)
+    p.set_defaults(func=run)
+
+    e = sub.add_parser(
+        "export",
+        help="export a training checkpoint (best.pt) as a model directory",
+        description="Write MODEL_DIR (model.onnx checked against torch, labels.txt, metadata.json, "
+        "checkpoint.pt, report/) from a training checkpoint; an existing MODEL_DIR is replaced atomically.",
+    )
+    e.add_argument("checkpoint", type=Path, metavar="CHECKPOINT", help="best.pt or last.pt of a training run")
+    e.add_argument(
+        "--out", "-o", type=Path, required=True, metavar="MODEL_DIR", help="model directory to write"
+    )
+    e.add_argument("--opset", type=int, default=None, help="ONNX opset (default 18)")
+    e.add_argument("--no-report", dest="report", action="store_false", help="skip the report/ plots")
+    e.set_defaults(func=run_export)
+
+
+def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    """The training options, shared by ``dli-perception train`` and ``python -m dli_perception.train``."""
+    from dli_perception.core.training import BACKBONES, CLASS_BALANCE, DEVICES, MODES, OPTIMIZERS, SCHEDULES
+
     p.add_argument("dataset", type=Path, metavar="DATASET", help="image folder: DATASET/<class>/<image>")
     p.add_argument(
         "--out", "-o", type=Path, required=True, metavar="MODEL_DIR", help="model directory to write"
@@ -148,21 +172,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--opset", type=int, default=None, help="ONNX opset of model.onnx (default 18)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
-    p.set_defaults(func=run)
-
-    e = sub.add_parser(
-        "export",
-        help="export a training checkpoint (best.pt) as a model directory",
-        description="Write MODEL_DIR (model.onnx checked against torch, labels.txt, metadata.json, "
-        "checkpoint.pt, report/) from a training checkpoint; an existing MODEL_DIR is replaced atomically.",
-    )
-    e.add_argument("checkpoint", type=Path, metavar="CHECKPOINT", help="best.pt or last.pt of a training run")
-    e.add_argument(
-        "--out", "-o", type=Path, required=True, metavar="MODEL_DIR", help="model directory to write"
-    )
-    e.add_argument("--opset", type=int, default=None, help="ONNX opset (default 18)")
-    e.add_argument("--no-report", dest="report", action="store_false", help="skip the report/ plots")
-    e.set_defaults(func=run_export)
 
 
 # --------------------------------------------------------------------------- options
@@ -401,7 +410,14 @@ def _torch_threads(threads: int) -> Iterator[None]:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Train, export and summarise; returns 0, or 130 when cancelled with Ctrl-C."""
+    """Train, export and summarise; returns 0, or 130 when cancelled with Ctrl-C.
+
+    With ``--nproc N`` the run is data-parallel through torchrun (:mod:`.train_launch`).
+    """
+    if getattr(args, "nproc", None) is not None:
+        from dli_perception.commands.train_launch import launch
+
+        return launch(args)
     with _one_line_errors():
         return _train(args)
 

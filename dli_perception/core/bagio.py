@@ -86,6 +86,7 @@ class BagConversionStats:
     cancelled: bool = False
     distro: str = ""
     definitions: str = ""
+    robot: str = ""
 
     @property
     def saved(self) -> int:
@@ -247,6 +248,7 @@ def bag_to_dataset(
     stop_event: threading.Event | None = None,
     distro: str | None = None,
     workers: int | None = None,
+    robot: str | None = None,
 ) -> BagConversionStats:
     """Save the images of a rosbag2 bag into ``store``, labelled by a label topic or a topic-to-class map.
 
@@ -256,6 +258,8 @@ def bag_to_dataset(
     sensor_msgs/CompressedImage. ``progress(done, total)`` reports image messages read;
     setting ``stop_event`` stops early (what was saved stays). ``distro`` forces the fallback
     typestore. ``workers`` threads decode and encode (default: up to 4, by CPU count).
+    Each saved image records its provenance in the manifest: ``robot`` (default:
+    :func:`robot_name`), the bag's directory name, the topic and the image's stamp.
 
     Raises :class:`BagError` (unreadable bag, missing topic, wrong type, listing the bag's
     topics), :class:`InvalidLabelError` (bad class in ``class_map``) and
@@ -293,6 +297,8 @@ def bag_to_dataset(
         label_times, label_values = _read_labels(reader, label_conns, typestore)
         total = sum(c.msgcount for c in image_conns)
         source_prefix = bag_path.name
+        robot = robot_name(bag_path) if robot is None else str(robot)
+        stats.robot = robot
 
         def label_for(conn: Any, t_ns: int) -> str | None:
             if class_map is not None:
@@ -328,7 +334,13 @@ def bag_to_dataset(
                         t_img = t_header if t_header > 0 else t_bag
                         label = _classify_label(label_for(conn, t_img), valid_labels, stats)
                         if label is not None:
-                            pipeline.submit(msg, label, t_img, f"{source_prefix}:{conn.topic}")
+                            pipeline.submit(
+                                msg,
+                                label,
+                                t_img,
+                                f"{source_prefix}:{conn.topic}",
+                                {"robot": robot, "bag": source_prefix, "topic": conn.topic},
+                            )
                     if progress is not None and (done % step == 0):
                         progress(done, total)
                 pipeline.drain()
@@ -343,6 +355,22 @@ def bag_to_dataset(
     stats.seconds = time.perf_counter() - started
     logger.info("bag %s: %s", bag_path, stats.summary().replace("\n", "; "))
     return stats
+
+
+def robot_name(bag_path: str | os.PathLike) -> str:
+    """The robot a bag was recorded on: ``robot`` (or ``robot_name``) in the bag's ``custom_data``
+    (metadata.yaml, rosbag2 Jazzy+), else the name of the folder holding the bag (fleet layout
+    ``bags/<robot>/<bag>``)."""
+    path = Path(bag_path).expanduser().resolve()
+    with contextlib.suppress(Exception):  # a bag without readable metadata just has no custom data
+        import yaml
+
+        info = yaml.safe_load((path / "metadata.yaml").read_text(encoding="utf-8"))
+        custom = (info.get("rosbag2_bagfile_information") or {}).get("custom_data") or {}
+        for key in ("robot", "robot_name"):
+            if str(custom.get(key) or "").strip():
+                return str(custom[key]).strip()
+    return path.parent.name
 
 
 class _Undecodable(Exception):
@@ -439,12 +467,14 @@ class _Pipeline:
         self, store: DatasetStore, pool: ThreadPoolExecutor | None, window: int, stats: BagConversionStats
     ) -> None:
         self.store, self.pool, self.window, self.stats = store, pool, window, stats
-        self.encoding: collections.deque[tuple[Future | None, Any, str, int, str]] = collections.deque()
+        self.encoding: collections.deque[tuple[Future | None, Any, str, int, str, dict[str, str]]] = (
+            collections.deque()
+        )
         self.writing: collections.deque[tuple[Future | None, Reservation]] = collections.deque()
 
-    def submit(self, msg: Any, label: str, t_img: int, source: str) -> None:
+    def submit(self, msg: Any, label: str, t_img: int, source: str, provenance: dict[str, str]) -> None:
         fut = self.pool.submit(_decode_encode, msg, self.store) if self.pool is not None else None
-        self.encoding.append((fut, msg, label, t_img, source))
+        self.encoding.append((fut, msg, label, t_img, source, provenance))
         while len(self.encoding) > self.window:
             self._reserve_one()
         while len(self.writing) > self.window:
@@ -474,7 +504,7 @@ class _Pipeline:
                 self.store.commit(reservation)
 
     def _reserve_one(self) -> None:
-        fut, msg, label, t_img, source = self.encoding.popleft()
+        fut, msg, label, t_img, source, provenance = self.encoding.popleft()
         try:
             encoded = fut.result() if fut is not None else _decode_encode(msg, self.store)
         except _Undecodable as err:
@@ -482,7 +512,7 @@ class _Pipeline:
             logger.debug("skipping an undecodable image at %d ns: %s", t_img, err)
             return
         try:
-            reservation = self.store.reserve(encoded, label, t_img, source)
+            reservation = self.store.reserve(encoded, label, t_img, source, **provenance)
         except ClassFullError:
             self.stats.skipped_full += 1
             return

@@ -11,7 +11,10 @@ Layout::
 looks at sub-directories, so the manifest and the lock file are invisible to it).
 Each manifest line holds ``file`` (path relative to ROOT, ``/``-separated),
 ``class``, ``stamp_ns``, ``source`` (topic, bag or ``"capture"``), ``width``,
-``height``, ``sha256`` (of the file) and ``added`` (ISO 8601, UTC).
+``height``, ``sha256`` (of the file) and ``added`` (ISO 8601, UTC). Images that
+came from a fleet (bag conversion, ``dataset merge``) also carry their provenance:
+``robot``, ``bag`` and ``topic`` (written only when known, so manifests without
+them, older ones included, load unchanged).
 
 Crash safety: an image is encoded, written to a temp file and renamed into
 place *before* its manifest line is appended, so a crash can leave an image
@@ -140,9 +143,12 @@ class ManifestEntry:
     height: int = 0
     sha256: str = ""
     added: str = ""
+    robot: str = ""
+    bag: str = ""
+    topic: str = ""
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        data = {
             "file": self.file,
             "class": self.label,
             "stamp_ns": self.stamp_ns,
@@ -152,6 +158,12 @@ class ManifestEntry:
             "sha256": self.sha256,
             "added": self.added,
         }
+        data.update((k, v) for k, v in self.provenance().items() if v)
+        return data
+
+    def provenance(self) -> dict[str, Any]:
+        """Where the image came from: robot, bag, topic and stamp (empty strings / 0 when unknown)."""
+        return {"robot": self.robot, "bag": self.bag, "topic": self.topic, "stamp_ns": self.stamp_ns}
 
     def to_line(self) -> str:
         return json.dumps(self.to_json(), ensure_ascii=False, separators=(",", ":")) + "\n"
@@ -167,9 +179,9 @@ class ManifestEntry:
         ints = {k: data.get(k, 0) for k in ("stamp_ns", "width", "height")}
         if any(not isinstance(v, int) or isinstance(v, bool) or v < 0 for v in ints.values()):
             raise ValueError("manifest line has a bad stamp_ns, width or height")
-        strs = {k: data.get(k, "") for k in ("source", "sha256", "added")}
+        strs = {k: data.get(k, "") for k in ("source", "sha256", "added", "robot", "bag", "topic")}
         if any(not isinstance(v, str) for v in strs.values()):
-            raise ValueError("manifest line has a bad source, sha256 or added")
+            raise ValueError("manifest line has a bad source, sha256, added, robot, bag or topic")
         return cls(file=file, label=label, **ints, **strs)
 
 
@@ -603,10 +615,13 @@ class DatasetStore:
         return self.add_encoded(self.encode(image_rgb), label, stamp_ns, source)
 
     def add_encoded(
-        self, encoded: EncodedImage, label: str, stamp_ns: int = 0, source: str = ""
+        self, encoded: EncodedImage, label: str, stamp_ns: int = 0, source: str = "", **provenance: str
     ) -> CaptureResult:
-        """Save an already encoded image (see :meth:`encode`); same rules and errors as :meth:`add`."""
-        reservation = self.reserve(encoded, label, stamp_ns, source)
+        """Save an already encoded image (see :meth:`encode`); same rules and errors as :meth:`add`.
+
+        ``provenance``: ``robot``, ``bag``, ``topic`` recorded in the manifest line.
+        """
+        reservation = self.reserve(encoded, label, stamp_ns, source, **provenance)
         if isinstance(reservation, CaptureResult):
             return reservation
         try:
@@ -621,7 +636,7 @@ class DatasetStore:
     # order on one thread, write_reserved() anywhere in between.
 
     def reserve(
-        self, encoded: EncodedImage, label: str, stamp_ns: int = 0, source: str = ""
+        self, encoded: EncodedImage, label: str, stamp_ns: int = 0, source: str = "", **provenance: str
     ) -> Reservation | CaptureResult:
         """Claim a file name for an image: checks label, duplicates and the class limit.
 
@@ -635,6 +650,9 @@ class DatasetStore:
         stamp_ns = int(stamp_ns)
         if stamp_ns < 0:
             raise ConfigError(f"stamp_ns must be >= 0, got {stamp_ns}")
+        unknown = set(provenance) - {"robot", "bag", "topic"}
+        if unknown:
+            raise ConfigError(f"unknown provenance fields {sorted(unknown)}; use robot, bag, topic")
         with self._lock:
             self._check_writable()
             if self.dedupe and (old := self._by_sha.get(encoded.sha256)) is not None:
@@ -663,6 +681,7 @@ class DatasetStore:
                 height=encoded.height,
                 sha256=encoded.sha256,
                 added=_utc_now(),
+                **{k: str(v or "") for k, v in provenance.items()},
             )
             self._claim(entry)
             self._reserved += 1

@@ -1254,6 +1254,7 @@ class _Run:
         if config.amp == "on" and not self.amp:
             logger.warning("amp='on' needs CUDA; training in float32 on %s", self.device)
         self.num_classes = len(data.classes)
+        self.batch_size = config.batch_size  # per process: a distributed run splits the batch
         self.train_labels = np.asarray([s[1] for s in data.train], dtype=np.int64)
         self.finetune_start = config.resolved_head_epochs + 1
         self.stage = ""
@@ -1333,7 +1334,7 @@ class _Run:
         dataset.epoch = epoch
         return torch.utils.data.DataLoader(
             dataset,
-            batch_size=self.cfg.batch_size,
+            batch_size=self.batch_size,
             sampler=list(order) if order is not None else None,
             shuffle=False,
             num_workers=self.cfg.num_workers,
@@ -1349,7 +1350,7 @@ class _Run:
             order = rng.choice(n, size=n, replace=True, p=self.sample_prob).tolist()
         else:
             order = rng.permutation(n).tolist()
-        if len(order) > 1 and len(order) % self.cfg.batch_size == 1:
+        if len(order) > 1 and len(order) % self.batch_size == 1:
             order = order[:-1]  # a batch of one breaks batch norm in training mode
         return order
 
@@ -1415,8 +1416,8 @@ class _Run:
         t0 = time.perf_counter()
         views: list[torch.Tensor] = []
         n_all = len(self.data.train) * cfg.feature_views + len(self.data.val)
-        batches_per_view = math.ceil(len(self.data.train) / cfg.batch_size)
-        total_batches = batches_per_view * cfg.feature_views + math.ceil(len(self.data.val) / cfg.batch_size)
+        batches_per_view = math.ceil(len(self.data.train) / self.batch_size)
+        total_batches = batches_per_view * cfg.feature_views + math.ceil(len(self.data.val) / self.batch_size)
         state = {"batch0": 0, "done": 0, "t": time.perf_counter()}
 
         def on_batch(i: int, _loss: float, _acc: float, n: int) -> None:
@@ -1481,20 +1482,28 @@ class _Run:
             )
         else:
             view = torch.zeros_like(idx)
-        for start in range(0, len(order), self.cfg.batch_size):
-            sl = slice(start, start + self.cfg.batch_size)
+        for start in range(0, len(order), self.batch_size):
+            sl = slice(start, start + self.batch_size)
             yield f["train"][view[sl], idx[sl]], f["train_y"][idx[sl]]
 
     def val_feature_batches(self) -> Iterator[tuple[Any, Any]]:
         f = self.features
         assert f is not None
-        for start in range(0, len(f["val_y"]), self.cfg.batch_size):
+        for start in range(0, len(f["val_y"]), self.batch_size):
             yield (
-                f["val"][start : start + self.cfg.batch_size],
-                f["val_y"][start : start + self.cfg.batch_size],
+                f["val"][start : start + self.batch_size],
+                f["val_y"][start : start + self.batch_size],
             )
 
     current_epoch = 0
+
+    def train_net(self, net: torch.nn.Module) -> torch.nn.Module:
+        """The module the optimiser steps through (a distributed run wraps it for gradient averaging)."""
+        return net
+
+    def eval_net(self, net: torch.nn.Module) -> torch.nn.Module:
+        """The module validated after training an epoch (a distributed run first syncs its buffers)."""
+        return net
 
     def run_epoch(
         self, model: torch.nn.Module, epoch: int, best_acc: float
@@ -1515,8 +1524,8 @@ class _Run:
             net = model
             train_batches = self.loader(self.data.train, order, augment=cfg.augment, epoch=epoch)
             val_batches = self.loader(self.data.val, None, augment=False, epoch=epoch)
-        n_train_batches = math.ceil(len(order) / cfg.batch_size)
-        n_val_batches = math.ceil(len(self.data.val) / cfg.batch_size)
+        n_train_batches = math.ceil(len(order) / self.batch_size)
+        n_val_batches = math.ceil(len(self.data.val) / self.batch_size)
         state = {"t": time.perf_counter(), "done": 0}
         best = None if best_acc < 0 else best_acc
 
@@ -1538,7 +1547,7 @@ class _Run:
             return on_batch
 
         train_loss, train_acc = train_one_epoch(
-            net,
+            self.train_net(net),
             train_batches,
             self.criterion,
             self.optimizer,
@@ -1550,7 +1559,7 @@ class _Run:
         )
         state.update(t=time.perf_counter(), done=0)
         result = evaluate(
-            net,
+            self.eval_net(net),
             val_batches,
             self.num_classes,
             device=self.device,
@@ -1756,6 +1765,7 @@ def train(
     cancel: threading.Event | None = None,
     on_progress: ProgressCallback | None = None,
     save_last: bool = True,
+    run_factory: Callable[..., _Run] | None = None,
 ) -> TrainResult:
     """Train a classifier on an ImageFolder directory (or already loaded :class:`TrainData`).
 
@@ -1769,7 +1779,9 @@ def train(
     between two batches and returns a result with ``status="cancelled"`` holding the best completed
     epoch (checkpoints of completed epochs only; a cancel while the dataset is read raises
     :class:`TrainingCancelledError`). ``on_progress`` receives :class:`ProgressEvent`\\ s; its
-    exceptions are logged once and otherwise ignored.
+    exceptions are logged once and otherwise ignored. ``run_factory`` builds the per-run state
+    (``_Run(data, config, cancel, on_progress)``); :mod:`dli_perception.core.distributed` passes
+    a data-parallel one.
 
     Raises :class:`DatasetError` (bad dataset), :class:`WeightsNotFoundError`,
     :class:`ConfigError` and :class:`TrainingError` (unusable checkpoint, diverging loss).
@@ -1789,7 +1801,7 @@ def train(
 
     device = _resolve_device(config.device)
     with _deterministic(config.deterministic and device.type == "cpu"):
-        run = _Run(data, config, cancel, on_progress)
+        run = (run_factory or _Run)(data, config, cancel, on_progress)
         run.timings["load_s"] = t_loaded - t_start
         torch.manual_seed(_mix(config.seed, 0))
         if resume_from is None:
