@@ -48,7 +48,7 @@ def find_images(paths: Sequence[Path], recursive: bool = False) -> list[Path]:
 
     Raises :class:`ConfigError` for a path that does not exist or when no image is found.
     """
-    from dli_perception.core.training import IMAGE_EXTENSIONS
+    from dli_perception.core.imagefiles import IMAGE_EXTENSIONS
 
     found: list[Path] = []
     for path in paths:

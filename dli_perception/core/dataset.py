@@ -40,7 +40,6 @@ import io
 import json
 import logging
 import os
-import random
 import re
 import sys
 import threading
@@ -54,6 +53,8 @@ from typing import Any
 import numpy as np
 
 from dli_perception.core import fsutil
+from dli_perception.core.imagefiles import IMAGE_EXTENSIONS
+from dli_perception.core.splits import stratified_split
 from dli_perception.errors import (
     ClassFullError,
     ConfigError,
@@ -72,7 +73,6 @@ MAX_LABEL_LENGTH = 64
 #: Label values that mean "nothing is being shown": images under them are never saved.
 NO_LABEL_NAMES = frozenset({"", "none", "unknown"})
 #: Extensions torchvision's ImageFolder loads; files with these in a class directory are images.
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 IMAGE_FORMATS = ("jpg", "png")
 CORRUPT_SUFFIX = ".corrupt"
 _SEQ_RE = re.compile(r"^(\d+)_")
@@ -572,30 +572,22 @@ class DatasetStore:
     def split(
         self, val_fraction: float = 0.2, seed: int = 0
     ) -> tuple[list[ManifestEntry], list[ManifestEntry]]:
-        """Stratified, reproducible train/validation split.
+        """Stratified, reproducible train/validation split: the one training uses.
 
-        Each class is shuffled with a generator seeded by ``(seed, class)`` and
-        ``round(n * val_fraction)`` of it goes to validation, at least one when the
-        class has 2 or more images and ``val_fraction > 0``, and never all of it.
-        The same images and seed always give the same split.
+        Classes are numbered in name order and each class's images taken in file order, as
+        training reads them, then :func:`~dli_perception.core.splits.stratified_split` decides; so
+        ``dataset split`` shows exactly the validation images a training run with the same seed
+        holds out. A class of one image stays in training.
         """
         if not 0.0 <= float(val_fraction) < 1.0:
             raise ConfigError(f"val_fraction must be in [0, 1), got {val_fraction}")
-        by_class: dict[str, list[ManifestEntry]] = {}
-        for entry in self.entries:
-            by_class.setdefault(entry.label, []).append(entry)
-        train: list[ManifestEntry] = []
-        val: list[ManifestEntry] = []
-        for label in sorted(by_class):
-            items = sorted(by_class[label], key=lambda e: e.file)
-            random.Random(f"{seed}:{label}").shuffle(items)
-            n = len(items)
-            n_val = 0
-            if n >= 2 and val_fraction > 0:
-                n_val = min(n - 1, max(1, round(n * val_fraction)))
-            val.extend(sorted(items[:n_val], key=lambda e: e.file))
-            train.extend(sorted(items[n_val:], key=lambda e: e.file))
-        return train, val
+        classes = sorted({entry.label for entry in self.entries})
+        index = {label: i for i, label in enumerate(classes)}
+        ordered = sorted(self.entries, key=lambda e: (index[e.label], e.file))
+        train_idx, val_idx = stratified_split(
+            [index[e.label] for e in ordered], val_fraction, seed, allow_single=True
+        )
+        return [ordered[i] for i in train_idx], [ordered[i] for i in val_idx]
 
     # ----------------------------------------------------------------- writing
 

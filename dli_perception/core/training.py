@@ -42,7 +42,9 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from dli_perception.core import fsutil
+from dli_perception.core.imagefiles import IMAGE_EXTENSIONS
 from dli_perception.core.preprocess import PreprocessConfig, normalize, resize
+from dli_perception.core.splits import stratified_split as split_stratified
 from dli_perception.errors import (
     ConfigError,
     DatasetError,
@@ -62,7 +64,6 @@ SCHEDULES = ("cosine", "step", "none")
 CLASS_BALANCE = ("sampler", "loss", "none")
 DEVICES = ("auto", "cpu", "cuda")
 AMP_MODES = ("auto", "on", "off")
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 CHECKPOINT_FORMAT = "dli_perception.train_checkpoint"
 CHECKPOINT_VERSION = 1
 BEST_CHECKPOINT = "best.pt"
@@ -637,30 +638,6 @@ def scan_image_folder(
         sha256=digest,
     )
     return classes, samples, summary
-
-
-def split_stratified(labels: Sequence[int], val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """Per-class seeded split of sample indices into (train, val), each class in both.
-
-    A class of n images gets ``round(n * val_fraction)`` validation images, at least one and at
-    most n - 1. Raises :class:`DatasetError` for a class with fewer than two images.
-    """
-    labels_arr = np.asarray(labels, dtype=np.int64)
-    train_idx: list[int] = []
-    val_idx: list[int] = []
-    for label in np.unique(labels_arr):
-        members = np.flatnonzero(labels_arr == label)
-        if len(members) < 2:
-            raise DatasetError(
-                f"class index {int(label)} has {len(members)} image; at least two are needed "
-                "(one for training, one for validation)"
-            )
-        rng = np.random.default_rng([int(seed), 1, int(label)])
-        members = rng.permutation(members)
-        n_val = min(len(members) - 1, max(1, round(len(members) * val_fraction)))
-        val_idx.extend(int(i) for i in members[:n_val])
-        train_idx.extend(int(i) for i in members[n_val:])
-    return sorted(train_idx), sorted(val_idx)
 
 
 def load_data(

@@ -16,12 +16,12 @@ from pathlib import Path
 import numpy as np
 
 from dli_perception.core.fsutil import sha256_file
+from dli_perception.core.imagefiles import IMAGE_EXTENSIONS
 from dli_perception.core.preprocess import PreprocessConfig, preprocess_batch
 from dli_perception.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 
 
 def calibration_images(dataset_dir: str | os.PathLike, max_images: int = 256) -> list[Path]:

@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 
 from dli_perception.core.camera.source import FrameSource, FrameTransform, _cv2, _to_rgb
+from dli_perception.core.imagefiles import IMAGE_EXTENSIONS
 from dli_perception.errors import CameraError, ConfigError
 
 _LOG = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp")
 
 
 class ImageFolderSource(FrameSource):
