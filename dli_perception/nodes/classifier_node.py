@@ -7,11 +7,13 @@ filter) and publishes; a **loader** thread loads models, so a model load (second
 a TensorRT engine build) never stops classification.
 
 Frames are never queued: the subscription (sensor-data QoS, depth 1) stores the newest frame
-in a single slot; a frame replaced before the worker took it is counted as dropped. The
-executor takes frames only while the worker is idle (``nodes/framegate.py``): while it
-classifies, Fast DDS keeps the newest frame and the worker takes it itself when done, so frames
-it could never use cost no Python time; those are counted as dropped from the publishers'
-sequence numbers.
+in a single slot; a frame replaced before the worker took it is counted as dropped. The worker
+takes frames from the subscription itself (``nodes/framegate.py``): idle, it sleeps in its own
+wait set and takes a frame as it arrives; busy, it leaves frames in Fast DDS, which keeps only
+the newest, and takes that one when done. The executor never runs the image callback (it would
+cost an executor round and a thread hand-over per frame), and frames the worker could never use
+cost no Python time; they are counted as dropped from the publishers' sequence numbers. Where
+rclpy's wait set cannot be built, the executor delivers frames, only while the worker is idle.
 
 Topics:
 
@@ -68,7 +70,7 @@ from dli_perception.core.preprocess import PreprocessConfig, preprocess
 from dli_perception.errors import ConfigError, ImageConversionError
 from dli_perception.nodes import localframes
 from dli_perception.nodes.diagnostics import ERROR, OK, WARN, DiagnosticsPublisher
-from dli_perception.nodes.framegate import DropCounter, FrameGate, take_newest
+from dli_perception.nodes.framegate import DropCounter, FrameGate, FrameWaiter, take_newest
 from dli_perception.nodes.params import Param, declare
 from dli_perception.nodes.qos import EVENTS, LATCHED, SENSOR_DATA
 from dli_perception.nodes.runtime import node_main
@@ -261,6 +263,7 @@ class ClassifierNode(Node):
         self._loader: threading.Thread | None = None
         self._pending: PendingFrame | None = None
         self._local_images: localframes.LocalTopic | None = None
+        self._waiter: FrameWaiter | None = None
         self._staged: ServingModel | None = None
         self._load_request: LoadRequest | None = None
         self.model: ServingModel | None = None
@@ -317,6 +320,12 @@ class ClassifierNode(Node):
             if self._local_images is None
             else None
         )
+        if self.image_sub is not None:
+            try:
+                self._waiter = FrameWaiter(self.image_sub, self.context)
+                self._gate.close()  # the worker takes every frame itself
+            except Exception as exc:  # noqa: BLE001 - an rclpy without this wait-set API: the executor delivers
+                self.get_logger().info(f"frames delivered by the executor ({type(exc).__name__}: {exc})")
         images = (
             self.image_sub.topic_name
             if self.image_sub is not None
@@ -495,7 +504,7 @@ class ClassifierNode(Node):
                 replaced, self._staged = self._staged, model  # a staged model the worker never took
                 self.loads += 1
                 self.last_load_error = ""
-                self._cond.notify_all()
+                self._wake_worker()
         if stopped:
             model.backend.close()
             return
@@ -511,11 +520,18 @@ class ClassifierNode(Node):
         next_due = 0.0
         while True:
             with self._cond:
-                while not self._stop.is_set() and self._pending is None and self._staged is None:
+                while (
+                    self._waiter is None and not self._stop.is_set() and self._pending is None and self._staged is None
+                ):
                     self._gate.open()  # idle: let the executor deliver the next frame
                     self._cond.wait()
                 if self._stop.is_set():
                     return
+                idle = self._pending is None and self._staged is None
+            if idle:  # only with a waiter: sleep until a frame arrives, then take it here
+                self._wait_for_frame()
+                continue
+            with self._cond:
                 staged, self._staged = self._staged, None
                 if staged is not None:
                     previous, self.model = self.model, staged
@@ -537,6 +553,22 @@ class ClassifierNode(Node):
                 if self._stop.wait(max(0.0, next_due - time.monotonic())):
                     return
             self._take_newest()
+
+    def _wait_for_frame(self) -> None:
+        try:
+            self._waiter.wait(0.5)
+        except Exception as exc:  # noqa: BLE001 - shutting down (handles destroyed) or an rcl error: retry soon
+            if self._stop.wait(0.05):
+                return
+            self.get_logger().debug(f"waiting for a frame: {type(exc).__name__}: {exc}")
+            return
+        self._take_newest()
+
+    def _wake_worker(self) -> None:
+        """Wake the worker from its condition wait and from its frame wait (call with ``_cond`` held)."""
+        self._cond.notify_all()
+        if self._waiter is not None:
+            self._waiter.wake()
 
     def _swapped(self, model: ServingModel, previous: ServingModel | None) -> None:
         self.classes_pub.publish(String(data=json.dumps(model.classes)))
@@ -722,9 +754,11 @@ class ClassifierNode(Node):
         localframes.unsubscribe(self._local_images, self.on_image)
         self._stop.set()
         with self._cond:
-            self._cond.notify_all()
+            self._wake_worker()
         if self._worker is not None:
             self._worker.join(timeout=3.0)
+        if self._waiter is not None and self._worker is not None and not self._worker.is_alive():
+            self._waiter.close()
         if self._loader is not None:
             # A load in progress (an engine build) cannot be interrupted; it is abandoned after the timeout
             # and closes what it loaded when it ends.

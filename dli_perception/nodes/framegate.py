@@ -90,3 +90,38 @@ class DropCounter:
         if len(self._last) > 64:  # publishers come and go: keep the newest few
             self._last.pop(next(iter(self._last)))
         return max(0, seq - last - 1) if last is not None else 0
+
+
+class FrameWaiter:
+    """The worker's own wait for a frame: a wait set of the image subscription and a wake-up guard.
+
+    With it the worker sleeps in ``rcl_wait`` (the GIL released) and takes the frame itself as it
+    arrives: no executor round (building its wait set, a task per callback) and no hand-over
+    between threads. :meth:`wake` ends a wait early (a model to swap in, shutdown).
+    """
+
+    def __init__(self, subscription: Any, context: Any) -> None:
+        from rclpy.guard_condition import GuardCondition
+        from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
+
+        self._sub = subscription
+        self._guard = GuardCondition(None, None, context=context)
+        self._wait_set = _rclpy.WaitSet(1, 1, 0, 0, 0, 0, context.handle)
+
+    def wait(self, timeout_s: float) -> None:
+        """Return when a frame is waiting, :meth:`wake` was called, or after ``timeout_s``."""
+        ws = self._wait_set
+        ws.clear_entities()
+        with self._sub.handle, self._guard.handle:
+            ws.add_subscription(self._sub.handle)
+            ws.add_guard_condition(self._guard.handle)
+            ws.wait(int(timeout_s * 1e9))
+
+    def wake(self) -> None:
+        from rclpy.exceptions import InvalidHandle
+
+        with contextlib.suppress(InvalidHandle):
+            self._guard.trigger()
+
+    def close(self) -> None:
+        self._guard.destroy()
