@@ -310,7 +310,8 @@ class ClassifierNode(Node):
         )
         # In the one-process runner, frames of an in-process camera arrive by direct call instead.
         self._local_images = localframes.subscribe(self, "image_raw", self.on_image)
-        # The executor takes frames only while the worker waits for one (see nodes/framegate.py).
+        # The worker takes frames itself (FrameWaiter); without one, the executor delivers them only while
+        # the worker is idle (FrameGate). See nodes/framegate.py.
         self._gate = FrameGate(self)
         self.image_sub = (
             self.create_subscription(

@@ -1,12 +1,15 @@
-"""Frames taken only when a worker can use them: a gated callback group, a direct take, drop counting.
+"""Frames taken only when a worker can use them: its own wait set, a gated callback group, drop counting.
 
-A node whose worker needs seconds' worth of CPU per frame (classification) should not let the
+A node whose worker spends tens of milliseconds per frame (classification) should not let the
 executor take and convert every frame a camera sends: each take costs milliseconds of Python
-and holds the GIL the worker needs. With :class:`FrameGate` the subscription is in the
-executor's wait set only while the worker is idle; while it is busy, Fast DDS keeps the newest
-frame (depth-1 history) and the worker takes it itself with :func:`take_newest` when it is done.
-Frames replaced in that history were never seen by Python; :class:`DropCounter` counts them from
-the publishers' sequence numbers, so ``frames_dropped`` still counts every frame not classified.
+(an executor round, a task per callback) and holds the GIL the worker needs, and handing the
+frame to the worker costs a thread wake-up. With :class:`FrameWaiter` the idle worker sleeps in
+its own wait set on the subscription and takes each frame itself as it arrives; while it is busy,
+Fast DDS keeps the newest frame (depth-1 history) and the worker takes it with :func:`take_newest`
+when done. Where that wait set cannot be built, :class:`FrameGate` keeps the subscription in the
+executor's wait set only while the worker is idle. Frames replaced in the history were never seen
+by Python; :class:`DropCounter` counts them from the publishers' sequence numbers, so
+``frames_dropped`` still counts every frame not classified.
 """
 
 from __future__ import annotations
