@@ -14,8 +14,10 @@ its profile when the first participant is created.
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -47,17 +49,22 @@ def _raw_publisher(size: str, fps: float, seconds: float) -> None:
     next_t = time.monotonic()
     end = next_t + seconds
     build_ms, publish_ms = [], []
-    cpu0 = time.process_time()
-    while time.monotonic() < end:
-        next_t += period
+    for _ in range(20):  # what a camera pays per frame to build the message (timed apart from the sending)
         t0 = time.perf_counter()
-        cv2_to_imgmsg(frame, "rgb8")  # what a camera pays per frame (timed only; the frame sent is pre-built)
+        cv2_to_imgmsg(frame, "rgb8")
+        build_ms.append((time.perf_counter() - t0) * 1e3)
+    stop = []  # SIGTERM from the subscriber ends the loop; the breakdown is printed on the way out
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(True))
+    next_t = time.monotonic()
+    end = next_t + seconds
+    cpu0 = time.process_time()
+    while time.monotonic() < end and not stop:
+        next_t += period
         t1 = time.perf_counter()
         now = time.time_ns()
         msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(now, 1_000_000_000)
         pub.publish(msg)
         publish_ms.append((time.perf_counter() - t1) * 1e3)
-        build_ms.append((t1 - t0) * 1e3)
         time.sleep(max(0.0, next_t - time.monotonic()))
     cpu = time.process_time() - cpu0
     node.destroy_node()
@@ -91,7 +98,7 @@ def _worker(mode: str, size: str, seconds: float, fps: float) -> dict:
     from dli_perception.core.imaging import to_rgb8
 
     received: list[tuple[int, int]] = []
-    convert_ms: list[float] = []
+    last_msgs: collections.deque = collections.deque(maxlen=20)
     published: list[tuple[int, int]] = []  # (receive time ns, frames_published) from the camera's diagnostics
 
     class Sink(Node):
@@ -103,9 +110,7 @@ def _worker(mode: str, size: str, seconds: float, fps: float) -> dict:
         def on_image(self, msg: Image) -> None:
             now = time.time_ns()
             received.append((now, msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec))
-            t = time.perf_counter()
-            to_rgb8(msg)  # the subscriber's conversion to an array (a view when rgb8)
-            convert_ms.append((time.perf_counter() - t) * 1e3)
+            last_msgs.append(msg)  # converted after the window, so the callback stays as light as before
 
         def on_diagnostics(self, msg: DiagnosticArray) -> None:
             for status in msg.status:
@@ -120,7 +125,7 @@ def _worker(mode: str, size: str, seconds: float, fps: float) -> dict:
     camera = proc = None
     if mode == "raw-transport":
         proc = subprocess.Popen(
-            [sys.executable, __file__, "--raw-publisher", size, str(fps), str(seconds + 8)],
+            [sys.executable, __file__, "--raw-publisher", size, str(fps), str(seconds + 25)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
     elif mode == "in-process":
@@ -159,14 +164,20 @@ def _worker(mode: str, size: str, seconds: float, fps: float) -> dict:
     result = {"mode": mode, "size": size, "fps_target": fps, "received": len(window), "published": sent}
     # Subscriber process CPU (executor, take, conversion; in-process also the camera) per frame received.
     result["sub_cpu_ms_per_frame"] = 1e3 * (time.process_time() - cpu0) / max(len(received) - warm, 1)
+    convert_ms = []
+    for msg in last_msgs:  # the subscriber's conversion to an array (a view when rgb8)
+        t = time.perf_counter()
+        to_rgb8(msg)
+        convert_ms.append((time.perf_counter() - t) * 1e3)
     result["convert_ms_p50"] = statistics.median(convert_ms) if convert_ms else None
     if camera is not None:
         camera.destroy_node()
     if proc is not None:
-        if mode == "raw-transport":  # it ends on its own after its window; its last line is its breakdown
-            out, _ = proc.communicate(timeout=60)
+        if mode == "raw-transport":  # it prints its breakdown when told to stop
+            proc.send_signal(15)
+            out, _ = proc.communicate(timeout=30)
             lines = out.strip().splitlines()
-            result.update(json.loads(lines[-1]) if lines else {})
+            result.update(json.loads(lines[-1]) if lines and lines[-1].startswith("{") else {})
         else:
             proc.send_signal(2)
             proc.wait(timeout=15)
