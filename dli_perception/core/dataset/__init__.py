@@ -16,7 +16,8 @@ Where each part lives:
 - :mod:`.labels`: which class names are allowed (:func:`validate_label`, :func:`is_no_label`);
 - :mod:`.manifest`: the manifest's lines (:class:`ManifestEntry`) and its file;
 - :mod:`.encoding`: image bytes (:func:`encode_image`, :func:`probe_image`);
-- :mod:`.index`: the in-memory lookups behind dedupe and class limits;
+- :mod:`.index`: the in-memory lookups behind dedupe and class limits, and what a write returns;
+- :mod:`.directory`: ROOT, its writer lock and its class directories;
 - :mod:`.repair`: the read path that repairs what a crash left (:class:`RepairReport`);
 - :mod:`.importing`: importing an ImageFolder directory (:class:`ImportStats`);
 - :mod:`.disk` and :mod:`.layout`: disk errors in words, durable writes, the directory's file names.
@@ -28,11 +29,12 @@ stay as they were. Every class directory is resolved and checked to lie inside R
 
 from dli_perception.core.dataset.encoding import IMAGE_FORMATS, EncodedImage, encode_image, probe_image
 from dli_perception.core.dataset.importing import ImportStats, ProgressCallback
+from dli_perception.core.dataset.index import CaptureResult, Reservation
 from dli_perception.core.dataset.labels import MAX_LABEL_LENGTH, NO_LABEL_NAMES, is_no_label, validate_label
 from dli_perception.core.dataset.layout import CORRUPT_SUFFIX, LOCK_NAME, MANIFEST_NAME
 from dli_perception.core.dataset.manifest import ManifestEntry
 from dli_perception.core.dataset.repair import RepairReport
-from dli_perception.core.dataset.store import CaptureResult, DatasetStore, Reservation
+from dli_perception.core.dataset.store import DatasetStore
 from dli_perception.core.imagefiles import IMAGE_EXTENSIONS
 
 __all__ = [

@@ -1,18 +1,44 @@
 """The store's in-memory index: entries in capture order, names taken, images per class, content hashes.
 
 It answers the questions a write asks before touching the disk: is this content already
-stored (dedupe), how many images does the class hold, and which file name is free.
+stored (dedupe), how many images does the class hold, and which file name is free; a write
+holds its claimed name as a :class:`Reservation` and reports a :class:`CaptureResult`.
 """
 
 from __future__ import annotations
 
 import re
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from dli_perception.core.dataset.manifest import ManifestEntry
 
 _SEQ_RE = re.compile(r"^(\d+)_")
+
+
+@dataclass(frozen=True)
+class CaptureResult:
+    """What :meth:`DatasetStore.add` did: ``duplicate`` means nothing was written and ``path``
+    is the image already stored with the same content."""
+
+    path: Path
+    file: str
+    label: str
+    sha256: str
+    width: int
+    height: int
+    duplicate: bool = False
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """A file name claimed by :meth:`DatasetStore.reserve`, not yet written or in the manifest."""
+
+    entry: ManifestEntry
+    path: Path
+    data: bytes = field(repr=False)
+    durable: bool = True
 
 
 class StoreIndex:

@@ -12,48 +12,24 @@ import logging
 import os
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from dli_perception.core import fsutil
 from dli_perception.core.dataset import importing
+from dli_perception.core.dataset.directory import make_class_dir, open_root, take_writer_lock
 from dli_perception.core.dataset.disk import os_message
 from dli_perception.core.dataset.encoding import IMAGE_FORMATS, EncodedImage, encode_image
-from dli_perception.core.dataset.index import StoreIndex
+from dli_perception.core.dataset.index import CaptureResult, Reservation, StoreIndex
 from dli_perception.core.dataset.labels import validate_label
-from dli_perception.core.dataset.layout import LOCK_NAME, utc_now
+from dli_perception.core.dataset.layout import utc_now
 from dli_perception.core.dataset.manifest import ManifestEntry, ManifestFile
 from dli_perception.core.dataset.repair import RepairReport, reconcile
 from dli_perception.core.splits import stratified_split
-from dli_perception.errors import ClassFullError, ConfigError, DatasetError, InvalidLabelError
+from dli_perception.errors import ClassFullError, ConfigError, DatasetError
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class CaptureResult:
-    """What :meth:`DatasetStore.add` did: ``duplicate`` means nothing was written and ``path``
-    is the image already stored with the same content."""
-
-    path: Path
-    file: str
-    label: str
-    sha256: str
-    width: int
-    height: int
-    duplicate: bool = False
-
-
-@dataclass(frozen=True)
-class Reservation:
-    """A file name claimed by :meth:`DatasetStore.reserve`, not yet written or in the manifest."""
-
-    entry: ManifestEntry
-    path: Path
-    data: bytes = field(repr=False)
-    durable: bool = True
 
 
 class DatasetStore:
@@ -97,23 +73,13 @@ class DatasetStore:
         self._closed = False
         self.readonly_reason = "opened with readonly=True" if readonly else ""
 
-        root = Path(root)
-        if root.exists() and not root.is_dir():
-            raise DatasetError(f"dataset path {root} is not a directory; choose a directory")
-        try:
-            if not readonly:
-                root.mkdir(parents=True, exist_ok=True)
-            self.root = root.resolve(strict=True)
-        except FileNotFoundError:
-            raise DatasetError(f"dataset directory {root} does not exist") from None
-        except OSError as err:
-            raise DatasetError(f"cannot create dataset directory {root}: {os_message(err)}") from None
-        if not self.root.is_dir():
-            raise DatasetError(f"dataset path {root} is not a directory; choose a directory")
+        self.root = open_root(root, readonly)
         self._manifest = ManifestFile(self.root)
         self.manifest_path = self._manifest.path
         if not readonly:
-            self._acquire_lock()
+            self._lock_fd, self.readonly_reason = take_writer_lock(self.root)
+            if self.readonly:
+                logger.warning("dataset %s opened read-only: %s", self.root, self.readonly_reason)
         try:
             try:
                 self.repair_report = self.check(repair=not self.readonly)
@@ -136,25 +102,6 @@ class DatasetStore:
     def readonly(self) -> bool:
         """True when this store cannot write (opened read-only, or ROOT is not writable)."""
         return bool(self.readonly_reason)
-
-    def _acquire_lock(self) -> None:
-        import fcntl
-
-        try:
-            fd = os.open(self.root / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as err:
-            self.readonly_reason = os_message(err)
-            logger.warning("dataset %s opened read-only: %s", self.root, self.readonly_reason)
-            return
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            raise DatasetError(
-                f"dataset {self.root} is already open for writing by another process or store; "
-                "close that one first (stop the recorder) or open this one with readonly=True"
-            ) from None
-        self._lock_fd = fd
 
     def close(self) -> None:
         """Write pending manifest lines, close the manifest and release the writer lock."""
@@ -463,23 +410,11 @@ class DatasetStore:
             raise DatasetError(f"dataset {self.root} is read-only ({self.readonly_reason}); nothing was written")
 
     def _class_dir(self, label: str) -> Path:
-        """The directory of a (validated) class, created if needed and checked to lie inside ROOT."""
+        """The directory of a (validated) class (see :func:`make_class_dir`), cached once checked."""
         cached = self._checked_dirs.get(label)
         if cached is not None and not cached.is_symlink() and cached.is_dir():
             return cached  # re-checked every time: the directory may have been replaced by a link since
-        path = self.root / label
-        if path.is_symlink():
-            raise DatasetError(f"class directory {path} is a symbolic link; the store never follows links")
-        if path.resolve().parent != self.root:
-            raise InvalidLabelError(f"class name {label!r} would write outside the dataset {self.root}")
-        try:
-            path.mkdir(exist_ok=True)
-        except OSError as err:
-            raise DatasetError(
-                f"cannot create class directory {path}: {os_message(err)}; nothing was written"
-            ) from None
-        if not path.is_dir() or path.is_symlink():
-            raise DatasetError(f"{path} exists and is not a directory; remove it or rename the class")
+        path = make_class_dir(self.root, label)
         self._checked_dirs[label] = path
         return path
 
