@@ -1,0 +1,1 @@
+from dli_perception.core.bagio.to_dataset import *  # noqa: F403
