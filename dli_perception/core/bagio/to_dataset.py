@@ -1,14 +1,4 @@
-"""rosbag2 bags <-> datasets, through the pure-Python ``rosbags`` library (no ROS install needed).
-
-:func:`bag_to_dataset` reads sqlite3 and mcap bags (the storage is detected from
-``metadata.yaml``) and saves their images into a :class:`DatasetStore`;
-:func:`dataset_to_bag` writes a dataset as a bag, so the two convert both ways.
-
-Message definitions: a bag recorded by Jazzy or newer (and every mcap bag) carries its
-own definitions, which are used; otherwise the typestore of ``distro`` is (Humble when
-neither the caller nor the bag's metadata names one). ``sensor_msgs/Image``,
-``sensor_msgs/CompressedImage`` and ``std_msgs/String`` are the same in every ROS 2
-distribution, so the choice only matters for bags with unusual definitions.
+"""Bag -> dataset: :func:`bag_to_dataset` saves a bag's images into a :class:`DatasetStore`.
 
 Labels and time: an image's time is its header stamp when non-zero, else the time the
 recorder received it (the bag timestamp). A label (``std_msgs/String``, no header) is
@@ -20,51 +10,33 @@ skipped and counted.
 from __future__ import annotations
 
 import bisect
-import collections
 import contextlib
-import itertools
 import logging
 import os
-import shutil
-import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dli_perception.core.dataset import (
-    CaptureResult,
-    DatasetStore,
-    EncodedImage,
-    ManifestEntry,
-    Reservation,
-    is_no_label,
-    validate_label,
+from dli_perception.core.bagio.bags import (
+    IMAGE_TYPES,
+    LABEL_TYPE,
+    ProgressCallback,
+    bag_typestore,
+    connections_for,
+    header_stamp,
+    open_reader,
+    read_labels,
+    robot_name,
 )
-from dli_perception.core.fsutil import fsync_dir, sha256_bytes
-from dli_perception.errors import (
-    BagError,
-    ClassFullError,
-    ConfigError,
-    DatasetError,
-    ImageConversionError,
-    InvalidLabelError,
-)
+from dli_perception.core.bagio.pipeline import Pipeline
+from dli_perception.core.dataset import DatasetStore, is_no_label, validate_label
+from dli_perception.errors import ConfigError, DatasetError, InvalidLabelError
 
 logger = logging.getLogger(__name__)
-
-IMAGE_TYPE = "sensor_msgs/msg/Image"
-COMPRESSED_TYPE = "sensor_msgs/msg/CompressedImage"
-LABEL_TYPE = "std_msgs/msg/String"
-IMAGE_TYPES = (IMAGE_TYPE, COMPRESSED_TYPE)
-STORAGES = ("sqlite3", "mcap")
-#: Used when neither the caller nor the bag names a distribution (Humble bags do not).
-FALLBACK_DISTRO = "humble"
-
-ProgressCallback = Callable[[int, int], None]
 
 
 @dataclass
@@ -114,130 +86,6 @@ class BagConversionStats:
         return "\n".join(["per class:", *lines, skipped, speed])
 
 
-@dataclass
-class BagWriteStats:
-    """What :func:`dataset_to_bag` wrote."""
-
-    path: Path
-    images: int = 0
-    labels: int = 0
-    bytes_written: int = 0
-    seconds: float = 0.0
-    cancelled: bool = False
-
-
-def available_distros() -> list[str]:
-    """ROS 2 distributions whose message definitions this rosbags version ships (e.g. humble, kilted)."""
-    from rosbags.typesys import Stores
-
-    return [s.value.removeprefix("ros2_") for s in Stores if s.value.startswith("ros2_")]
-
-
-def typestore_for(distro: str) -> Any:
-    """A fresh rosbags typestore for a ROS 2 distribution name (``humble``, ``jazzy``, ``kilted``...)."""
-    from rosbags.typesys import Stores, get_typestore
-
-    store = getattr(Stores, f"ROS2_{str(distro).strip().upper()}", None)
-    if store is None:
-        raise ConfigError(
-            f"unknown ROS 2 distribution {distro!r}; this rosbags version knows {', '.join(available_distros())}"
-        )
-    return get_typestore(store)
-
-
-def _open_reader(bag_path: Path) -> Any:
-    from rosbags.rosbag2 import Reader, ReaderError
-
-    try:
-        reader = Reader(bag_path)
-        reader.open()
-    except FileNotFoundError:
-        raise BagError(f"bag {bag_path} does not exist (or has no metadata.yaml)") from None
-    except (ReaderError, OSError, ValueError, KeyError) as err:
-        raise BagError(f"cannot read bag {bag_path}: {err}") from None
-    return reader
-
-
-def bag_topics(bag_path: str | os.PathLike) -> dict[str, tuple[str, int]]:
-    """Topics of a bag: ``{topic: (message type, message count)}``. Raises :class:`BagError`."""
-    reader = _open_reader(Path(bag_path))
-    try:
-        return _topic_table(reader)
-    finally:
-        reader.close()
-
-
-def _topic_table(reader: Any) -> dict[str, tuple[str, int]]:
-    return {
-        name: (info.msgtype or "mixed types", info.msgcount) for name, info in sorted(reader.topics.items())
-    }
-
-
-def _describe_topics(table: Mapping[str, tuple[str, int]]) -> str:
-    if not table:
-        return "the bag has no topics"
-    return "the bag has: " + ", ".join(f"{t} ({typ}, {n} msgs)" for t, (typ, n) in table.items())
-
-
-def _connections_for(reader: Any, topic: str, allowed: Iterable[str], bag_path: Path) -> list[Any]:
-    table = _topic_table(reader)
-    conns = [c for c in reader.connections if c.topic == topic]
-    if not conns:
-        raise BagError(f"topic {topic!r} is not in bag {bag_path}; {_describe_topics(table)}")
-    allowed = tuple(allowed)
-    wrong = sorted({c.msgtype for c in conns if c.msgtype not in allowed})
-    if wrong:
-        raise BagError(
-            f"topic {topic!r} in bag {bag_path} has type {', '.join(wrong)}; expected {' or '.join(allowed)}"
-        )
-    return conns
-
-
-def _types_from_definition(msgdef: Any, msgtype: str) -> dict[str, Any]:
-    from rosbags.interfaces import MessageDefinitionFormat
-    from rosbags.typesys import get_types_from_idl, get_types_from_msg
-
-    if msgdef.format == MessageDefinitionFormat.MSG:
-        return dict(get_types_from_msg(msgdef.data, msgtype))
-    types: dict[str, Any] = {}
-    sep = "=" * 80 + "\n"
-    if msgdef.data.startswith(f"{sep}IDL: "):
-        for part in msgdef.data.split(sep)[1:]:
-            _, idl = part.split("\n", 1)
-            types.update(get_types_from_idl(idl))
-    else:
-        types.update(get_types_from_idl(msgdef.data))
-    return types
-
-
-def _bag_typestore(reader: Any, connections: list[Any], distro: str | None) -> tuple[Any, str, str]:
-    """The typestore to decode ``connections`` with: (typestore, distro name, definitions source)."""
-    from rosbags.interfaces import MessageDefinitionFormat
-    from rosbags.typesys import Stores, TypesysError, get_typestore
-
-    if distro is None:
-        bag_distro = (reader.ros_distro or "").strip().lower()
-        distro = bag_distro if bag_distro in available_distros() else FALLBACK_DISTRO
-    store = typestore_for(distro)
-    bag_types: dict[str, Any] = {}
-    try:
-        for conn in connections:
-            if conn.msgdef.format != MessageDefinitionFormat.NONE:
-                bag_types.update(_types_from_definition(conn.msgdef, conn.msgtype))
-    except Exception as err:  # noqa: BLE001 - the parsers raise several types for malformed text
-        logger.warning("bag message definitions do not parse (%s); using the %s typestore", err, distro)
-        return store, distro, "typestore"
-    if not bag_types:
-        return store, distro, "typestore"
-    try:
-        store.register(bag_types)
-    except TypesysError:
-        logger.info("bag definitions differ from %s's; decoding with the bag's own", distro)
-        store = get_typestore(Stores.EMPTY)
-        store.register(bag_types)
-    return store, distro, "bag"
-
-
 def bag_to_dataset(
     bag_path: str | os.PathLike,
     store: DatasetStore,
@@ -265,90 +113,23 @@ def bag_to_dataset(
     topics), :class:`InvalidLabelError` (bad class in ``class_map``) and
     :class:`~dli_perception.errors.DatasetError` (disk full, read-only: images saved before stay).
     """
-    if (label_topic is None) == (class_map is None):
-        raise ConfigError("give either label_topic (with image_topic) or class_map {topic: class}, not both")
-    if class_map is not None:
-        if not class_map:
-            raise ConfigError("class_map is empty; map at least one image topic to a class")
-        topic_class = {str(t): validate_label(c) for t, c in class_map.items()}
-        if image_topic is not None and image_topic not in topic_class:
-            raise ConfigError(
-                f"image_topic {image_topic!r} has no class in class_map; add it or leave it out"
-            )
-    else:
-        if not image_topic:
-            raise ConfigError("image_topic is required with label_topic")
-        topic_class = {}
-    image_topics = list(topic_class) if class_map is not None else [str(image_topic)]
+    topic_class = _topic_classes(image_topic, label_topic, class_map)
+    image_topics = list(topic_class) if topic_class is not None else [str(image_topic)]
     bag_path = Path(bag_path)
     workers = min(4, os.cpu_count() or 1) if workers is None else max(0, int(workers))
-
     if store.readonly:
         raise DatasetError(f"dataset {store.root} is read-only ({store.readonly_reason}); nothing was read")
     stats = BagConversionStats()
     started = time.perf_counter()
-    reader = _open_reader(bag_path)
+    reader = open_reader(bag_path)
     try:
-        image_conns = [c for t in image_topics for c in _connections_for(reader, t, IMAGE_TYPES, bag_path)]
-        label_conns = (
-            _connections_for(reader, label_topic, (LABEL_TYPE,), bag_path) if label_topic is not None else []
-        )
-        typestore, stats.distro, stats.definitions = _bag_typestore(reader, image_conns + label_conns, distro)
-        label_times, label_values = _read_labels(reader, label_conns, typestore)
-        total = sum(c.msgcount for c in image_conns)
-        source_prefix = bag_path.name
-        robot = robot_name(bag_path) if robot is None else str(robot)
-        stats.robot = robot
-
-        def label_for(conn: Any, t_ns: int) -> str | None:
-            if class_map is not None:
-                return topic_class[conn.topic]
-            i = bisect.bisect_right(label_times, t_ns) - 1
-            return label_values[i] if i >= 0 else None
-
-        done = 0
-        step = max(1, total // 200)
-        valid_labels: dict[str, str | None] = {}
-        with contextlib.ExitStack() as stack:
-            stack.enter_context(store.batch())
-            pool = stack.enter_context(ThreadPoolExecutor(workers)) if workers > 0 else None
-            pipeline = _Pipeline(store, pool, max(1, 2 * workers), stats)
-            try:
-                for conn, t_bag, raw in reader.messages(image_conns):
-                    if stop_event is not None and stop_event.is_set():
-                        stats.cancelled = True
-                        break
-                    done += 1
-                    stats.images += 1
-                    stats.bytes_read += len(raw)
-                    try:
-                        msg = typestore.deserialize_cdr(raw, conn.msgtype)
-                        t_header = _header_stamp(msg)
-                    except Exception as err:  # noqa: BLE001 - a corrupt message is counted, never fatal
-                        stats.skipped_bad += 1
-                        logger.debug(
-                            "skipping a message on %s that does not deserialize: %s", conn.topic, err
-                        )
-                        msg = None
-                    if msg is not None:
-                        t_img = t_header if t_header > 0 else t_bag
-                        label = _classify_label(label_for(conn, t_img), valid_labels, stats)
-                        if label is not None:
-                            pipeline.submit(
-                                msg,
-                                label,
-                                t_img,
-                                f"{source_prefix}:{conn.topic}",
-                                {"robot": robot, "bag": source_prefix, "topic": conn.topic},
-                            )
-                    if progress is not None and (done % step == 0):
-                        progress(done, total)
-                pipeline.drain()
-            except BaseException:
-                pipeline.abort()
-                raise
-        if progress is not None:
-            progress(done, total)
+        image_conns = [c for t in image_topics for c in connections_for(reader, t, IMAGE_TYPES, bag_path)]
+        label_conns = connections_for(reader, label_topic, (LABEL_TYPE,), bag_path) if label_topic is not None else []
+        typestore, stats.distro, stats.definitions = bag_typestore(reader, image_conns + label_conns, distro)
+        stats.robot = robot_name(bag_path) if robot is None else str(robot)
+        labels = _Labels(topic_class, *read_labels(reader, label_conns, typestore), stats)
+        saving = _Saving(store, typestore, labels, stats, bag_path.name)
+        saving.run(reader, image_conns, workers, progress, stop_event)
     finally:
         reader.close()
     stats.counts = {k: stats.counts[k] for k in sorted(stats.counts)}
@@ -357,82 +138,41 @@ def bag_to_dataset(
     return stats
 
 
-def robot_name(bag_path: str | os.PathLike) -> str:
-    """The robot a bag was recorded on: ``robot`` (or ``robot_name``) in the bag's ``custom_data``
-    (metadata.yaml, rosbag2 Jazzy+), else the name of the folder holding the bag (fleet layout
-    ``bags/<robot>/<bag>``)."""
-    path = Path(bag_path).expanduser().resolve()
-    with contextlib.suppress(Exception):  # a bag without readable metadata just has no custom data
-        import yaml
-
-        info = yaml.safe_load((path / "metadata.yaml").read_text(encoding="utf-8"))
-        custom = (info.get("rosbag2_bagfile_information") or {}).get("custom_data") or {}
-        for key in ("robot", "robot_name"):
-            if str(custom.get(key) or "").strip():
-                return str(custom[key]).strip()
-    return path.parent.name
-
-
-class _Undecodable(Exception):
-    """An image message whose pixels cannot be decoded."""
-
-
-def _header_stamp(msg: Any) -> int:
-    from dli_perception.core.imaging import stamp_ns
-
-    try:
-        return stamp_ns(msg.header)
-    except (ImageConversionError, AttributeError):
-        return 0
-
-
-_JPEG_MAGIC = b"\xff\xd8\xff"
-_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-def _is_truncated_jpeg(data: Any) -> bool:
-    """True for JPEG bytes without the end-of-image marker (OpenCV decodes those with a grey tail)."""
-    view = memoryview(data)
-    if bytes(view[:3]) != _JPEG_MAGIC:
-        return False
-    return not bytes(view[-64:]).rstrip(b"\x00").endswith(b"\xff\xd9")
-
-
-def _passthrough_ext(msg: Any, image_format: str) -> str | None:
-    """``.jpg``/``.png`` when a CompressedImage's bytes can be stored unchanged in this store's format."""
-    if not hasattr(msg, "format"):
+def _topic_classes(
+    image_topic: str | None, label_topic: str | None, class_map: Mapping[str, str] | None
+) -> dict[str, str] | None:
+    """``{image topic: class}`` from ``class_map`` (None with a label topic); :class:`ConfigError` for a bad mix."""
+    if (label_topic is None) == (class_map is None):
+        raise ConfigError("give either label_topic (with image_topic) or class_map {topic: class}, not both")
+    if class_map is None:
+        if not image_topic:
+            raise ConfigError("image_topic is required with label_topic")
         return None
-    head = bytes(memoryview(msg.data)[:26]) if len(msg.data) >= 26 else b""
-    if image_format == "jpg" and head.startswith(_JPEG_MAGIC):
-        return ".jpg"
-    if image_format == "png" and head.startswith(_PNG_MAGIC) and head[24] == 8 and head[25] in (0, 2, 6):
-        return ".png"  # 8-bit grey, RGB or RGBA: what ImageFolder's loader reads correctly
-    return None
+    if not class_map:
+        raise ConfigError("class_map is empty; map at least one image topic to a class")
+    topic_class = {str(t): validate_label(c) for t, c in class_map.items()}
+    if image_topic is not None and image_topic not in topic_class:
+        raise ConfigError(f"image_topic {image_topic!r} has no class in class_map; add it or leave it out")
+    return topic_class
 
 
-def _decode_encode(msg: Any, store: DatasetStore) -> EncodedImage:
-    """Worker: message -> RGB pixels -> encoded file bytes. Raises :class:`_Undecodable`.
+class _Labels:
+    """The class of each image: its topic's class in the map, or the latest label at or before its time."""
 
-    A CompressedImage already in the store's format is decoded only to check it, and its bytes
-    are stored unchanged (no second JPEG generation, and faster).
-    """
-    from dli_perception.core.imaging import to_rgb8
+    def __init__(
+        self, topic_class: dict[str, str] | None, times: list[int], values: list[str], stats: BagConversionStats
+    ) -> None:
+        self.topic_class, self.times, self.values, self.stats = topic_class, times, values, stats
+        self._valid: dict[str, str | None] = {}
 
-    try:
-        if hasattr(msg, "format") and _is_truncated_jpeg(msg.data):
-            raise _Undecodable("truncated JPEG (no end-of-image marker)")
-        rgb = to_rgb8(msg)
-        ext = _passthrough_ext(msg, store.image_format)
-        if ext is not None:
-            data = bytes(memoryview(msg.data))
-            return EncodedImage(data, ext, int(rgb.shape[1]), int(rgb.shape[0]), sha256_bytes(data))
-        return store.encode(rgb)
-    except _Undecodable:
-        raise
-    except ImageConversionError as err:
-        raise _Undecodable(str(err)) from None
-    except Exception as err:  # noqa: BLE001 - a corrupt message must never stop a conversion
-        raise _Undecodable(f"{type(err).__name__}: {err}") from None
+    def class_of(self, topic: str, t_ns: int) -> str | None:
+        """The canonical class, or None after counting in the stats why the image is skipped."""
+        if self.topic_class is not None:
+            raw: str | None = self.topic_class[topic]
+        else:
+            i = bisect.bisect_right(self.times, t_ns) - 1
+            raw = self.values[i] if i >= 0 else None
+        return _classify_label(raw, self._valid, self.stats)
 
 
 def _classify_label(raw: str | None, cache: dict[str, str | None], stats: BagConversionStats) -> str | None:
@@ -459,220 +199,58 @@ def _classify_label(raw: str | None, cache: dict[str, str | None], stats: BagCon
     return label
 
 
-class _Pipeline:
-    """Decode+encode on workers -> reserve a name (in bag order) -> write on workers -> commit
-    to the manifest (in bag order). File names and manifest order do not depend on timing."""
+class _Saving:
+    """The loop over a bag's image messages: deserialize, time, label, hand to the pipeline."""
 
     def __init__(
-        self, store: DatasetStore, pool: ThreadPoolExecutor | None, window: int, stats: BagConversionStats
+        self, store: DatasetStore, typestore: Any, labels: _Labels, stats: BagConversionStats, bag_name: str
     ) -> None:
-        self.store, self.pool, self.window, self.stats = store, pool, window, stats
-        self.encoding: collections.deque[tuple[Future | None, Any, str, int, str, dict[str, str]]] = (
-            collections.deque()
-        )
-        self.writing: collections.deque[tuple[Future | None, Reservation]] = collections.deque()
+        self.store, self.typestore, self.labels, self.stats, self.bag_name = store, typestore, labels, stats, bag_name
 
-    def submit(self, msg: Any, label: str, t_img: int, source: str, provenance: dict[str, str]) -> None:
-        fut = self.pool.submit(_decode_encode, msg, self.store) if self.pool is not None else None
-        self.encoding.append((fut, msg, label, t_img, source, provenance))
-        while len(self.encoding) > self.window:
-            self._reserve_one()
-        while len(self.writing) > self.window:
-            self._commit_one()
-
-    def drain(self) -> None:
-        while self.encoding:
-            self._reserve_one()
-        while self.writing:
-            self._commit_one()
-
-    def abort(self) -> None:
-        """After an error: stop encoding, keep the files already written whole, release the rest."""
-        for fut, *_ in self.encoding:
-            if fut is not None:
-                fut.cancel()
-        self.encoding.clear()
-        while self.writing:
-            fut, reservation = self.writing.popleft()
+    def run(
+        self,
+        reader: Any,
+        image_conns: list[Any],
+        workers: int,
+        progress: ProgressCallback | None,
+        stop_event: threading.Event | None,
+    ) -> None:
+        total = sum(c.msgcount for c in image_conns)
+        step = max(1, total // 200)
+        done = 0
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(self.store.batch())
+            pool = stack.enter_context(ThreadPoolExecutor(workers)) if workers > 0 else None
+            pipeline = Pipeline(self.store, pool, max(1, 2 * workers), self.stats)
             try:
-                if fut is not None:
-                    fut.result()
-            except BaseException:  # noqa: BLE001 - the first error is the one re-raised
-                self.store.release(reservation)
-                continue
-            with contextlib.suppress(DatasetError):
-                self.store.commit(reservation)
-
-    def _reserve_one(self) -> None:
-        fut, msg, label, t_img, source, provenance = self.encoding.popleft()
-        try:
-            encoded = fut.result() if fut is not None else _decode_encode(msg, self.store)
-        except _Undecodable as err:
-            self.stats.skipped_bad += 1
-            logger.debug("skipping an undecodable image at %d ns: %s", t_img, err)
-            return
-        try:
-            reservation = self.store.reserve(encoded, label, t_img, source, **provenance)
-        except ClassFullError:
-            self.stats.skipped_full += 1
-            return
-        if isinstance(reservation, CaptureResult):
-            self.stats.duplicates += 1
-            return
-        if self.pool is not None:
-            self.writing.append((self.pool.submit(self.store.write_reserved, reservation), reservation))
-            return
-        try:
-            self.store.write_reserved(reservation)
-        except BaseException:
-            self.store.release(reservation)
-            raise
-        self.writing.append((None, reservation))
-
-    def _commit_one(self) -> None:
-        fut, reservation = self.writing.popleft()
-        if fut is not None:
-            try:
-                fut.result()
-            except BaseException:
-                self.store.release(reservation)
-                raise
-        self.store.commit(reservation)
-        label = reservation.entry.label
-        self.stats.counts[label] = self.stats.counts.get(label, 0) + 1
-
-
-def _read_labels(reader: Any, label_conns: list[Any], typestore: Any) -> tuple[list[int], list[str]]:
-    """All labels of the label topic, sorted by bag time (ties keep bag order)."""
-    if not label_conns:
-        return [], []
-    labels: list[tuple[int, str]] = []
-    for conn, t_bag, raw in reader.messages(label_conns):
-        try:
-            msg = typestore.deserialize_cdr(raw, conn.msgtype)
-        except Exception as err:  # noqa: BLE001 - a corrupt label message is skipped, not fatal
-            logger.warning("skipping a label message that does not deserialize: %s", err)
-            continue
-        labels.append((t_bag, str(msg.data)))
-    labels.sort(key=lambda x: x[0])
-    return [t for t, _ in labels], [v for _, v in labels]
-
-
-# --------------------------------------------------------------------------- dataset -> bag
-
-
-def _timeline(entries: list[ManifestEntry], start_ns: int | None, period_ns: int) -> list[int]:
-    stamps = [e.stamp_ns for e in entries]
-    if stamps and all(s > 0 for s in stamps) and all(b > a for a, b in itertools.pairwise(stamps)):
-        return stamps
-    start = time.time_ns() if start_ns is None else int(start_ns)
-    return [start + i * period_ns for i in range(len(entries))]
-
-
-def dataset_to_bag(
-    store_or_root: DatasetStore | str | os.PathLike,
-    bag_path: str | os.PathLike,
-    image_topic: str = "/image_raw",
-    label_topic: str = "/teach_label",
-    storage: str = "sqlite3",
-    compressed: bool = False,
-    distro: str = "kilted",
-    frame_id: str = "camera",
-    start_ns: int | None = None,
-    period_ns: int = 33_333_333,
-    progress: ProgressCallback | None = None,
-    stop_event: threading.Event | None = None,
-) -> BagWriteStats:
-    """Write a dataset as a rosbag2 bag that :func:`bag_to_dataset` turns back into the same dataset.
-
-    Images go to ``image_topic`` in manifest order: sensor_msgs/Image ``bgr8`` decoded from the
-    stored files, or with ``compressed`` sensor_msgs/CompressedImage holding the stored JPEG/PNG
-    bytes unchanged. A std_msgs/String on ``label_topic`` precedes each change of class, at the
-    same time as the image. Times are the images' ``stamp_ns`` when all are non-zero and
-    increasing, else ``start_ns`` (default: now) plus ``period_ns`` per image; the header stamp
-    equals the bag time. ``storage`` is ``sqlite3`` or ``mcap``; ``distro`` picks the message
-    definitions written into the bag. The bag appears complete or not at all (cancel included).
-    Raises :class:`BagError` (bag exists, write failed) and :class:`ConfigError` (bad option).
-    """
-    import cv2
-    import numpy as np
-    from rosbags.rosbag2 import StoragePlugin, Writer, WriterError
-
-    from dli_perception.core.imaging import to_rosbags_image
-
-    if storage not in STORAGES:
-        raise ConfigError(f"storage must be one of {STORAGES}, got {storage!r}")
-    if int(period_ns) <= 0:
-        raise ConfigError(f"period_ns must be > 0, got {period_ns}")
-    typestore = typestore_for(distro)
-    bag_path = Path(bag_path)
-    if bag_path.exists():
-        raise BagError(f"{bag_path} exists already; choose a new bag path (bags are never overwritten)")
-    own_store = not isinstance(store_or_root, DatasetStore)
-    store = DatasetStore(store_or_root, readonly=True) if own_store else store_or_root
-    stats = BagWriteStats(path=bag_path)
-    started = time.perf_counter()
-    try:
-        entries = store.entries
-        times = _timeline(entries, start_ns, int(period_ns))
-        string_cls = typestore.types[LABEL_TYPE]
-        header_cls = typestore.types["std_msgs/msg/Header"]
-        time_cls = typestore.types["builtin_interfaces/msg/Time"]
-        compressed_cls = typestore.types[COMPRESSED_TYPE]
-        bag_path.parent.mkdir(parents=True, exist_ok=True)
-        tmpdir = Path(tempfile.mkdtemp(prefix=f".{bag_path.name}.", suffix=".tmp", dir=bag_path.parent))
-        try:
-            plugin = StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3
-            with Writer(
-                tmpdir / bag_path.name, version=Writer.VERSION_LATEST, storage_plugin=plugin
-            ) as writer:
-                image_type = COMPRESSED_TYPE if compressed else IMAGE_TYPE
-                image_conn = writer.add_connection(image_topic, image_type, typestore=typestore)
-                label_conn = writer.add_connection(label_topic, LABEL_TYPE, typestore=typestore)
-                current = None
-                for i, (entry, t_ns) in enumerate(zip(entries, times, strict=True), 1):
+                for conn, t_bag, raw in reader.messages(image_conns):
                     if stop_event is not None and stop_event.is_set():
-                        stats.cancelled = True
+                        self.stats.cancelled = True
                         break
-                    if entry.label != current:
-                        data = typestore.serialize_cdr(string_cls(data=entry.label), LABEL_TYPE)
-                        writer.write(label_conn, t_ns, data)
-                        stats.labels += 1
-                        current = entry.label
-                    header = header_cls(
-                        stamp=time_cls(sec=t_ns // 1_000_000_000, nanosec=t_ns % 1_000_000_000),
-                        frame_id=frame_id,
-                    )
-                    path = store.path_of(entry)
-                    if compressed:
-                        blob = path.read_bytes()
-                        fmt = "png" if path.suffix.lower() == ".png" else "jpeg"
-                        msg = compressed_cls(header=header, format=fmt, data=np.frombuffer(blob, np.uint8))
-                    else:
-                        bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-                        if bgr is None:
-                            raise BagError(f"cannot decode {path}; run a dataset check and try again")
-                        msg = to_rosbags_image(bgr, "bgr8", header, typestore)
-                    data = typestore.serialize_cdr(msg, image_type)
-                    writer.write(image_conn, t_ns, data)
-                    stats.images += 1
-                    stats.bytes_written += len(data)
-                    if progress is not None:
-                        progress(i, len(entries))
-            if stats.cancelled:
-                return stats
-            for part in (tmpdir / bag_path.name).iterdir():
-                with open(part, "rb") as f:
-                    os.fsync(f.fileno())
-            os.replace(tmpdir / bag_path.name, bag_path)
-            fsync_dir(bag_path.parent)
-        except (WriterError, OSError) as err:
-            raise BagError(f"cannot write bag {bag_path}: {err}; nothing was written") from None
-        finally:
-            shutil.rmtree(tmpdir, ignore_errors=True)
-    finally:
-        if own_store:
-            store.close()
-        stats.seconds = time.perf_counter() - started
-    logger.info("wrote %d images and %d labels to %s", stats.images, stats.labels, bag_path)
-    return stats
+                    done += 1
+                    self._submit(pipeline, conn, t_bag, raw)
+                    if progress is not None and (done % step == 0):
+                        progress(done, total)
+                pipeline.drain()
+            except BaseException:
+                pipeline.abort()
+                raise
+        if progress is not None:
+            progress(done, total)
+
+    def _submit(self, pipeline: Pipeline, conn: Any, t_bag: int, raw: Any) -> None:
+        """One image message: counted, then skipped (corrupt, unlabelled) or submitted."""
+        self.stats.images += 1
+        self.stats.bytes_read += len(raw)
+        try:
+            msg = self.typestore.deserialize_cdr(raw, conn.msgtype)
+            t_header = header_stamp(msg)
+        except Exception as err:  # noqa: BLE001 - a corrupt message is counted, never fatal
+            self.stats.skipped_bad += 1
+            logger.debug("skipping a message on %s that does not deserialize: %s", conn.topic, err)
+            return
+        t_img = t_header if t_header > 0 else t_bag
+        label = self.labels.class_of(conn.topic, t_img)
+        if label is not None:
+            provenance = {"robot": self.stats.robot, "bag": self.bag_name, "topic": conn.topic}
+            pipeline.submit(msg, label, t_img, f"{self.bag_name}:{conn.topic}", provenance)
