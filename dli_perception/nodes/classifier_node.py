@@ -44,7 +44,6 @@ Clearing ``model_dir`` at run time keeps the current model serving.
 from __future__ import annotations
 
 import collections
-import json
 import math
 import os
 import threading
@@ -59,6 +58,7 @@ from rclpy.parameter import Parameter
 from std_msgs.msg import String
 
 from dli_perception.core.backends.select import CHOICES as BACKEND_CHOICES
+from dli_perception.core.contracts import ClassList, Scores, stamp_ns_of
 from dli_perception.core.decision import SMOOTHING, DecisionConfig, DecisionFilter
 from dli_perception.core.imaging import cv2_to_imgmsg, to_rgb8
 from dli_perception.core.logtext import printable, quoted
@@ -541,7 +541,7 @@ class ClassifierNode(Node):
                     return
 
     def _swapped(self, model: ServingModel, previous: ServingModel | None) -> None:
-        self.classes_pub.publish(String(data=json.dumps(model.classes)))
+        self.classes_pub.publish(String(data=ClassList(tuple(model.classes)).encode()))
         if previous is not None:
             previous.backend.close()
             self.get_logger().info(f"now serving {quoted(model.model_dir)} (was {quoted(previous.model_dir)})")
@@ -568,25 +568,20 @@ class ClassifierNode(Node):
         latency_ms = (time.monotonic() - frame.received) * 1000.0
         header = msg.header
         scores = {name: float(p) for name, p in zip(model.classes, probs, strict=True)}
-        self.scores_pub.publish(
-            String(
-                data=json.dumps(
-                    {
-                        "stamp": {"sec": int(header.stamp.sec), "nanosec": int(header.stamp.nanosec)},
-                        "frame_id": header.frame_id,
-                        "label": decision.label,
-                        "score": round(decision.score, 6),
-                        "raw_label": decision.raw_label,
-                        "raw_score": round(decision.raw_score, 6),
-                        "scores": scores,
-                        "changed": decision.changed,
-                        "latency_ms": round(latency_ms, 3),
-                        "inference_ms": round(inference_ms, 3),
-                        "model": model.model_dir,
-                    }
-                )
-            )
+        result = Scores(
+            stamp_ns=stamp_ns_of(header),
+            frame_id=header.frame_id,
+            label=decision.label,
+            score=round(decision.score, 6),
+            raw_label=decision.raw_label,
+            raw_score=round(decision.raw_score, 6),
+            scores=scores,
+            changed=decision.changed,
+            latency_ms=round(latency_ms, 3),
+            inference_ms=round(inference_ms, 3),
+            model=model.model_dir,
         )
+        self.scores_pub.publish(String(data=result.encode()))
         if self.classification_pub is not None:
             self._publish_classification(header, scores)
         if self.overlay_pub.get_subscription_count() > 0:

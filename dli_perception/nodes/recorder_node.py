@@ -45,7 +45,6 @@ captures included (a bag written while recording could not forget an undone capt
 from __future__ import annotations
 
 import contextlib
-import json
 import queue
 import threading
 import time
@@ -60,6 +59,7 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from std_msgs.msg import String
 from std_srvs.srv import SetBool, Trigger
 
+from dli_perception.core.contracts import TOTAL_KEY, Counts
 from dli_perception.core.dataset import DatasetStore, is_no_label, validate_label
 from dli_perception.core.logtext import quoted
 from dli_perception.errors import ClassFullError, DatasetError, ImageConversionError, InvalidLabelError
@@ -546,7 +546,8 @@ class RecorderNode(Node):
     def _publish_counts(self) -> None:
         with self._lock:
             counts = dict(self._counts)
-        self.counts_pub.publish(String(data=json.dumps(counts, ensure_ascii=False)))
+        per_class = {name: n for name, n in counts.items() if name != TOTAL_KEY}
+        self.counts_pub.publish(String(data=Counts(per_class).encode()))
 
     def _diagnostics(self):
         store = self._store
