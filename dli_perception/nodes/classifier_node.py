@@ -67,7 +67,7 @@ from dli_perception.errors import ConfigError, ImageConversionError
 from dli_perception.nodes import localframes
 from dli_perception.nodes.diagnostics import ERROR, OK, WARN, DiagnosticsPublisher
 from dli_perception.nodes.params import Param, declare
-from dli_perception.nodes.qos import EVENTS, LATCHED, SENSOR_DATA
+from dli_perception.nodes.qos import EVENTS, LATCHED, SENSOR_DATA, overridable
 from dli_perception.nodes.runtime import node_main
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -291,10 +291,10 @@ class ClassifierNode(Node):
         self._done_times: collections.deque[float] = collections.deque(maxlen=1000)
 
         image_type = _image_type()
-        self.label_pub = self.create_publisher(String, "label", EVENTS)
+        self.label_pub = self.create_publisher(String, "label", **overridable(self, EVENTS))
         self.scores_pub = self.create_publisher(String, "~/scores", EVENTS)
         self.classes_pub = self.create_publisher(String, "~/classes", LATCHED)
-        self.overlay_pub = self.create_publisher(image_type, "~/overlay", SENSOR_DATA)
+        self.overlay_pub = self.create_publisher(image_type, "~/overlay", **overridable(self, SENSOR_DATA))
         vision = _vision_msgs()
         self._vision = vision
         self.classification_pub = (
@@ -303,7 +303,7 @@ class ClassifierNode(Node):
         # In the one-process runner, frames of an in-process camera arrive by direct call instead.
         self._local_images = localframes.subscribe(self, "image_raw", self.on_image)
         self.image_sub = (
-            self.create_subscription(image_type, "image_raw", self.on_image, SENSOR_DATA)
+            self.create_subscription(image_type, "image_raw", self.on_image, **overridable(self, SENSOR_DATA))
             if self._local_images is None
             else None
         )

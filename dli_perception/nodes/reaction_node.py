@@ -69,7 +69,7 @@ from dli_perception.core.reaction import (
 from dli_perception.errors import BadMessageError
 from dli_perception.nodes.diagnostics import OK, WARN, DiagnosticsPublisher
 from dli_perception.nodes.params import Param, declare
-from dli_perception.nodes.qos import EVENTS, LATCHED
+from dli_perception.nodes.qos import EVENTS, LATCHED, overridable
 from dli_perception.nodes.runtime import node_main
 
 DEADLINE_SLACK_S = 0.002
@@ -223,11 +223,11 @@ class ReactionNode(Node):
 
         self.cmd_pub = self.create_publisher(TwistStamped if self._stamped else Twist, "cmd_vel", EVENTS)
         self.state_pub = self.create_publisher(String, "~/state", LATCHED)
-        self.label_sub = self.create_subscription(String, "label", self._on_label, EVENTS)
+        self.label_sub = self.create_subscription(String, "label", self._on_label, **overridable(self, EVENTS))
         self.scores_sub = self.classes_sub = None
         if p["classifier"]:
             self.scores_sub = self.create_subscription(
-                String, f"{p['classifier']}/scores", self._on_scores, EVENTS
+                String, f"{p['classifier']}/scores", self._on_scores, **overridable(self, EVENTS)
             )
             self.classes_sub = self.create_subscription(
                 String, f"{p['classifier']}/classes", self._on_classes, LATCHED
