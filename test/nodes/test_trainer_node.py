@@ -160,7 +160,7 @@ def test_train_publishes_progress_status_and_the_exported_model(ros_context, dat
         epochs = [e for e in events if e.phase == "epoch"]
         assert [e.epoch for e in epochs] == [1, 2] and all(e.epochs == 2 for e in epochs)
         assert all(e.val_accuracy is not None and e.eta_s is not None for e in epochs)
-        assert epochs[-1]["eta_s"] == pytest.approx(0.0, abs=1e-6)
+        assert epochs[-1].eta_s == pytest.approx(0.0, abs=1e-6)
         train = [e for e in events if e.phase == "train"]
         assert train and all(1 <= e.batch <= e.batches and e.loss is not None for e in train)
         # diagnostics: idle again, with the last result
