@@ -261,6 +261,7 @@ class ReactionNode(Node):
 
     # -- parameters -----------------------------------------------------------------------------
     def _on_params(self, changes: dict[str, Any]) -> None:
+        self._max_frame_age_s = changes.get("max_frame_age_s", self._max_frame_age_s)
         policy_changes = {k: v for k, v in changes.items() if k in POLICY_PARAMS}
         if policy_changes:
             with self._lock:
