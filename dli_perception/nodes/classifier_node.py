@@ -52,7 +52,6 @@ Clearing ``model_dir`` at run time keeps the current model serving.
 from __future__ import annotations
 
 import collections
-import json
 import math
 import os
 import threading
@@ -67,6 +66,7 @@ from rclpy.parameter import Parameter
 from std_msgs.msg import String
 
 from dli_perception.core.backends.select import CHOICES as BACKEND_CHOICES
+from dli_perception.core.contracts import ClassList, Scores, stamp_ns_of
 from dli_perception.core.decision import SMOOTHING, DecisionConfig, DecisionFilter
 from dli_perception.core.imaging import cv2_to_imgmsg, to_rgb8
 from dli_perception.core.logtext import printable, quoted
@@ -76,7 +76,7 @@ from dli_perception.nodes import localframes
 from dli_perception.nodes.diagnostics import ERROR, OK, WARN, DiagnosticsPublisher
 from dli_perception.nodes.framegate import DropCounter, FrameGate, FrameWaiter, take_newest
 from dli_perception.nodes.params import Param, declare
-from dli_perception.nodes.qos import EVENTS, LATCHED, SENSOR_DATA
+from dli_perception.nodes.qos import EVENTS, LATCHED, SENSOR_DATA, overridable
 from dli_perception.nodes.runtime import node_main
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -306,10 +306,10 @@ class ClassifierNode(Node):
         self._done_times: collections.deque[float] = collections.deque(maxlen=1000)
 
         image_type = _image_type()
-        self.label_pub = self.create_publisher(String, "label", EVENTS)
+        self.label_pub = self.create_publisher(String, "label", **overridable(self, EVENTS))
         self.scores_pub = self.create_publisher(String, "~/scores", EVENTS)
         self.classes_pub = self.create_publisher(String, "~/classes", LATCHED)
-        self.overlay_pub = self.create_publisher(image_type, "~/overlay", SENSOR_DATA)
+        self.overlay_pub = self.create_publisher(image_type, "~/overlay", **overridable(self, SENSOR_DATA))
         vision = _vision_msgs()
         self._vision = vision
         self.classification_pub = (
@@ -322,8 +322,11 @@ class ClassifierNode(Node):
         self._gate = FrameGate(self)
         self.image_sub = (
             self.create_subscription(
-                image_type, "image_raw", _with_info(self._on_image_info, self.on_image), SENSOR_DATA,
+                image_type,
+                "image_raw",
+                _with_info(self._on_image_info, self.on_image),
                 callback_group=self._gate,
+                **overridable(self, SENSOR_DATA),
             )
             if self._local_images is None
             else None
@@ -612,7 +615,7 @@ class ClassifierNode(Node):
             self._waiter.wake()
 
     def _swapped(self, model: ServingModel, previous: ServingModel | None) -> None:
-        self.classes_pub.publish(String(data=json.dumps(model.classes)))
+        self.classes_pub.publish(String(data=ClassList(tuple(model.classes)).encode()))
         if previous is not None:
             previous.backend.close()
             self.get_logger().info(f"now serving {quoted(model.model_dir)} (was {quoted(previous.model_dir)})")
@@ -651,26 +654,21 @@ class ClassifierNode(Node):
             (time.perf_counter() - t2) * 1000.0,
         )
         scores = {name: float(p) for name, p in zip(model.classes, probs, strict=True)}
-        self.scores_pub.publish(
-            String(
-                data=json.dumps(
-                    {
-                        "stamp": {"sec": int(header.stamp.sec), "nanosec": int(header.stamp.nanosec)},
-                        "frame_id": header.frame_id,
-                        "label": decision.label,
-                        "score": round(decision.score, 6),
-                        "raw_label": decision.raw_label,
-                        "raw_score": round(decision.raw_score, 6),
-                        "scores": scores,
-                        "changed": decision.changed,
-                        "latency_ms": round(latency_ms, 3),
-                        "inference_ms": round(inference_ms, 3),
-                        "model": model.model_dir,
-                        "stages_ms": {name: round(v, 3) for name, v in zip(STAGES, stages, strict=True)},
-                    }
-                )
-            )
+        result = Scores(
+            stamp_ns=stamp_ns_of(header),
+            frame_id=header.frame_id,
+            label=decision.label,
+            score=round(decision.score, 6),
+            raw_label=decision.raw_label,
+            raw_score=round(decision.raw_score, 6),
+            scores=scores,
+            changed=decision.changed,
+            latency_ms=round(latency_ms, 3),
+            inference_ms=round(inference_ms, 3),
+            model=model.model_dir,
+            stages_ms={name: round(v, 3) for name, v in zip(STAGES, stages, strict=True)},
         )
+        self.scores_pub.publish(String(data=result.encode()))
         if self.classification_pub is not None:
             self._publish_classification(header, scores)
         if self.overlay_pub.get_subscription_count() > 0:
