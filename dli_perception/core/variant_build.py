@@ -49,6 +49,8 @@ class VariantData:
 
     calibration: list[Path]
     validation: list[tuple[Path, int]]
+    classes: list[str]
+    """Class names of the validation labels (labels index this list, not the model's outputs)."""
     source: str = ""
     dataset_sha256: str = ""
 
@@ -86,6 +88,7 @@ def data_from_dataset(
     return VariantData(
         calibration=[Path(p) for p, _ in _round_robin(data.train, max(1, calibration_images))],
         validation=[(Path(p), int(label)) for p, label in _round_robin(data.val, max(1, validation_images))],
+        classes=list(data.classes),
         source=data.summary.root,
         dataset_sha256=data.summary.sha256,
     )
@@ -126,8 +129,14 @@ class _Checker:
         self.meta = meta
         self.kind = "validation" if data and data.validation else "random"
         if self.kind == "validation":
+            unknown = sorted(set(data.classes) - set(meta.classes))
+            if unknown:
+                raise DatasetError(f"the dataset has classes {unknown} the model does not know ({meta.classes})")
+            to_output = [meta.classes.index(c) for c in data.classes]  # dataset label -> model output index
             paths = [p for p, _ in data.validation]
-            self.batches = [(b, [data.validation[i][1] for i in idx]) for b, idx in _image_batches(paths, meta.preprocess)]
+            self.batches = [
+                (b, [to_output[data.validation[i][1]] for i in idx]) for b, idx in _image_batches(paths, meta.preprocess)
+            ]
             if not self.batches:
                 raise DatasetError("no validation image could be read")
         else:
@@ -249,7 +258,7 @@ def build_variants(
     try:
         checker = _Checker(fp32, meta, data)
     except DatasetError as exc:
-        log.warning("variant check falls back to random inputs: %s", exc)
+        log.warning("variant check falls back to random inputs and INT8 is skipped: %s", exc)
         checker, data = _Checker(fp32, meta, None), None
     entries: dict[str, dict[str, Any]] = {
         V.FP32: {
