@@ -23,6 +23,7 @@ import logging
 import math
 import os
 import platform
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -142,16 +143,18 @@ def _export_torchscript(model: torch.nn.Module, path: Path, dummy, opset: int) -
     kwargs: dict[str, Any] = {}
     if "dynamo" in torch.onnx.export.__code__.co_varnames:  # torch < 2.5 has no such argument
         kwargs["dynamo"] = False
-    torch.onnx.export(
-        model,
-        (dummy,),
-        str(path),
-        input_names=[INPUT_NAME],
-        output_names=[OUTPUT_NAME],
-        opset_version=opset,
-        dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
-        **kwargs,
-    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # chosen on purpose where dynamo cannot run
+        torch.onnx.export(
+            model,
+            (dummy,),
+            str(path),
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            opset_version=opset,
+            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+            **kwargs,
+        )
 
 
 def _export_onnx(model: torch.nn.Module, path: Path, size: int, opset: int, exporter: str = "auto") -> str:
