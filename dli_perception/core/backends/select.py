@@ -169,7 +169,8 @@ def create_backend(
         attempt = Attempt(name, True, instance.describe())
         report.attempts.append(attempt)
         report.chosen, report.device, report.precision = name, instance.device, instance.precision
-        report.variant, report.variant_reason = instance.variant, instance.variant_reason
+        report.variant = instance.variant
+        report.variant_reason = instance.variant_reason or f"serving {instance.variant} (the {name} backend runs it only)"
         report.notes.extend(getattr(instance, "notes", []))
         log.info("inference %s", report.summary())
         return instance, report
