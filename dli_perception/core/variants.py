@@ -69,6 +69,8 @@ class Resolution:
 
     candidates: list[Candidate] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    missing: dict[str, str] = field(default_factory=dict)
+    """Variant name -> why it cannot be served."""
 
 
 def describe_entry(name: str, info: dict[str, Any]) -> str:
@@ -122,6 +124,7 @@ def resolve(model_dir: str | os.PathLike, meta: ModelMetadata, wanted: Sequence[
         path, reason = variant_path(model_dir, meta, name)
         if path is None:
             out.skipped.append(f"{name}: {reason}")
+            out.missing[name] = reason
         else:
             out.candidates.append(Candidate(name, path, reason))
     return out

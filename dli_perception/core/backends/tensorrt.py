@@ -600,9 +600,10 @@ class TensorRTBackend(Backend):
         check_onnx_integrity(Path(model_dir), meta)
         resolution = V.resolve(model_dir, meta, [V.INT8_QDQ, V.FP16, V.FP32])
         onnx_files = {c.variant: c.path for c in resolution.candidates}
-        missing = {line.split(":", 1)[0]: line.split(":", 1)[1].strip() for line in resolution.skipped}
         feats = features(trt)
-        plans = plan_builds(feats, precision, list(onnx_files), calibration=calibration_dir is not None, missing=missing)
+        plans = plan_builds(
+            feats, precision, list(onnx_files), calibration=calibration_dir is not None, missing=resolution.missing
+        )
         settings = {
             "index": index,
             "max_batch": int(max_batch),
