@@ -98,6 +98,21 @@ def _measure(step, frames: list[np.ndarray], n: int, batch: int = 1) -> dict:
     }
 
 
+def _measure_interleaved(steps: dict, frames: list[np.ndarray], n: int, rounds: int = 5) -> dict:
+    """frames/s of each step, measured in ``rounds`` alternating turns so load drift on a shared machine hits all alike."""
+    for step in steps.values():
+        step(frames[:1])  # warm-up
+    spent = dict.fromkeys(steps, 0.0)
+    per_turn = max(1, n // rounds)
+    for r in range(rounds):
+        for label, step in steps.items():
+            start = time.perf_counter()
+            for i in range(per_turn):
+                step([frames[(r * per_turn + i) % len(frames)]])
+            spent[label] += time.perf_counter() - start
+    return {label: rounds * per_turn / t for label, t in spent.items()}
+
+
 def node_pipeline(model_dir: Path, seconds: float, threads: int) -> dict:
     """camera_node -> classifier_node (onnxruntime) as two processes; frame stamp -> label latency.
 
@@ -232,12 +247,25 @@ def main() -> int:
             if info.get("status") == "accepted":
                 step = _variant_session_step(model_dir / info["file"], meta.preprocess, args.threads)
                 rows.append((label, 1, _measure(step, frames, args.frames)))
+        fp32_backend, _ = create_backend(model_dir, "onnxruntime", **dict(opts, device="cpu", precision="fp32"))
+        auto_backend, _ = create_backend(model_dir, "onnxruntime", **dict(opts, device="cpu"))
+        interleaved = _measure_interleaved(
+            {"naive DLI loop": naive_dli_loop(model_dir, args.threads), "onnxruntime fp32": backend_step(fp32_backend),
+             f"onnxruntime precision auto ({auto_backend.variant})": backend_step(auto_backend)},
+            frames, args.frames,
+        )
+        fp32_backend.close()
+        auto_backend.close()
         pipeline = None if args.no_node else node_pipeline(model_dir, args.node_seconds, args.threads)
     base = rows[0][2]["fps"]
     print(f"ResNet-18 {args.size}x{args.size}, {len(CLASSES)} classes, 640x480 frames, {os.cpu_count()} CPUs")
     print(f"{'pipeline':<52} {'batch':>5} {'frames/s':>9} {'vs naive':>9} {'p50 ms':>8} {'p95 ms':>8}")
     for label, batch, m in rows:
         print(f"{label:<52} {batch:>5} {m['fps']:9.2f} {m['fps'] / base:8.2f}x {m['p50_ms']:8.1f} {m['p95_ms']:8.1f}")
+    first = next(iter(interleaved.values()))
+    print("\nbatch 1, measured in alternating turns (drift in the machine's load hits each alike):")
+    for label, value in interleaved.items():
+        print(f"  {label:<50} {value:9.2f} frames/s {value / first:8.2f}x naive")
     print("variants in the model dir (checked against fp32 on the held-out scenes):")
     for note in notes:
         print(f"  {note}")
