@@ -266,7 +266,9 @@ class Teacher:
         done = threading.Event()
         future = client.call_async(request)
         future.add_done_callback(lambda _f: done.set())
-        if not done.wait(max(0.0, deadline - time.monotonic())):
+        while not done.wait(min(0.05, max(0.0, deadline - time.monotonic()))):
+            if time.monotonic() < deadline and not self._stop.is_set():
+                continue  # closing (the teach station stops) ends the wait at once
             future.cancel()
             return self._fail(
                 Reply(Result.TIMED_OUT, f"{owner} did not answer {client.srv_name} within {timeout_s:g} s")
