@@ -155,7 +155,10 @@ class TeachServer:
         for task in rest:
             task.cancel()
         if rest:
-            await asyncio.wait(rest, timeout=STOP_STEP_S)
+            done, _ = await asyncio.wait(rest, timeout=STOP_STEP_S)
+            for task in done:  # a page's socket failing as it closes is no news: retrieved, not printed
+                if not task.cancelled() and task.exception() is not None:
+                    log.debug("at stop: %s", task.exception())
 
     def stop(self) -> None:
         """Stop serving, close the pages' sockets, the encoder and the graph client (idempotent, bounded)."""
