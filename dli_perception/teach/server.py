@@ -163,6 +163,8 @@ class TeachServer:
     def stop(self) -> None:
         """Stop serving, close the pages' sockets, the encoder and the graph client (idempotent, bounded)."""
         self._stop_requested.set()
+        if self.teacher is not None:
+            self.teacher.interrupt()  # requests waiting for a node answer now: the shutdown need not wait
         loop, stop_now = self._loop, self._stop_now
         if loop is not None and stop_now is not None and not loop.is_closed():
             try:
