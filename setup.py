@@ -59,6 +59,7 @@ setup(
     entry_points={
         # Nodes start through nodes/launcher.py, which records a Ctrl-C from the first instant.
         "console_scripts": [f"{name}=dli_perception.nodes.launcher:{name}" for name in NODES]
+        + ["teach_station=dli_perception.nodes.launcher:teach_station"]  # the teach station's page alone
         + ["dli-perception=dli_perception.cli:main"],
     },
 )

@@ -7,14 +7,16 @@ Errors of the package print as one line (no traceback) and exit with code 1.
 
 from __future__ import annotations
 
-import argparse
-import importlib
-import logging
+# Only what costs nothing at the top: `dli-perception teach` installs its stop handlers (main) before
+# anything else is imported, so that a Ctrl-C during its start-up ends it cleanly too.
 import sys
-from collections.abc import Sequence
 
-from dli_perception import __version__
 from dli_perception.errors import DliPerceptionError
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (type checkers take it as theirs)
+if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Sequence
 
 # Subcommand modules, in the order `--help` lists them.
 COMMANDS = [
@@ -31,6 +33,11 @@ COMMANDS = [
 
 
 def build_parser() -> argparse.ArgumentParser:
+    import argparse
+    import importlib
+
+    from dli_perception import __version__
+
     parser = argparse.ArgumentParser(
         prog="dli-perception",
         description="Record, convert, train, export, classify and benchmark with dli_perception.",
@@ -44,11 +51,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+STOPPED_BY_SIGNAL = frozenset({"teach"})
+"""Commands that run until Ctrl-C or SIGTERM and then exit 0 after their cleanup, like the nodes."""
+
+
+def _command(argv: Sequence[str]) -> str | None:
+    """The subcommand's name: the first argument that is not an option (the global ones take no value)."""
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Console-script entry point; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--ros-args" in argv:  # launch appends ROS arguments; the CLI has none of its own
         argv = argv[: argv.index("--ros-args")]
+    if _command(argv) not in STOPPED_BY_SIGNAL:
+        return _main(argv)
+    from dli_perception.nodes import launcher
+
+    previous = launcher.install()  # before the imports: a Ctrl-C during start-up still ends with exit code 0
+    try:
+        return _main(argv)
+    finally:
+        launcher.uninstall(previous)
+
+
+def _main(argv: list[str]) -> int:
+    import logging
+
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"

@@ -198,6 +198,7 @@ class Teacher:
         self._executor = SingleThreadedExecutor(context=self.context)  # callbacks only store
         self._executor.add_node(node)
         self._stop = threading.Event()
+        self._interrupted = threading.Event()  # interrupt(): waits end now, spinning goes on
         self._thread = threading.Thread(target=self._spin, name="dli_teacher_spin", daemon=True)
         self._thread.start()
 
@@ -262,7 +263,7 @@ class Teacher:
         owner = self._owner[what]
         deadline = time.monotonic() + timeout_s
         while not client.service_is_ready():
-            if time.monotonic() >= deadline or self._stop.is_set():
+            if time.monotonic() >= deadline or self._ending():
                 return self._fail(
                     Reply(Result.UNAVAILABLE, f"{owner} is not running: no {client.srv_name} service on the graph")
                 ), None
@@ -270,7 +271,9 @@ class Teacher:
         done = threading.Event()
         future = client.call_async(request)
         future.add_done_callback(lambda _f: done.set())
-        if not done.wait(max(0.0, deadline - time.monotonic())):
+        while not done.wait(min(0.05, max(0.0, deadline - time.monotonic()))):
+            if time.monotonic() < deadline and not self._ending():
+                continue  # closing or interrupt() (the teach station stops) ends the wait at once
             future.cancel()
             return self._fail(
                 Reply(Result.TIMED_OUT, f"{owner} did not answer {client.srv_name} within {timeout_s:g} s")
@@ -281,10 +284,13 @@ class Teacher:
         ok = bool(response.success)
         return self._fail(Reply(Result.SUCCEEDED if ok else Result.REFUSED, response.message)), response
 
+    def _ending(self) -> bool:
+        return self._stop.is_set() or self._interrupted.is_set()
+
     def _wait(self, predicate: Callable[[], bool], timeout_s: float) -> bool:
         deadline = time.monotonic() + timeout_s
         while not predicate():
-            if time.monotonic() >= deadline or self._stop.is_set():
+            if time.monotonic() >= deadline or self._ending():
                 return bool(predicate())
             time.sleep(0.02)
         return True
@@ -343,7 +349,7 @@ class Teacher:
             self._label_pub.publish(String(data=wanted))
             if self._wait(confirmed, min(LABEL_REPEAT_S, max(0.0, deadline - time.monotonic()))):
                 return Reply(Result.SUCCEEDED, f"teach label {wanted!r}" if wanted else "teach label cleared")
-            if time.monotonic() >= deadline:
+            if time.monotonic() >= deadline or self._ending():
                 known = self._status_name(recorder) in self.health()
                 result = Result.TIMED_OUT if known else Result.UNAVAILABLE
                 why = "did not confirm" if known else "is not running (no diagnostics from it)"
@@ -555,6 +561,14 @@ class Teacher:
         self._frame_subs.append(self.node.create_subscription(Log, "/rosout", on_log, ROSOUT))
 
     # -- end ------------------------------------------------------------------------------------
+    def interrupt(self) -> None:
+        """End every wait for a node now (calls answer UNAVAILABLE or TIMED_OUT, later ones at once).
+
+        For a caller that is stopping: its requests in flight finish at once instead of holding the
+        stop for up to their deadline. :meth:`close` still has to follow.
+        """
+        self._interrupted.set()
+
     def close(self) -> None:
         """Stop spinning, destroy the node and shut the private context down (idempotent)."""
         if self._stop.is_set():

@@ -5,7 +5,8 @@
 
 The nodes are the ``teach`` set of dli_perception/nodes/sets.py (camera, recorder, trainer,
 classifier, reaction; ``dli-perception up teach`` starts the same); the page runs as its own
-process, ``dli-perception teach --connect``, a client of the nodes over their topics and services.
+process (``python -m dli_perception.teach --connect``, the same as ``dli-perception teach --connect``),
+a client of the nodes over their topics and services.
 For the page on another address (it then needs the printed token), run that command yourself with
 ``--host``. Arguments: ``ros2 launch dli_perception teach.launch.py --show-args``.
 """
@@ -25,7 +26,7 @@ def generate_launch_description():
             cmd=[
                 sys.executable,
                 "-m",
-                "dli_perception.commands.teach",
+                "dli_perception.teach",  # installs its stop handlers before importing anything heavy
                 "--connect",
                 "--namespace",
                 LaunchConfiguration("namespace"),

@@ -125,11 +125,19 @@ def entry_point(name: str) -> str:
 class NodeProcess:
     """A node entry point running as its own process, with stdout/stderr captured to files."""
 
-    def __init__(self, executable: str, ros_args: list[str], env: dict | None = None, cwd: str | None = None) -> None:
+    def __init__(
+        self,
+        executable: str,
+        ros_args: list[str],
+        env: dict | None = None,
+        cwd: str | None = None,
+        args: list[str] | None = None,
+    ) -> None:
+        """``args`` go right after the executable (a command's options), ``ros_args`` after ``--ros-args``."""
         self.dir = Path(tempfile.mkdtemp(prefix="dli_node_"))
         self.stdout_path = self.dir / "stdout.txt"
         self.stderr_path = self.dir / "stderr.txt"
-        cmd = [entry_point(executable) if "/" not in executable else executable]
+        cmd = [entry_point(executable) if "/" not in executable else executable, *(args or [])]
         if ros_args:
             cmd += ["--ros-args", *ros_args]
         self.cmd = cmd

@@ -127,30 +127,37 @@ def run(args: argparse.Namespace) -> int:
         if launcher.EARLY_STOP.is_set():  # stopped while still importing
             signals.event.set()
         try:
-            url = server.start()
-            _announce(url, options, "drives the nodes on the ROS graph")
+            if not signals.event.is_set():  # stopped before it listened: start nothing
+                url = server.start()
+                if not signals.event.is_set():  # a stop during the start: no address to announce
+                    _announce(url, options, "drives the nodes on the ROS graph")
             signals.event.wait()
         finally:
-            signals.ignore()
+            signals.ignore()  # launch's second SIGINT, now or while the interpreter exits, changes nothing
             server.stop()
         return 0
     stop = threading.Event()
-    started: list[str] = []
+    failed: list[str] = []
 
     def serve() -> None:  # the page starts while the nodes come up
         try:
-            started.append(server.start())
-            _announce(started[0], options, f"nodes: {', '.join(plan.node_set.nodes)}")
+            url = server.start()
+            if url and not stop.is_set():
+                _announce(url, options, f"nodes: {', '.join(plan.node_set.nodes)}")
         except Exception as exc:  # noqa: BLE001 - e.g. the port is taken: stop the nodes, report it
+            failed.append(str(exc))
             print(f"dli-perception teach: error: the page cannot start: {exc}", file=sys.stderr, flush=True)
             stop.set()
 
-    threading.Thread(target=serve, name="teach_start", daemon=True).start()
+    starter = threading.Thread(target=serve, name="teach_start", daemon=True)
+    starter.start()
     try:
         code = _start_nodes(plan, stop)
     finally:
-        server.stop()
-    return code if started else 1
+        server.stop()  # the nodes are down (zero Twist sent); a start still under way starts nothing
+        starter.join(timeout=1.0)
+        server.stop()  # in case start() got past its check just before the first stop
+    return 1 if failed else code
 
 
 def _start_nodes(plan, stop: threading.Event) -> int:
@@ -184,15 +191,22 @@ def _announce(url: str, options, what: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m dli_perception.commands.teach ...`` (what launch/teach.launch.py runs)."""
-    import logging
-    import signal
+    """``teach_station`` / ``python -m dli_perception.teach ...`` (what launch/teach.launch.py runs).
 
+    Those entries install the early handlers before this module is imported; installing them here
+    again covers a direct call (``python -m dli_perception.commands.teach`` is covered only from here on).
+    """
     from dli_perception.nodes import launcher
 
-    if threading.current_thread() is threading.main_thread():  # a Ctrl-C while importing: exit cleanly
-        signal.signal(signal.SIGINT, launcher._record)
-        signal.signal(signal.SIGTERM, launcher._record)
+    previous = launcher.install()  # a Ctrl-C while importing the server or starting: recorded, exit 0
+    try:
+        return _main(argv)
+    finally:
+        launcher.uninstall(previous)
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    import logging
 
     parser = argparse.ArgumentParser(prog="dli-perception")
     register(parser.add_subparsers(dest="command", required=True))

@@ -24,12 +24,48 @@ def _record(_signum, _frame) -> None:
     EARLY_STOP.set()
 
 
+def install() -> dict:
+    """Record SIGINT and SIGTERM in :data:`EARLY_STOP` from now on (main thread only; else a no-op).
+
+    Returns the handlers it replaced, for :func:`uninstall`.
+    """
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, _record)
+    return previous
+
+
+def uninstall(previous: dict) -> None:
+    """Put back the handlers :func:`install` replaced, where its own are still in place.
+
+    A handler the runtime set since (``SIG_IGN`` while a stopped process ends) stays: only a caller
+    that goes on living (a test, an in-process call that returned without a signal) gets its own back.
+    """
+    if threading.current_thread() is threading.main_thread() and not EARLY_STOP.is_set():
+        for sig, handler in previous.items():
+            if signal.getsignal(sig) is _record and handler is not None:
+                signal.signal(sig, handler)
+
+
+def run_main(module: str) -> int:
+    """Install the early handlers, import ``module`` and return what its ``main()`` returns."""
+    install()
+    return importlib.import_module(module).main()
+
+
 def run(name: str) -> int:
     """Install the early handlers, import ``dli_perception.nodes.<name>`` and run its ``main()``."""
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGINT, _record)
-        signal.signal(signal.SIGTERM, _record)
-    return importlib.import_module(f"dli_perception.nodes.{name}").main()
+    return run_main(f"dli_perception.nodes.{name}")
+
+
+def teach_station() -> int:
+    """Console script ``teach_station`` and ``python -m dli_perception.teach``: the teach station's page.
+
+    The same as ``dli-perception teach`` with the same options (launch/teach.launch.py runs it with
+    ``--connect``), with the early handlers in place before its imports.
+    """
+    return run_main("dli_perception.commands.teach")
 
 
 def _target(name: str):

@@ -25,6 +25,10 @@ from dli_perception.teach.ws import Hub
 log = logging.getLogger(__name__)
 
 START_TIMEOUT_S = 30.0
+STOP_STEP_S = 1.0
+"""Longest one step of :meth:`TeachServer.stop` waits (pages' close handshakes, open requests, each thread).
+
+launch sends SIGTERM 5 s after a Ctrl-C and SIGKILL later: the whole stop stays well inside that."""
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,8 @@ class TeachServer:
         self._thread: threading.Thread | None = None
         self._encoder: FrameEncoder | None = None
         self._tick: asyncio.Task | None = None
+        self._stop_requested = threading.Event()
+        self._stop_now: asyncio.Event | None = None
 
     @property
     def url(self) -> str:
@@ -76,7 +82,12 @@ class TeachServer:
         return f"http://{shown}:{self.port}{query}"
 
     def start(self) -> str:
-        """Start serving; returns :attr:`url`. Raises the start-up error (e.g. the port is taken)."""
+        """Start serving; returns :attr:`url`, or "" when :meth:`stop` came first (nothing started).
+
+        Raises the start-up error (e.g. the port is taken).
+        """
+        if self._stop_requested.is_set():
+            return ""
         self._thread = threading.Thread(target=self._run, name="teach_server", daemon=True)
         self._thread.start()
         if not self._ready.wait(START_TIMEOUT_S):
@@ -87,17 +98,27 @@ class TeachServer:
 
     def _run(self) -> None:
         loop = asyncio.new_event_loop()
-        self._loop = loop
         asyncio.set_event_loop(loop)
+        self._stop_now = asyncio.Event()  # before _loop: stop() sets it once it sees the loop
+        self._loop = loop
         try:
             loop.run_until_complete(self._serve())
         except BaseException as exc:  # noqa: BLE001 - reported to start()
             self._error = exc
             self._ready.set()
+            loop.close()
             return
-        loop.run_forever()
-        loop.run_until_complete(self._shutdown())
-        loop.close()
+        try:
+            loop.run_until_complete(self._until_stopped())
+        finally:
+            loop.run_until_complete(self._shutdown())
+            loop.close()
+
+    async def _until_stopped(self) -> None:
+        # stop() either saw the loop (and sets _stop_now through it) or set the flag before the loop
+        # existed, which this check then sees: no stop request is lost.
+        if not self._stop_requested.is_set():
+            await self._stop_now.wait()
 
     async def _serve(self) -> None:
         opts = self.options
@@ -113,7 +134,7 @@ class TeachServer:
         teacher.watch_frames(opts.camera_topic, encoder.on_raw)
         teacher.watch_frames(f"{opts.names.classifier}/overlay", encoder.on_overlay)
         app = build_app(station, hub, security.Guard(opts.host, opts.token))
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=STOP_STEP_S)
         await self._runner.setup()
         site = web.TCPSite(self._runner, opts.host, opts.port)
         await site.start()
@@ -122,21 +143,36 @@ class TeachServer:
         self._ready.set()
 
     async def _shutdown(self) -> None:
+        """Close the pages' sockets and the listener, cancel what is left; each step bounded."""
         if self._tick is not None:
             self._tick.cancel()
-        if self.hub is not None:
-            for conn in list(self.hub.connections):
-                await conn.ws.close()
+        if self.hub is not None and self.hub.connections:
+            closing = [asyncio.ensure_future(conn.ws.close()) for conn in list(self.hub.connections)]
+            await asyncio.wait(closing, timeout=STOP_STEP_S)
         if self._runner is not None:
-            await self._runner.cleanup()
+            await self._runner.cleanup()  # waits at most shutdown_timeout for open requests
+        rest = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in rest:
+            task.cancel()
+        if rest:
+            done, _ = await asyncio.wait(rest, timeout=STOP_STEP_S)
+            for task in done:  # a page's socket failing as it closes is no news: retrieved, not printed
+                if not task.cancelled() and task.exception() is not None:
+                    log.debug("at stop: %s", task.exception())
 
     def stop(self) -> None:
-        """Stop serving, close the pages' sockets, the encoder and the graph client (idempotent)."""
-        loop = self._loop
-        if loop is not None and loop.is_running():
-            loop.call_soon_threadsafe(loop.stop)
+        """Stop serving, close the pages' sockets, the encoder and the graph client (idempotent, bounded)."""
+        self._stop_requested.set()
+        if self.teacher is not None:
+            self.teacher.interrupt()  # requests waiting for a node answer now: the shutdown need not wait
+        loop, stop_now = self._loop, self._stop_now
+        if loop is not None and stop_now is not None and not loop.is_closed():
+            try:
+                loop.call_soon_threadsafe(stop_now.set)
+            except RuntimeError:  # closed in between: the thread is ending anyway
+                pass
         if self._thread is not None:
-            self._thread.join(timeout=10.0)
+            self._thread.join(timeout=4 * STOP_STEP_S)
         if self._encoder is not None:
             self._encoder.close()
         if self.teacher is not None:

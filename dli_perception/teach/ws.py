@@ -116,7 +116,8 @@ class Hub:
                 self.frames_sent += 1
 
     async def handle(self, request: web.Request) -> web.WebSocketResponse:
-        ws = web.WebSocketResponse(max_msg_size=MAX_WS_MESSAGE_BYTES, heartbeat=10.0)
+        # timeout: how long close() waits for the page's answer when the server stops
+        ws = web.WebSocketResponse(max_msg_size=MAX_WS_MESSAGE_BYTES, heartbeat=10.0, timeout=1.0)
         await ws.prepare(request)
         conn = Connection(ws)
         self.connections.add(conn)
