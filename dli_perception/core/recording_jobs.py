@@ -5,7 +5,8 @@ One writer thread takes jobs from :class:`JobQueue`. Continuous-capture frames a
 ``~/undo``) are bounded by :data:`MAX_WAITING_CALLS` and by time: a call whose jobs ahead would
 take longer than its timeout at the writer's recent pace is refused at once. A queued call
 waits in :meth:`JobQueue.wait`, a coroutine that holds no thread, for the writer's outcome or
-its deadline. Nothing here imports rclpy; the node wakes the executor so waiting calls resume.
+its deadline. Nothing here imports rclpy; :class:`~dli_perception.core.recording.Recorder` runs
+the writer over this queue, and the node wakes its executor so waiting calls resume.
 """
 
 from __future__ import annotations
