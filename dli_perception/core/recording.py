@@ -19,13 +19,11 @@ calls, how to pace the ticks, and where log lines go. Every refusal is counted b
 from __future__ import annotations
 
 import contextlib
-import logging
 import queue
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from dli_perception.core.contracts import TOTAL_KEY, Counts
@@ -36,63 +34,26 @@ from dli_perception.core.recording_jobs import (
     BUSY,
     CLASS_FULL,
     DATASET_ERROR,
-    DUPLICATE,
     INVALID_LABEL,
     NO_FRAME,
     NO_LABEL,
-    NOTHING_TO_UNDO,
     SHUTTING_DOWN,
     STALE_FRAME,
+    Frame,
     Job,
     JobQueue,
     Outcome,
+    RecorderHooks,
+    undo_last,
+    write_frame,
 )
-from dli_perception.errors import ClassFullError, DatasetError, ImageConversionError, InvalidLabelError
-
-log = logging.getLogger(__name__)
+from dli_perception.errors import DatasetError, InvalidLabelError
 
 DRAIN_TIMEOUT_S = 3.0
 """Longest :meth:`Recorder.close` waits for queued frames to be written (launch sends SIGTERM after 5 s)."""
 
 THROTTLE_S = 5.0
 """Repeated warnings of one kind (a refused or dropped frame while recording) are logged this often, seconds."""
-
-
-def _nothing(*_args: Any) -> None:
-    """A hook that does nothing."""
-
-
-def _to_logging(level: str, text: str) -> None:
-    getattr(log, level)("%s", text)
-
-
-@dataclass
-class RecorderHooks:
-    """What :class:`Recorder` asks of its host; every hook is optional.
-
-    ``counts``: the per-class counts changed (writer thread, start and close).
-    ``replied``: a call's job finished (writer thread): resume the waiting calls now.
-    ``calls_waiting``: a call was queued (the recorder's lock held): keep resuming waiting calls
-    until :meth:`Recorder.if_no_calls_wait` says none wait, so each is answered at its deadline.
-    ``pace``: call :meth:`Recorder.tick` every so many seconds from now on, or stop (None); the lock is held.
-    ``log``: one log line, ``level`` being ``"info"``, ``"warning"`` or ``"error"``.
-    """
-
-    counts: Callable[[Counts], None] = _nothing
-    replied: Callable[[], None] = _nothing
-    calls_waiting: Callable[[], None] = _nothing
-    pace: Callable[[float | None], None] = _nothing
-    log: Callable[[str, str], None] = _to_logging
-
-
-@dataclass(frozen=True)
-class Frame:
-    """The newest frame: the message as received, when (monotonic), its stamp and its arrival number."""
-
-    msg: Any
-    received: float
-    stamp_ns: int
-    seq: int
 
 
 class Recorder:
@@ -331,29 +292,9 @@ class Recorder:
                 self.hooks.replied()
 
     def _save(self, job: Job) -> Outcome:
-        from dli_perception.core.imaging import to_rgb8
-
-        store, frame = self.store, job.frame
-        try:
-            encoded = store.encode(to_rgb8(frame.msg))
-        except ImageConversionError as exc:
-            return Outcome(False, f"the frame cannot be converted: {exc}; nothing was saved", BAD_FRAME)
-        try:
-            result = store.add_encoded(encoded, job.label, frame.stamp_ns, self.image_topic)
-        except ClassFullError as exc:
-            return Outcome(False, f"{exc}; nothing was saved", CLASS_FULL)
-        except InvalidLabelError as exc:
-            return Outcome(False, f"invalid label: {exc}", INVALID_LABEL)
-        except DatasetError as exc:
-            self.last_error = str(exc)
-            return Outcome(False, str(exc), DATASET_ERROR)
-        if result.duplicate:
-            return Outcome(
-                False,
-                f"duplicate: the frame is identical to {result.file}, already saved; nothing was saved",
-                DUPLICATE,
-                str(result.path),
-            )
+        result = write_frame(self.store, job, self.image_topic)
+        if isinstance(result, Outcome):
+            return result
         with self.lock:
             self.saved += 1
         counts = self._refresh_counts()
@@ -365,17 +306,12 @@ class Recorder:
         )
 
     def _undo(self) -> Outcome:
-        try:
-            removed = self.store.undo(1)
-        except DatasetError as exc:
-            self.last_error = str(exc)
-            return Outcome(False, str(exc), DATASET_ERROR)
-        if not removed:
-            return Outcome(False, "nothing to undo: the dataset is empty", NOTHING_TO_UNDO)
+        entry = undo_last(self.store)
+        if isinstance(entry, Outcome):
+            return entry
         with self.lock:
             self.undone += 1
         counts = self._refresh_counts()
-        entry = removed[0]
         return Outcome(
             True,
             f"removed {entry.file} ({entry.label!r} now has {counts.get(entry.label, 0)}, "
