@@ -153,7 +153,9 @@ class Recorder:
             refusal = Outcome(False, "the recorder is shutting down; nothing was saved", SHUTTING_DOWN)
         elif raw_label is None:
             refusal = Outcome(
-                False, f"no teach label: publish the class being shown on {self.label_topic}; nothing was saved", NO_LABEL
+                False,
+                f"no teach label: publish the class being shown on {self.label_topic}; nothing was saved",
+                NO_LABEL,
             )
         else:
             try:

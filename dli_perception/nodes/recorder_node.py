@@ -8,6 +8,9 @@ Per-class counts are published on ``~/counts`` (latched JSON ``{"class": n, ...,
 at start and after every change; ``/diagnostics`` carries saved, refused (by reason), dropped,
 queue depth, dataset root, current label and the last error.
 
+The recording itself is :class:`dli_perception.core.recording.Recorder`, which runs without ROS;
+this node wires it to the topics, services, parameters and diagnostics named here.
+
 Threads: the ``image_raw`` callback only keeps the newest frame message and its receive time.
 Conversion, JPEG/PNG encoding and the atomic write run on one writer thread fed by a queue;
 continuous capture never waits for it (more than ``queue_size`` frames waiting drops the frame

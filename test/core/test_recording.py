@@ -254,8 +254,10 @@ def test_close_writes_what_was_queued_and_refuses_afterwards(tmp_path):
         rec.tick()
     assert rec.close(drain_timeout_s=2.0)
     assert host.periods[-1] is None and host.counts[-1] == Counts({"cup": 3})
-    assert host.lines[-1] == ("info", f"dataset {rec.store.root} closed: 3 images; this run saved 3, undid 0, "
-                              "refused 0, dropped 0")
+    assert host.lines[-1] == (
+        "info",
+        f"dataset {rec.store.root} closed: 3 images; this run saved 3, undid 0, refused 0, dropped 0",
+    )
     assert _answer(rec.capture()).reason == SHUTTING_DOWN and _answer(rec.undo()).reason == SHUTTING_DOWN
     assert not rec.set_recording(True).success
     assert _files(tmp_path / "ds") == Counter(cup=3)
