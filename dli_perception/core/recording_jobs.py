@@ -1,21 +1,32 @@
-"""The recorder's writer queue: the jobs, their outcomes, and which job may be queued when.
+"""The recorder's parts: its writer queue and jobs, their outcomes, what a job does to the store, its hooks.
 
 One writer thread takes jobs from :class:`JobQueue`. Continuous-capture frames are bounded by
 ``queue_size`` (one more is dropped, and the caller counts it). Service calls (``~/capture``,
 ``~/undo``) are bounded by :data:`MAX_WAITING_CALLS` and by time: a call whose jobs ahead would
 take longer than its timeout at the writer's recent pace is refused at once. A queued call
 waits in :meth:`JobQueue.wait`, a coroutine that holds no thread, for the writer's outcome or
-its deadline. Nothing here imports rclpy; the node wakes the executor so waiting calls resume.
+its deadline. Nothing here imports rclpy; :class:`~dli_perception.core.recording.Recorder` runs
+the writer over this queue, and the node wakes its executor so waiting calls resume.
+:func:`write_frame` and :func:`undo_last` are the writer's two jobs on the dataset store;
+:class:`RecorderHooks` is what the recorder asks of its host.
 """
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import CancelledError, Future
 from dataclasses import dataclass
 from typing import Any
+
+from dli_perception.core.contracts import Counts
+from dli_perception.core.dataset import CaptureResult, DatasetStore, ManifestEntry
+from dli_perception.errors import ClassFullError, DatasetError, ImageConversionError, InvalidLabelError
+
+log = logging.getLogger(__name__)
 
 # Refusal reasons, the keys of the recorder's ``refused_*`` diagnostics counters.
 NO_LABEL = "no_label"
@@ -45,6 +56,43 @@ class Outcome:
     message: str
     reason: str = ""
     path: str = ""
+
+
+def _nothing(*_args: Any) -> None:
+    """A hook that does nothing."""
+
+
+def _to_logging(level: str, text: str) -> None:
+    getattr(log, level)("%s", text)
+
+
+@dataclass
+class RecorderHooks:
+    """What :class:`Recorder` asks of its host; every hook is optional.
+
+    ``counts``: the per-class counts changed (writer thread, start and close).
+    ``replied``: a call's job finished (writer thread): resume the waiting calls now.
+    ``calls_waiting``: a call was queued (the recorder's lock held): keep resuming waiting calls
+    until :meth:`Recorder.if_no_calls_wait` says none wait, so each is answered at its deadline.
+    ``pace``: call :meth:`Recorder.tick` every so many seconds from now on, or stop (None); the lock is held.
+    ``log``: one log line, ``level`` being ``"info"``, ``"warning"`` or ``"error"``.
+    """
+
+    counts: Callable[[Counts], None] = _nothing
+    replied: Callable[[], None] = _nothing
+    calls_waiting: Callable[[], None] = _nothing
+    pace: Callable[[float | None], None] = _nothing
+    log: Callable[[str, str], None] = _to_logging
+
+
+@dataclass(frozen=True)
+class Frame:
+    """The newest frame: the message as received, when (monotonic), its stamp and its arrival number."""
+
+    msg: Any
+    received: float
+    stamp_ns: int
+    seq: int
 
 
 @dataclass
@@ -163,3 +211,41 @@ class JobQueue:
             with self._lock:
                 self.job_s = took_s if self.job_s == 0.0 else (1 - PACE_WEIGHT) * self.job_s + PACE_WEIGHT * took_s
         self.queue.task_done()
+
+
+# -- what the writer does to the store ---------------------------------------------------------------
+def write_frame(store: DatasetStore, job: Job, topic: str) -> CaptureResult | Outcome:
+    """Encode and save ``job``'s frame under its label: the store's result, or the refusal (nothing saved)."""
+    from dli_perception.core.imaging import to_rgb8
+
+    try:
+        encoded = store.encode(to_rgb8(job.frame.msg))
+    except ImageConversionError as exc:
+        return Outcome(False, f"the frame cannot be converted: {exc}; nothing was saved", BAD_FRAME)
+    try:
+        result = store.add_encoded(encoded, job.label, job.frame.stamp_ns, topic)
+    except ClassFullError as exc:
+        return Outcome(False, f"{exc}; nothing was saved", CLASS_FULL)
+    except InvalidLabelError as exc:
+        return Outcome(False, f"invalid label: {exc}", INVALID_LABEL)
+    except DatasetError as exc:
+        return Outcome(False, str(exc), DATASET_ERROR)
+    if result.duplicate:
+        return Outcome(
+            False,
+            f"duplicate: the frame is identical to {result.file}, already saved; nothing was saved",
+            DUPLICATE,
+            str(result.path),
+        )
+    return result
+
+
+def undo_last(store: DatasetStore) -> ManifestEntry | Outcome:
+    """Remove the last saved image: its manifest entry, or the refusal."""
+    try:
+        removed = store.undo(1)
+    except DatasetError as exc:
+        return Outcome(False, str(exc), DATASET_ERROR)
+    if not removed:
+        return Outcome(False, "nothing to undo: the dataset is empty", NOTHING_TO_UNDO)
+    return removed[0]

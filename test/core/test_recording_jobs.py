@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
-from dli_perception.nodes.recorder_jobs import BUSY, SHUTTING_DOWN, Job, JobQueue, Outcome
+from dli_perception.core.recording_jobs import BUSY, SHUTTING_DOWN, Job, JobQueue, Outcome
 
 
 def run(coro, timeout_s: float = 5.0):
