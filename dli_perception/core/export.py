@@ -44,7 +44,7 @@ from dli_perception.core.modeldir import (
     write_metadata_files,
 )
 from dli_perception.core.preprocess import PreprocessConfig
-from dli_perception.core.training import BACKBONES, TrainResult, build_model, result_from_checkpoint
+from dli_perception.core.training import BACKBONES, TrainResult, build_model
 from dli_perception.core.variant_build import VariantData, build_variants, data_from_dataset
 from dli_perception.core.variants import AGREEMENT_THRESHOLD, BUILT_VARIANTS, FP32
 from dli_perception.errors import ConfigError, DatasetError, ModelError
@@ -468,11 +468,6 @@ def _write_report(
         report_dir.mkdir(parents=True, exist_ok=True)
         if per_class:
             report.write_per_class_table(per_class, report_dir / report.PER_CLASS_FILE)
-
-
-def export_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, **kwargs: Any) -> Path:
-    """Export a training checkpoint (``best.pt``) as a model directory; see :func:`export_model_dir`."""
-    return export_model_dir(result_from_checkpoint(checkpoint), out_dir, **kwargs)
 
 
 def load_checkpoint_model(model_dir: str | os.PathLike, *, device: str = "cpu") -> torch.nn.Module:

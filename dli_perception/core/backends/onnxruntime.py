@@ -24,7 +24,6 @@ log = logging.getLogger(__name__)
 TRT_EP = "TensorrtExecutionProvider"
 CUDA_EP = "CUDAExecutionProvider"
 CPU_EP = "CPUExecutionProvider"
-PREFERRED_PROVIDERS = (TRT_EP, CUDA_EP, CPU_EP)
 GPU_PROVIDERS = (TRT_EP, CUDA_EP)
 DEVICES = ("auto", "cpu", "cuda")
 
