@@ -217,7 +217,7 @@ def config_from_args(args: argparse.Namespace):
     if getattr(args, "size", None) is not None:
         size = int(args.size)
         # keep torchvision's 224/256 ratio in case the crop mode is used later
-        values["preprocess"] = PreprocessConfig(size=size, resize_size=max(size, round(size * 256 / 224)))
+        values["preprocess"] = PreprocessConfig.for_size(size)
     return TrainConfig(**values)
 
 

@@ -221,7 +221,7 @@ def config_from_values(values: dict[str, Any]) -> TrainConfig:
         class_balance=values["class_balance"],
         device=values["device"],
         num_workers=int(values["num_workers"]),
-        preprocess=PreprocessConfig(size=size, resize_size=max(size, round(size * 256 / 224))),
+        preprocess=PreprocessConfig.for_size(size),
     )
 
 
