@@ -5,8 +5,10 @@ Baseline (what the DLI notebooks do, one frame at a time): PIL image -> torchvis
 Ours: the shared preprocessing (OpenCV + NumPy) -> a backend from ``create_backend``:
 torch (channels_last, inference_mode), ONNX Runtime fp32, ONNX Runtime INT8 (static QDQ,
 calibrated on frames of the same scenes), one frame at a time and in batches of 4; per-call
-latency percentiles for each. Then the node pipeline: camera_node -> classifier_node as two
-processes, frame capture stamp -> label received, against the classifier's raw inference time.
+latency percentiles for each. Then the node: ``classifier_node`` with DEFAULT parameters as its own
+process, fed 640x480 frames by a client in this process (``benchmarks/node_pipeline.py``): one frame
+at a time, frame stamp -> result received against the node's own inference time, with the node's
+per-stage breakdown; then flooded: results per second, as a ratio to the naive loop.
 
 The model is a ResNet-18 (random weights: speed does not depend on them) with a 3-class head,
 exported by the package's own exporter; frames are 640x480 synthetic scenes.
@@ -73,60 +75,23 @@ def _measure(step, frames: list[np.ndarray], n: int, batch: int = 1) -> dict:
     }
 
 
-def node_pipeline(model_dir: Path, seconds: float, threads: int) -> dict:
-    """camera_node -> classifier_node (onnxruntime) as two processes; frame stamp -> label latency.
+def node_pipeline(model_dir: Path, frames: list[np.ndarray], args: argparse.Namespace) -> dict:
+    """classifier_node with DEFAULT parameters as its own process, fed by a client (benchmarks/node_pipeline.py).
 
-    Returns p50/p95 of (label received here - frame capture stamp), and the classifier's own
-    inference_ms p50 for the same frames, so the pipeline overhead is their difference.
+    One frame at a time: frame stamp -> result received, the node's per-stage times and its
+    inference time; then flooded at ``--flood-hz``: results per second.
     """
-    import json
-    import subprocess
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import node_pipeline as pipeline
 
-    import rclpy
-    from rclpy.signals import SignalHandlerOptions
-    from std_msgs.msg import String
-
-    from dli_perception import transport
-    from dli_perception.nodes.qos import EVENTS
-
-    transport.apply_default_profile()
-    bindir = Path(sys.executable).parent
-    procs = [
-        subprocess.Popen([str(bindir / "camera_node"), "--ros-args", "-p", "fps:=15.0",
-                          "-p", "synthetic.classes:=[free, blocked, thumbs_up]"],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
-        subprocess.Popen([str(bindir / "classifier_node"), "--ros-args", "-p", f"model_dir:={model_dir}",
-                          "-p", "backend:=onnxruntime", "-p", f"threads:={threads}"],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
-    ]
-    rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
-    node = rclpy.create_node("classifier_bench_sink")
-    results: list[tuple[float, float]] = []
-
-    def on_scores(msg: String) -> None:
-        r = json.loads(msg.data)
-        stamp = r["stamp"]["sec"] + r["stamp"]["nanosec"] / 1e9
-        results.append(((time.time() - stamp) * 1e3, float(r["inference_ms"])))
-
-    node.create_subscription(String, "/classifier_node/scores", on_scores, EVENTS)
-    deadline = time.monotonic() + 90
-    while len(results) < 5 and time.monotonic() < deadline:  # discovery, model load, warm-up
-        rclpy.spin_once(node, timeout_sec=0.1)
-    results.clear()
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        rclpy.spin_once(node, timeout_sec=0.1)
-    for proc in procs:
-        proc.send_signal(2)
-        proc.wait(timeout=20)
-    node.destroy_node()
-    rclpy.try_shutdown()
-    if not results:
-        raise RuntimeError("no classification results arrived from the node pipeline")
-    e2e = sorted(r[0] for r in results)
-    inf = sorted(r[1] for r in results)
-    return {"frames": len(results), "e2e_p50_ms": e2e[len(e2e) // 2],
-            "e2e_p95_ms": e2e[min(len(e2e) - 1, int(0.95 * len(e2e)))], "inference_p50_ms": inf[len(inf) // 2]}
+    client = pipeline.Client(frames)
+    try:
+        return pipeline.measure(
+            client, model_dir, latency_frames=args.node_frames, flood_hz=args.flood_hz,
+            flood_seconds=args.node_seconds, log=Path(tempfile.gettempdir()) / "classifier_bench_node.log",
+        )
+    finally:
+        client.close()
 
 
 def naive_dli_loop(model_dir: Path, threads: int):
@@ -170,8 +135,10 @@ def main() -> int:
     parser.add_argument("--frames", type=int, default=60, help="frames per measurement")
     parser.add_argument("--threads", type=int, default=0, help="intra-op threads (0: library default)")
     parser.add_argument("--size", type=int, default=224, help="model input size")
-    parser.add_argument("--node-seconds", type=float, default=10.0, help="measurement window of the node pipeline")
-    parser.add_argument("--no-node", action="store_true", help="skip the camera_node -> classifier_node measurement")
+    parser.add_argument("--node-seconds", type=float, default=10.0, help="flood window of the node measurement")
+    parser.add_argument("--node-frames", type=int, default=40, help="frames sent one at a time to the node")
+    parser.add_argument("--flood-hz", type=float, default=100.0, help="rate the node is flooded at")
+    parser.add_argument("--no-node", action="store_true", help="skip the classifier_node measurement")
     args = parser.parse_args()
 
     from dli_perception.core.backends.select import create_backend
@@ -197,19 +164,18 @@ def main() -> int:
             for batch in (1, 4):
                 rows.append((label, batch, _measure(backend_step(backend), frames, args.frames, batch)))
             backend.close()
-        pipeline = None if args.no_node else node_pipeline(model_dir, args.node_seconds, args.threads)
+        pipeline = None if args.no_node else node_pipeline(model_dir, frames, args)
     base = rows[0][2]["fps"]
     print(f"ResNet-18 {args.size}x{args.size}, {len(CLASSES)} classes, 640x480 frames, {os.cpu_count()} CPUs")
     print(f"{'pipeline':<52} {'batch':>5} {'frames/s':>9} {'vs naive':>9} {'p50 ms':>8} {'p95 ms':>8}")
     for label, batch, m in rows:
         print(f"{label:<52} {batch:>5} {m['fps']:9.2f} {m['fps'] / base:8.2f}x {m['p50_ms']:8.1f} {m['p95_ms']:8.1f}")
     if pipeline:
-        print(
-            f"\nnode pipeline (camera_node -> classifier_node, onnxruntime fp32, {pipeline['frames']} frames): "
-            f"frame stamp -> label received p50 {pipeline['e2e_p50_ms']:.1f} ms, p95 {pipeline['e2e_p95_ms']:.1f} ms; "
-            f"inference p50 {pipeline['inference_p50_ms']:.1f} ms; "
-            f"ratio e2e/inference {pipeline['e2e_p50_ms'] / pipeline['inference_p50_ms']:.2f}"
-        )
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from node_pipeline import report
+
+        print()
+        print(report("classifier_node, default parameters", pipeline, naive_fps=base))
     return 0
 
 

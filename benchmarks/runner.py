@@ -118,11 +118,11 @@ class Scores:
 
     def _on_scores(self, msg) -> None:
         now = time.time_ns()
-        r = json.loads(msg.data)
+        from dli_perception.core.contracts import Scores
+
+        r = Scores.decode(msg.data)
         with self.lock:
-            self.rows.append(
-                (now, r["stamp"]["sec"] * 1_000_000_000 + r["stamp"]["nanosec"], r["latency_ms"])
-            )
+            self.rows.append((now, r.stamp_ns, r.latency_ms))
 
     def since(self, t_ns: int) -> list[tuple[int, int, float]]:
         with self.lock:

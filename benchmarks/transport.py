@@ -14,8 +14,10 @@ its profile when the first participant is created.
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -46,14 +48,37 @@ def _raw_publisher(size: str, fps: float, seconds: float) -> None:
     period = 1.0 / fps
     next_t = time.monotonic()
     end = next_t + seconds
-    while time.monotonic() < end:
+    build_ms, publish_ms = [], []
+    for _ in range(20):  # what a camera pays per frame to build the message (timed apart from the sending)
+        t0 = time.perf_counter()
+        cv2_to_imgmsg(frame, "rgb8")
+        build_ms.append((time.perf_counter() - t0) * 1e3)
+    stop = []  # SIGTERM from the subscriber ends the loop; the breakdown is printed on the way out
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(True))
+    next_t = time.monotonic()
+    end = next_t + seconds
+    cpu0 = time.process_time()
+    while time.monotonic() < end and not stop:
         next_t += period
+        t1 = time.perf_counter()
         now = time.time_ns()
         msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(now, 1_000_000_000)
         pub.publish(msg)
+        publish_ms.append((time.perf_counter() - t1) * 1e3)
         time.sleep(max(0.0, next_t - time.monotonic()))
+    cpu = time.process_time() - cpu0
     node.destroy_node()
     rclpy.try_shutdown()
+    print(
+        json.dumps(
+            {
+                "build_ms_p50": statistics.median(build_ms),
+                "publish_ms_p50": statistics.median(publish_ms),
+                "pub_cpu_ms_per_frame": 1e3 * cpu / max(len(publish_ms), 1),
+            }
+        ),
+        flush=True,
+    )
 
 
 def _worker(mode: str, size: str, seconds: float, fps: float) -> dict:
@@ -70,7 +95,10 @@ def _worker(mode: str, size: str, seconds: float, fps: float) -> dict:
     width, height = (int(v) for v in size.split("x"))
     transport.apply_default_profile()  # honours DLI_PERCEPTION_FASTDDS_PROFILE=0 for the baseline
     rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
+    from dli_perception.core.imaging import to_rgb8
+
     received: list[tuple[int, int]] = []
+    last_msgs: collections.deque = collections.deque(maxlen=20)
     published: list[tuple[int, int]] = []  # (receive time ns, frames_published) from the camera's diagnostics
 
     class Sink(Node):
@@ -82,6 +110,7 @@ def _worker(mode: str, size: str, seconds: float, fps: float) -> dict:
         def on_image(self, msg: Image) -> None:
             now = time.time_ns()
             received.append((now, msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec))
+            last_msgs.append(msg)  # converted after the window, so the callback stays as light as before
 
         def on_diagnostics(self, msg: DiagnosticArray) -> None:
             for status in msg.status:
@@ -97,7 +126,7 @@ def _worker(mode: str, size: str, seconds: float, fps: float) -> dict:
     if mode == "raw-transport":
         proc = subprocess.Popen(
             [sys.executable, __file__, "--raw-publisher", size, str(fps), str(seconds + 25)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
     elif mode == "in-process":
         from rclpy.parameter import Parameter
@@ -115,6 +144,7 @@ def _worker(mode: str, size: str, seconds: float, fps: float) -> dict:
         executor.spin_once(timeout_sec=0.05)
     warm, warm_diag = len(received), len(published)
     start = time.monotonic()
+    cpu0 = time.process_time()
     while time.monotonic() - start < seconds or (mode != "raw-transport" and len(published) < warm_diag + 2):
         executor.spin_once(timeout_sec=0.05)
         if time.monotonic() - start > seconds + 10:
@@ -132,11 +162,25 @@ def _worker(mode: str, size: str, seconds: float, fps: float) -> dict:
     else:
         window, sent = received, 0
     result = {"mode": mode, "size": size, "fps_target": fps, "received": len(window), "published": sent}
+    # Subscriber process CPU (executor, take, conversion; in-process also the camera) per frame received.
+    result["sub_cpu_ms_per_frame"] = 1e3 * (time.process_time() - cpu0) / max(len(received) - warm, 1)
+    convert_ms = []
+    for msg in last_msgs:  # the subscriber's conversion to an array (a view when rgb8)
+        t = time.perf_counter()
+        to_rgb8(msg)
+        convert_ms.append((time.perf_counter() - t) * 1e3)
+    result["convert_ms_p50"] = statistics.median(convert_ms) if convert_ms else None
     if camera is not None:
         camera.destroy_node()
     if proc is not None:
-        proc.send_signal(2 if mode != "raw-transport" else 15)
-        proc.wait(timeout=15)
+        if mode == "raw-transport":  # it prints its breakdown when told to stop
+            proc.send_signal(15)
+            out, _ = proc.communicate(timeout=30)
+            lines = out.strip().splitlines()
+            result.update(json.loads(lines[-1]) if lines and lines[-1].startswith("{") else {})
+        else:
+            proc.send_signal(2)
+            proc.wait(timeout=15)
     sink.destroy_node()
     executor.shutdown()
     rclpy.try_shutdown()
@@ -202,15 +246,27 @@ def main() -> int:
                 rows.append(run_configuration(mode, size, profile, args.seconds, args.fps))
     header = (
         f"{'size':>9} {'mode':>13} {'transport':>20} {'rate Hz':>8} {'sent':>5} {'got':>5} {'delivered':>9}"
-        f" {'mean ms':>8} {'p95 ms':>8}"
+        f" {'mean ms':>8} {'p50 ms':>8} {'p95 ms':>8} {'sub CPU':>8}"
     )
     print(header)
     print("-" * len(header))
     for r in rows:
         print(
             f"{r['size']:>9} {r['mode']:>13} {r['transport']:>20} {r['rate_hz']:8.1f} {r['published']:5d} "
-            f"{r['received']:5d} {r['delivered_fraction']:9.1%} {_fmt(r['latency_mean_ms'], '8.2f')} {_fmt(r['latency_p95_ms'], '8.2f')}"
+            f"{r['received']:5d} {r['delivered_fraction']:9.1%} {_fmt(r['latency_mean_ms'], '8.2f')} "
+            f"{_fmt(r['latency_p50_ms'], '8.2f')} {_fmt(r['latency_p95_ms'], '8.2f')} {r['sub_cpu_ms_per_frame']:8.2f}"
         )
+    print(
+        "\nsub CPU: the subscriber process's CPU time per frame received, ms (in-process: with the camera)."
+        "\nraw-transport breakdown (p50, ms): message built from an array | publish() call | publisher CPU per"
+        " frame | stamp -> subscriber callback (the latency) | callback's conversion to an array:"
+    )
+    for r in rows:
+        if r["mode"] == "raw-transport" and "build_ms_p50" in r:
+            print(
+                f"  {r['size']:>9} {r['transport']:>20}: {r['build_ms_p50']:.2f} | {r['publish_ms_p50']:.2f} | "
+                f"{r['pub_cpu_ms_per_frame']:.2f} | {_fmt(r['latency_p50_ms'], '.2f')} | {_fmt(r['convert_ms_p50'], '.3f')}"
+            )
     print("\nratio shipped/builtin (delivered frames):")
     for size in args.sizes.split(","):
         for mode in args.modes.split(","):

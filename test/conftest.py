@@ -66,6 +66,19 @@ def ros_context():
 
 
 @pytest.fixture
+def cli_run(capsys):
+    """Run the real ``dli-perception`` main in this process; ``cli_run(*argv)`` returns (rc, stdout, stderr)."""
+    from dli_perception import cli
+
+    def call(*argv: object) -> tuple[int, str, str]:
+        rc = cli.main([str(a) for a in argv])
+        out, err = capsys.readouterr()
+        return rc, out, err
+
+    return call
+
+
+@pytest.fixture
 def node_process():
     """Start node entry points as real processes; every one left is stopped at teardown."""
     from graphutil import NodeProcess

@@ -34,16 +34,10 @@ MS = 1_000_000
 
 
 @pytest.fixture
-def run(monkeypatch, capsys):
-    """Run the real ``dli-perception`` main with the bag commands registered; returns (rc, stdout, stderr)."""
+def run(cli_run):
+    """The real ``dli-perception`` main with the bag commands registered; returns (rc, stdout, stderr)."""
     assert MODULE in cli.COMMANDS
-
-    def call(*argv: str) -> tuple[int, str, str]:
-        rc = cli.main([str(a) for a in argv])
-        out, err = capsys.readouterr()
-        return rc, out, err
-
-    return call
+    return cli_run
 
 
 def _typestore():
@@ -154,18 +148,9 @@ def one_error_line(err: str, command: str) -> str:
 def test_bag2dataset_with_a_label_topic_saves_exact_counts_and_pixels(run, tmp_path, storage):
     bag = session_bag(tmp_path / "session", storage)
     out = tmp_path / "ds"
-    rc, stdout, _ = run(
-        "bag2dataset",
-        bag,
-        "--image-topic",
-        "/camera/image_raw",
-        "--label-topic",
-        "/teach_label",
-        "--out",
-        out,
-        "--format",
-        "png",
-    )
+    convert = ("bag2dataset", bag, "--image-topic", "/camera/image_raw", "--label-topic", "/teach_label")
+    convert += ("--out", out, "--format", "png")
+    rc, stdout, _ = run(*convert)
     assert rc == 0
     assert "per class:\n  ball: 3\n  cup: 3\n" in stdout, stdout
     assert (
@@ -185,18 +170,7 @@ def test_bag2dataset_with_a_label_topic_saves_exact_counts_and_pixels(run, tmp_p
         assert entry["stamp_ns"] == T0 + step * 10 * MS
         assert entry["source"] == "session:/camera/image_raw"
     # converting the same bag again adds nothing: every image is a duplicate
-    rc, stdout, _ = run(
-        "bag2dataset",
-        bag,
-        "--image-topic",
-        "/camera/image_raw",
-        "--label-topic",
-        "/teach_label",
-        "--out",
-        out,
-        "--format",
-        "png",
-    )
+    rc, stdout, _ = run(*convert)
     assert rc == 0 and "duplicates 6" in stdout and "(no images saved)" in stdout
     assert disk_counts(out) == Counter({"cup": 3, "ball": 3})
 

@@ -15,16 +15,10 @@ MODULE = "dli_perception.commands.dataset"
 
 
 @pytest.fixture
-def run(monkeypatch, capsys):
+def run(cli_run):
     """The real ``dli-perception`` main with the dataset command registered; returns (rc, stdout, stderr)."""
     assert MODULE in cli.COMMANDS
-
-    def call(*argv: str) -> tuple[int, str, str]:
-        rc = cli.main([str(a) for a in argv])
-        out, err = capsys.readouterr()
-        return rc, out, err
-
-    return call
+    return cli_run
 
 
 def image(i: int, h: int = 20, w: int = 30) -> np.ndarray:

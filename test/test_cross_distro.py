@@ -40,6 +40,7 @@ from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import String
 from std_srvs.srv import SetBool
 
+from dli_perception.core.contracts import ReactionState
 from dli_perception.core.dataset import DatasetStore
 from dli_perception.nodes.camera_node import CameraNode
 from dli_perception.nodes.qos import EVENTS, LATCHED, SENSOR_DATA
@@ -234,7 +235,7 @@ def test_labels_and_enable_service_drive_the_other_distros_reaction_node(ros_con
                 )
                 assert wait_for(
                     lambda: any(
-                        json.loads(m.data).get("label") == "free" and json.loads(m.data)["enabled"]
+                        ReactionState.decode(m.data).label == "free" and ReactionState.decode(m.data).enabled
                         for m in list(states.msgs)
                     ),
                     timeout=DISCOVERY_S,

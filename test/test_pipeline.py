@@ -8,14 +8,13 @@ shutdown each give a zero Twist.
 
 from __future__ import annotations
 
-import json
-
 import pytest
 from geometry_msgs.msg import Twist
 from graphutil import Collector, Spinner, seen, stop_and_check, wait_for, wait_seen
 from std_msgs.msg import String
 from std_srvs.srv import SetBool
 
+from dli_perception.core.contracts import ReactionState
 from dli_perception.nodes.qos import EVENTS, LATCHED
 
 pytestmark = [pytest.mark.graph, pytest.mark.slow]
@@ -26,12 +25,12 @@ def _twist(msg: Twist) -> tuple[float, float]:
     return (round(msg.linear.x, 6), round(msg.angular.z, 6))
 
 
-def _states(collector: Collector) -> list[dict]:
-    return [json.loads(m.data) for m in list(collector.msgs)]
+def _states(collector: Collector) -> list[ReactionState]:
+    return [ReactionState.decode(m.data) for m in list(collector.msgs)]
 
 
 def _reason(reason: str):
-    return lambda m: json.loads(m.data)["reason"] == reason
+    return lambda m: ReactionState.decode(m.data).reason == reason
 
 
 def _zero(m: Twist) -> bool:
@@ -57,7 +56,7 @@ def test_trained_model_drives_the_robot_per_class_and_every_stop_path_zeroes_it(
     teacher = client_node.create_publisher(String, "label", EVENTS)
 
     def moved(label: str, check) -> bool:
-        return any(s["label"] == label and check(s["linear_x"], s["angular_z"]) for s in _states(state))
+        return any(s.label == label and check(s.linear_x, s.angular_z) for s in _states(state))
 
     with Spinner(ros_context, cmd, state, labels):
         # 1. Each class gets its action: free -> forward only, blocked -> turning in place only.
@@ -68,10 +67,10 @@ def test_trained_model_drives_the_robot_per_class_and_every_stop_path_zeroes_it(
         )
         assert ok, (_states(state)[-10:], camera.output(), classifier.output(), reaction.output())
         for s in _states(state):
-            if s["label"] == "free" and s["reason"] == "moving":
-                assert s["angular_z"] == 0 and s["linear_x"] > 0, s
-            if s["label"] == "blocked" and s["reason"] == "moving":
-                assert s["linear_x"] == 0 and s["angular_z"] > 0, s
+            if s.label == "free" and s.reason == "moving":
+                assert s.angular_z == 0 and s.linear_x > 0, s
+            if s.label == "blocked" and s.reason == "moving":
+                assert s.linear_x == 0 and s.angular_z > 0, s
 
         # 2. Labels stop (the classifier goes away): the watchdog stops the robot, and it stays stopped.
         # Each step below is judged over the messages received since it began (a state lasts only until

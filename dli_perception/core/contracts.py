@@ -12,9 +12,14 @@ result              topic (relative to the node)     publisher
 :class:`TrainProgress`  ``trainer_node/progress``    trainer_node
 :class:`TrainStatus`    ``trainer_node/status``      trainer_node, latched
 :class:`Scores`     ``classifier_node/scores``       classifier_node, one per frame
+:class:`Label`      ``label``                        classifier_node (plain name), one per frame
 :class:`ClassList`  ``classifier_node/classes``      classifier_node, latched
 :class:`ReactionState`  ``reaction_node/state``      reaction_node, latched
 ==================  ===============================  =====================================
+
+A result made from one camera image carries that image's header (``stamp`` ``{sec, nanosec}`` and
+``frame_id``): :class:`Scores` always, :class:`ReactionState` when its label came with scores.
+Counts, training progress and status and the class list are about many images and carry none.
 
 No rclpy here: the module serves nodes, the CLI, the teach station and tests alike.
 """
@@ -87,6 +92,29 @@ def _dumps(data: Any) -> str:
     return json.dumps(data, ensure_ascii=False, allow_nan=False)
 
 
+def stamp_ns_of(header: Any) -> int:
+    """The ``stamp`` of a std_msgs/Header (or anything with ``stamp.sec``/``stamp.nanosec``) in nanoseconds."""
+    return int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
+
+
+def _stamp_to_json(stamp_ns: int | None) -> dict[str, int] | None:
+    if stamp_ns is None:
+        return None
+    sec, nanosec = divmod(int(stamp_ns), 1_000_000_000)
+    return {"sec": sec, "nanosec": nanosec}
+
+
+def _stamp_from_json(data: dict[str, Any], what: str) -> int | None:
+    """``data["stamp"]`` ({sec, nanosec}) in nanoseconds; None when absent or null."""
+    stamp = data.get("stamp")
+    if stamp is None:
+        return None
+    if not isinstance(stamp, dict):
+        raise BadMessageError(f"{what}: 'stamp' must be {{sec, nanosec}}, got {stamp!r}")
+    sec, nanosec = _num(stamp, "sec", what), _num(stamp, "nanosec", what)
+    return int(sec) * 1_000_000_000 + int(nanosec)
+
+
 # -- recorder -------------------------------------------------------------------------------------
 
 
@@ -156,8 +184,12 @@ class TrainProgress:
 
     @classmethod
     def decode(cls, text: str | bytes) -> TrainProgress:
+        return cls.from_dict(_object(text, "training progress"))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainProgress:
+        """The event from its dict form (the core's ``ProgressEvent.to_dict()``), checked like :meth:`decode`."""
         what = "training progress"
-        data = _object(text, what)
         phase = _str(data, "phase", what)
         if phase not in TRAIN_PHASES:
             raise BadMessageError(f"{what}: unknown phase {phase!r} (expected one of {', '.join(TRAIN_PHASES)})")
@@ -216,8 +248,12 @@ class TrainStatus:
 
     @classmethod
     def decode(cls, text: str | bytes) -> TrainStatus:
+        return cls.from_dict(_object(text, "training status"))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainStatus:
+        """The outcome from its dict form (the trainer's outcome), checked like :meth:`decode`."""
         what = "training status"
-        data = _object(text, what)
         status = _str(data, "status", what)
         if status not in TRAIN_OUTCOMES:
             raise BadMessageError(f"{what}: unknown status {status!r} (expected one of {', '.join(TRAIN_OUTCOMES)})")
@@ -260,7 +296,8 @@ class Scores:
 
     ``stamp_ns`` and ``frame_id`` are the source image's header; ``latency_ms`` runs from the frame's
     arrival at the classifier to this result, ``inference_ms`` is the backend alone; ``model`` is the
-    model directory serving.
+    model directory serving; ``stages_ms`` splits the frame's time by stage (transport, wait, convert,
+    preprocess, inference, publish).
     """
 
     stamp_ns: int
@@ -274,28 +311,32 @@ class Scores:
     latency_ms: float | None = None
     inference_ms: float | None = None
     model: str = ""
+    stages_ms: dict[str, float] = field(default_factory=dict)
 
     def encode(self) -> str:
-        sec, nanosec = divmod(self.stamp_ns, 1_000_000_000)
         data = asdict(self)
         del data["stamp_ns"]
-        return _dumps({"stamp": {"sec": sec, "nanosec": nanosec}, **data})
+        return _dumps({"stamp": _stamp_to_json(self.stamp_ns), **data})
 
     @classmethod
     def decode(cls, text: str | bytes) -> Scores:
         what = "classifier scores"
         data = _object(text, what)
-        stamp = data.get("stamp")
-        if not isinstance(stamp, dict):
+        stamp_ns = _stamp_from_json(data, what)
+        if stamp_ns is None:
             raise BadMessageError(f"{what}: missing 'stamp' {{sec, nanosec}}")
-        sec, nanosec = _num(stamp, "sec", what), _num(stamp, "nanosec", what)
         scores = data.get("scores", {})
         if not isinstance(scores, dict) or not all(
             isinstance(v, (int, float)) and not isinstance(v, bool) for v in scores.values()
         ):
             raise BadMessageError(f"{what}: 'scores' must map class names to probabilities")
+        stages = data.get("stages_ms", {})
+        if not isinstance(stages, dict) or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in stages.values()
+        ):
+            raise BadMessageError(f"{what}: 'stages_ms' must map stage names to milliseconds")
         return cls(
-            stamp_ns=int(sec) * 1_000_000_000 + int(nanosec),
+            stamp_ns=stamp_ns,
             frame_id=_str(data, "frame_id", what, ""),
             label=_str(data, "label", what),
             score=float(_num(data, "score", what)),
@@ -306,7 +347,41 @@ class Scores:
             latency_ms=_num(data, "latency_ms", what, optional=True),
             inference_ms=_num(data, "inference_ms", what, optional=True),
             model=_str(data, "model", what, ""),
+            stages_ms={str(k): float(v) for k, v in stages.items()},
         )
+
+
+@dataclass(frozen=True)
+class Label:
+    """A class name as sent on ``label``: plain text, or JSON ``{"label": "free", "score": 0.93}``.
+
+    The classifier sends plain names (for simple consumers); other publishers may add a score
+    (0-1). Its stamped, scored counterpart is :class:`Scores`.
+    """
+
+    label: str
+    score: float | None = None
+
+    def encode(self) -> str:
+        return self.label if self.score is None else _dumps({"label": self.label, "score": self.score})
+
+    @classmethod
+    def decode(cls, text: str | bytes) -> Label:
+        """Plain text (surrounding white space stripped) or a JSON object; a score must lie in [0, 1]."""
+        what = "label message"
+        if isinstance(text, bytes):
+            text = text.decode("utf-8", errors="replace")
+        text = text.strip()
+        if not text.startswith("{"):
+            return cls(text)
+        data = _object(text, what)
+        label = data.get("label")
+        if not isinstance(label, str):
+            raise BadMessageError(f'{what}: a JSON label message needs a string "label" field')
+        score = _num(data, "score", what, optional=True)
+        if score is not None and not 0.0 <= score <= 1.0:
+            raise BadMessageError(f"{what}: score must be a number in [0, 1], got {score!r}")
+        return cls(label, None if score is None else float(score))
 
 
 @dataclass(frozen=True)
@@ -333,7 +408,9 @@ class ClassList:
 class ReactionState:
     """What the reaction node does: enabled, the label it reacts to, why (a ``REASONS`` name), velocities.
 
-    ``linear_x`` in m/s, ``angular_z`` in rad/s, as last published on ``cmd_vel``.
+    ``linear_x`` in m/s, ``angular_z`` in rad/s, as last published on ``cmd_vel``. ``stamp_ns`` and
+    ``frame_id`` are the header of the image that label was classified from, when it came with one
+    (:class:`Scores`); None and ``""`` for a plain label (and in messages of older nodes).
     """
 
     enabled: bool
@@ -341,13 +418,17 @@ class ReactionState:
     reason: str
     linear_x: float = 0.0
     angular_z: float = 0.0
+    stamp_ns: int | None = None
+    frame_id: str = ""
 
     @property
     def moving(self) -> bool:
         return self.linear_x != 0.0 or self.angular_z != 0.0
 
     def encode(self) -> str:
-        return _dumps(asdict(self))
+        data = asdict(self)
+        del data["stamp_ns"]
+        return _dumps({**data, "stamp": _stamp_to_json(self.stamp_ns)})
 
     @classmethod
     def decode(cls, text: str | bytes) -> ReactionState:
@@ -362,10 +443,12 @@ class ReactionState:
             reason=_str(data, "reason", what),
             linear_x=float(_num(data, "linear_x", what, optional=True, default=0.0)),
             angular_z=float(_num(data, "angular_z", what, optional=True, default=0.0)),
+            stamp_ns=_stamp_from_json(data, what),
+            frame_id=_str(data, "frame_id", what, ""),
         )
 
 
-CONTRACTS = (Counts, TrainProgress, TrainStatus, Scores, ClassList, ReactionState)
+CONTRACTS = (Counts, TrainProgress, TrainStatus, Scores, Label, ClassList, ReactionState)
 """Every result type of this module."""
 
 

@@ -193,6 +193,44 @@ def _check_case(labels: set[str], report: MergeReport) -> None:
         )
 
 
+def _check_paths(srcs: Sequence[Path], out: Path, overwrite: bool) -> None:
+    """:class:`MergeError` unless every input is a distinct directory other than ``out``, and ``out`` is free."""
+    for src in srcs:
+        if not src.is_dir():
+            raise MergeError(f"input dataset {src} does not exist or is not a directory")
+        if out.exists() and src.resolve() == out.resolve():
+            raise MergeError(f"{src} is both an input and --out; write the merge to a new directory")
+    if len({s.resolve() for s in srcs}) != len(srcs):
+        raise MergeError("an input dataset is named twice; name each once")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        raise MergeError(f"{out} exists and is not empty; choose a new directory or pass --force to replace it")
+
+
+def _choose(items: list[_Item], srcs: Sequence[Path], label_conflicts: str, report: MergeReport) -> list[_Item]:
+    """One item per content (the first seen), applying the label-conflict policy; counts go to ``report``."""
+    by_sha: dict[str, list[_Item]] = defaultdict(list)
+    for item in items:
+        by_sha[item.sha256].append(item)
+    conflicting = {sha for sha, group in by_sha.items() if len({it.label for it in group}) > 1}
+    report.label_conflicts = {
+        sha: [(str(srcs[it.src]), it.entry.file, it.label) for it in by_sha[sha]] for sha in sorted(conflicting)
+    }
+    if conflicting and label_conflicts == "fail":
+        raise MergeError(
+            f"{len(conflicting)} images appear under different classes in the inputs (e.g. "
+            f"{'; '.join(f'{s}/{f} ({lbl})' for s, f, lbl in next(iter(report.label_conflicts.values())))}); "
+            "fix their labels or merge with --label-conflicts drop|first; nothing was written"
+        )
+    keep: list[_Item] = []
+    for sha, group in by_sha.items():  # first-seen order: inputs in the order given, then manifest order
+        if sha in conflicting and label_conflicts == "drop":
+            report.dropped_conflicting += len(group)
+            continue
+        keep.append(group[0])
+        report.duplicates += len(group) - 1
+    return keep
+
+
 def merge_datasets(
     inputs: Sequence[str | os.PathLike],
     out: str | os.PathLike,
@@ -217,15 +255,7 @@ def merge_datasets(
         raise MergeError("no input datasets given; name at least one dataset directory")
     out = Path(out).expanduser()
     srcs = [Path(p).expanduser() for p in inputs]
-    for src in srcs:
-        if not src.is_dir():
-            raise MergeError(f"input dataset {src} does not exist or is not a directory")
-        if out.exists() and src.resolve() == out.resolve():
-            raise MergeError(f"{src} is both an input and --out; write the merge to a new directory")
-    if len({s.resolve() for s in srcs}) != len(srcs):
-        raise MergeError("an input dataset is named twice; name each once")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise MergeError(f"{out} exists and is not empty; choose a new directory or pass --force to replace it")
+    _check_paths(srcs, out, overwrite)
     rename = {str(k).strip(): validate_label(v) for k, v in (rename or {}).items()}
     report = MergeReport(out=str(out), inputs=[str(s) for s in srcs], label_conflict_policy=label_conflicts)
     report.renamed = dict(rename)
@@ -234,26 +264,7 @@ def merge_datasets(
     for item in items:
         item.label = validate_label(item.label)
     _check_case({it.label for it in items}, report)
-    by_sha: dict[str, list[_Item]] = defaultdict(list)
-    for item in items:
-        by_sha[item.sha256].append(item)
-    conflicting = {sha for sha, group in by_sha.items() if len({it.label for it in group}) > 1}
-    report.label_conflicts = {
-        sha: [(str(srcs[it.src]), it.entry.file, it.label) for it in by_sha[sha]] for sha in sorted(conflicting)
-    }
-    if conflicting and label_conflicts == "fail":
-        raise MergeError(
-            f"{len(conflicting)} images appear under different classes in the inputs (e.g. "
-            f"{'; '.join(f'{s}/{f} ({lbl})' for s, f, lbl in next(iter(report.label_conflicts.values())))}); "
-            "fix their labels or merge with --label-conflicts drop|first; nothing was written"
-        )
-    keep: list[_Item] = []
-    for sha, group in by_sha.items():  # first-seen order: inputs in the order given, then manifest order
-        if sha in conflicting and label_conflicts == "drop":
-            report.dropped_conflicting += len(group)
-            continue
-        keep.append(group[0])
-        report.duplicates += len(group) - 1
+    keep = _choose(items, srcs, label_conflicts, report)
 
     def build(tmp: Path) -> None:
         with DatasetStore(tmp, image_format=image_format, dedupe=True) as store, store.batch():

@@ -21,7 +21,9 @@ so tests drive it with exact times. Rules, in order of precedence:
 1. disabled → zero (``reason="disabled"``);
 2. no label yet → zero (``"no-label"``); no label for ``stale_timeout_s`` → zero (``"stale"``);
 3. the unknown label (or an empty one) → zero (``"unknown"``) unless the table maps it;
-4. ``min_score`` > 0 and the label's score is missing or below it → zero (``"low-score"``);
+4. ``min_score`` > 0 and the label's score is missing or below it: the label counts as the unknown
+   label, so zero (``"low-score"``) unless the table maps the unknown label to a motion, which then
+   applies (the next label with a high enough score moves the robot again);
 5. an unmapped label whose ``default`` is stop → zero (``"unmapped"``);
    a stop action → zero (``"stop-action"``);
 6. an action with ``duration_s`` that has run that long → zero (``"duration-elapsed"``);
@@ -41,15 +43,14 @@ A reversal of direction drops to zero at once and then ramps up the other way.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from dli_perception.errors import BadMessageError, ConfigError
+from dli_perception.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -238,27 +239,30 @@ def _number(value: Any, where: str) -> float:
     return float(value)
 
 
-def parse_label_message(text: str) -> tuple[str, float | None]:
-    """A label message's class name and score: plain ``"free"`` or JSON ``{"label": "free", "score": 0.93}``.
+def class_table_mismatch(classes: Sequence[str], table: ActionTable) -> str:
+    """What a model's ``classes`` and an action table do not share, as one warning; "" when they fit.
 
-    Raises :class:`BadMessageError` for malformed JSON, a missing label or a score outside [0, 1].
+    The table's unknown label is no class of a model (the classifier's "not sure"), so it is left out.
     """
-    text = text.strip()
-    if not text.startswith("{"):
-        return text, None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise BadMessageError(f"label message is neither a class name nor valid JSON: {exc}") from exc
-    label = data.get("label") if isinstance(data, dict) else None
-    if not isinstance(label, str):
-        raise BadMessageError('a JSON label message needs a string "label" field')
-    score = data.get("score")
-    if score is None:
-        return label, None
-    if isinstance(score, bool) or not isinstance(score, (int, float)) or not 0.0 <= score <= 1.0:
-        raise BadMessageError(f"score must be a number in [0, 1], got {score!r}")
-    return label, float(score)
+    names = [a for a in table.actions if a != table.unknown_label]
+    no_action = [c for c in classes if c not in table.actions]
+    no_class = [a for a in names if a not in classes]
+    if not no_action and not no_class:
+        return ""
+    default = "stop" if not table.default.moves else "the default action"
+    parts = []
+    if no_action:
+        parts.append(f"classes with no action: {', '.join(no_action)} (they get {default})")
+    if no_class:
+        parts.append(f"actions for classes the model doesn't have: {', '.join(no_class)}")
+    shared = len(classes) - len(no_action)
+    head = (
+        "the model's classes and the action table share no names"
+        if shared == 0
+        else f"the model's classes and the action table share only some names ({shared} of the model's "
+        f"{len(classes)} classes have an action)"
+    )
+    return f"{head}: {'; '.join(parts)}"
 
 
 @dataclass(frozen=True)
@@ -347,10 +351,6 @@ class ReactionPolicy:
     def config(self) -> PolicyConfig:
         return self._config
 
-    def set_table(self, table: ActionTable) -> None:
-        self._table = table
-        self._warn_clipping()
-
     def set_config(self, config: PolicyConfig | None = None, **changes: Any) -> PolicyConfig:
         """Replace the config, or change some fields (``set_config(max_linear=0.2)``); returns the new one."""
         self._config = replace(config or self._config, **changes)
@@ -438,7 +438,9 @@ class ReactionPolicy:
         if found == "unknown":
             return Command(reason=UNKNOWN, label=label)
         if cfg.min_score > 0.0 and (state.score is None or state.score < cfg.min_score):
-            return Command(reason=LOW_SCORE, label=label)
+            action, found = self._table.lookup(self._table.unknown_label)  # not sure: as the unknown label
+            if not action.moves:
+                return Command(reason=LOW_SCORE, label=label)
         if not action.moves:
             return Command(reason=UNMAPPED if found == "unmapped" else STOP_ACTION, label=label)
         if action.duration_s is not None and now - state.since_s >= action.duration_s:

@@ -21,7 +21,7 @@ from dli_perception.core.imaging import cv2_to_imgmsg
 from dli_perception.nodes import localframes
 from dli_perception.nodes.diagnostics import ERROR, OK, WARN, DiagnosticsPublisher
 from dli_perception.nodes.params import Param, declare
-from dli_perception.nodes.qos import SENSOR_DATA
+from dli_perception.nodes.qos import SENSOR_DATA, overridable
 from dli_perception.nodes.runtime import node_main
 
 SOURCES = ("synthetic", "v4l2", "gstreamer", "csi", "video", "folder")
@@ -98,7 +98,7 @@ class CameraNode(Node):
         self._rate = RateKeeper(self._fps)
         self._info_cache: tuple[tuple[int, int], Intrinsics] | None = None
 
-        self.image_pub = self.create_publisher(_image_type(), "image_raw", SENSOR_DATA)
+        self.image_pub = self.create_publisher(_image_type(), "image_raw", **overridable(self, SENSOR_DATA))
         # In the one-process runner, in-process subscribers get each frame object directly.
         self._local_images = localframes.advertise(self, "image_raw")
         self.info_pub = self.create_publisher(CameraInfo, "camera_info", SENSOR_DATA)

@@ -7,7 +7,13 @@ filter) and publishes; a **loader** thread loads models, so a model load (second
 a TensorRT engine build) never stops classification.
 
 Frames are never queued: the subscription (sensor-data QoS, depth 1) stores the newest frame
-in a single slot; a frame replaced before the worker took it is counted as dropped.
+in a single slot; a frame replaced before the worker took it is counted as dropped. The worker
+takes frames from the subscription itself (``nodes/framegate.py``): idle, it sleeps in its own
+wait set and takes a frame as it arrives; busy, it leaves frames in Fast DDS, which keeps only
+the newest, and takes that one when done. The executor never runs the image callback (it would
+cost an executor round and a thread hand-over per frame), and frames the worker could never use
+cost no Python time; they are counted as dropped from the publishers' sequence numbers. Where
+rclpy's wait set cannot be built, the executor delivers frames, only while the worker is idle.
 
 Topics:
 
@@ -17,7 +23,9 @@ Topics:
   classified frame;
 * ``~/scores`` (std_msgs/String, EVENTS): JSON ``{"stamp": {"sec", "nanosec"}, "frame_id",
   "label", "score", "raw_label", "raw_score", "scores": {class: probability of this frame},
-  "changed", "latency_ms" (frame received -> result published), "inference_ms", "model"}``;
+  "changed", "latency_ms" (frame received -> result published), "inference_ms", "model",
+  "stages_ms": {"transport" (source stamp -> received here, wall clocks), "wait" (received ->
+  worker started), "convert", "preprocess", "inference", "publish" (the label)}}``;
   stamp and frame_id are the source image's;
 * ``~/classes`` (std_msgs/String, LATCHED): JSON list of the serving model's class names;
 * ``~/overlay`` (sensor_msgs/Image rgb8, SENSOR_DATA): the frame annotated with the result,
@@ -44,7 +52,6 @@ Clearing ``model_dir`` at run time keeps the current model serving.
 from __future__ import annotations
 
 import collections
-import json
 import math
 import os
 import threading
@@ -59,6 +66,7 @@ from rclpy.parameter import Parameter
 from std_msgs.msg import String
 
 from dli_perception.core.backends.select import CHOICES as BACKEND_CHOICES
+from dli_perception.core.contracts import ClassList, Scores, stamp_ns_of
 from dli_perception.core.decision import SMOOTHING, DecisionConfig, DecisionFilter
 from dli_perception.core.imaging import cv2_to_imgmsg, to_rgb8
 from dli_perception.core.logtext import printable, quoted
@@ -66,8 +74,9 @@ from dli_perception.core.preprocess import PreprocessConfig, preprocess
 from dli_perception.errors import ConfigError, ImageConversionError
 from dli_perception.nodes import localframes
 from dli_perception.nodes.diagnostics import ERROR, OK, WARN, DiagnosticsPublisher
+from dli_perception.nodes.framegate import DropCounter, FrameGate, FrameWaiter, take_newest
 from dli_perception.nodes.params import Param, declare
-from dli_perception.nodes.qos import EVENTS, LATCHED, SENSOR_DATA
+from dli_perception.nodes.qos import EVENTS, LATCHED, SENSOR_DATA, overridable
 from dli_perception.nodes.runtime import node_main
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -76,6 +85,8 @@ LATENCY_WINDOW = 200
 """Latest results the latency percentiles are computed over."""
 FPS_WINDOW_S = 2.0
 """Seconds of recent results the fps figure is computed over."""
+STAGES = ("transport", "wait", "convert", "preprocess", "inference", "publish")
+"""Stages of one frame's way through the node, timed for ~/scores and diagnostics."""
 
 
 def _positive(value: Any) -> str | None:
@@ -239,10 +250,11 @@ class ServingModel:
 
 @dataclass
 class PendingFrame:
-    """The newest frame, with its receive time (time.monotonic)."""
+    """The newest frame, with its receive time (time.monotonic) and wall-clock receive time (ns)."""
 
     msg: Any
     received: float
+    received_ns: int = 0
 
 
 class ClassifierNode(Node):
@@ -257,6 +269,7 @@ class ClassifierNode(Node):
         self._loader: threading.Thread | None = None
         self._pending: PendingFrame | None = None
         self._local_images: localframes.LocalTopic | None = None
+        self._waiter: FrameWaiter | None = None
         self._staged: ServingModel | None = None
         self._load_request: LoadRequest | None = None
         self.model: ServingModel | None = None
@@ -288,13 +301,15 @@ class ClassifierNode(Node):
         self.last_label = ""
         self._latencies: collections.deque[float] = collections.deque(maxlen=LATENCY_WINDOW)
         self._inference: collections.deque[float] = collections.deque(maxlen=LATENCY_WINDOW)
+        self._stages: collections.deque[tuple[float, ...]] = collections.deque(maxlen=LATENCY_WINDOW)
+        self._drops = DropCounter()
         self._done_times: collections.deque[float] = collections.deque(maxlen=1000)
 
         image_type = _image_type()
-        self.label_pub = self.create_publisher(String, "label", EVENTS)
+        self.label_pub = self.create_publisher(String, "label", **overridable(self, EVENTS))
         self.scores_pub = self.create_publisher(String, "~/scores", EVENTS)
         self.classes_pub = self.create_publisher(String, "~/classes", LATCHED)
-        self.overlay_pub = self.create_publisher(image_type, "~/overlay", SENSOR_DATA)
+        self.overlay_pub = self.create_publisher(image_type, "~/overlay", **overridable(self, SENSOR_DATA))
         vision = _vision_msgs()
         self._vision = vision
         self.classification_pub = (
@@ -302,11 +317,26 @@ class ClassifierNode(Node):
         )
         # In the one-process runner, frames of an in-process camera arrive by direct call instead.
         self._local_images = localframes.subscribe(self, "image_raw", self.on_image)
+        # The worker takes frames itself (FrameWaiter); without one, the executor delivers them only while
+        # the worker is idle (FrameGate). See nodes/framegate.py.
+        self._gate = FrameGate(self)
         self.image_sub = (
-            self.create_subscription(image_type, "image_raw", self.on_image, SENSOR_DATA)
+            self.create_subscription(
+                image_type,
+                "image_raw",
+                _with_info(self._on_image_info, self.on_image),
+                callback_group=self._gate,
+                **overridable(self, SENSOR_DATA),
+            )
             if self._local_images is None
             else None
         )
+        if self.image_sub is not None:
+            try:
+                self._waiter = FrameWaiter(self.image_sub, self.context)
+                self._gate.close()  # the worker takes every frame itself
+            except Exception as exc:  # noqa: BLE001 - an rclpy without this wait-set API: the executor delivers
+                self.get_logger().info(f"frames delivered by the executor ({type(exc).__name__}: {exc})")
         images = (
             self.image_sub.topic_name
             if self.image_sub is not None
@@ -371,19 +401,38 @@ class ClassifierNode(Node):
                 self.get_logger().info("model_dir cleared: the current model keeps serving")
 
     # -- callbacks (executor thread: store and return) ------------------------------------------
-    def on_image(self, msg) -> None:
-        """Keep ``msg`` as the newest frame; a frame the worker never took is counted as dropped."""
+    def on_image(self, msg, info: dict | None = None) -> None:
+        """Keep ``msg`` as the newest frame; a frame the worker never took is counted as dropped.
+
+        ``info`` (the message info of the take) tells from the publisher's sequence numbers how
+        many frames were replaced before they were taken; they count as received and dropped.
+        """
         now = time.monotonic()
+        now_ns = time.time_ns()
+        skipped = self._drops.skipped(info)
         with self._cond:
-            self.received += 1
+            self.received += 1 + skipped
+            self.dropped += skipped
             if self.model is None and self._staged is None:
                 self.without_model += 1
                 return
             if self._pending is not None:
                 self.dropped += 1
-            self._pending = PendingFrame(msg, now)
+            self._pending = PendingFrame(msg, now, now_ns)
+            self._gate.close()
             self.max_pending = max(self.max_pending, 1)
             self._cond.notify_all()
+
+    def _on_image_info(self, msg, info) -> None:
+        self.on_image(msg, info)
+
+    def _take_newest(self) -> None:
+        """Worker thread, after a frame: take the frame Fast DDS kept meanwhile, if any, as the newest."""
+        if self.image_sub is None:
+            return
+        got = take_newest(self.image_sub)
+        if got is not None:
+            self.on_image(got[0], got[1])
 
     def on_model_updated(self, msg: String) -> None:
         path = msg.data.strip()
@@ -481,7 +530,7 @@ class ClassifierNode(Node):
                 self.loads += 1
                 self.last_load_error = ""
                 self.last_error = ""
-                self._cond.notify_all()
+                self._wake_worker()
         if stopped:
             model.backend.close()
             return
@@ -515,10 +564,18 @@ class ClassifierNode(Node):
         next_due = 0.0
         while True:
             with self._cond:
-                while not self._stop.is_set() and self._pending is None and self._staged is None:
+                while (
+                    self._waiter is None and not self._stop.is_set() and self._pending is None and self._staged is None
+                ):
+                    self._gate.open()  # idle: let the executor deliver the next frame
                     self._cond.wait()
                 if self._stop.is_set():
                     return
+                idle = self._pending is None and self._staged is None
+            if idle:  # only with a waiter: sleep until a frame arrives, then take it here
+                self._wait_for_frame()
+                continue
+            with self._cond:
                 staged, self._staged = self._staged, None
                 if staged is not None:
                     previous, self.model = self.model, staged
@@ -539,18 +596,38 @@ class ClassifierNode(Node):
                 next_due = max(next_due + 1.0 / self._max_rate, time.monotonic())
                 if self._stop.wait(max(0.0, next_due - time.monotonic())):
                     return
+            self._take_newest()
+
+    def _wait_for_frame(self) -> None:
+        try:
+            self._waiter.wait(0.5)
+        except Exception as exc:  # noqa: BLE001 - shutting down (handles destroyed) or an rcl error: retry soon
+            if self._stop.wait(0.05):
+                return
+            self.get_logger().debug(f"waiting for a frame: {type(exc).__name__}: {exc}")
+            return
+        self._take_newest()
+
+    def _wake_worker(self) -> None:
+        """Wake the worker from its condition wait and from its frame wait (call with ``_cond`` held)."""
+        self._cond.notify_all()
+        if self._waiter is not None:
+            self._waiter.wake()
 
     def _swapped(self, model: ServingModel, previous: ServingModel | None) -> None:
-        self.classes_pub.publish(String(data=json.dumps(model.classes)))
+        self.classes_pub.publish(String(data=ClassList(tuple(model.classes)).encode()))
         if previous is not None:
             previous.backend.close()
             self.get_logger().info(f"now serving {quoted(model.model_dir)} (was {quoted(previous.model_dir)})")
 
     def _classify(self, model: ServingModel, frame: PendingFrame) -> None:
         msg = frame.msg
+        t_start = time.perf_counter()
+        wait_ms = (time.monotonic() - frame.received) * 1000.0
         self._apply_decision_config(model)
         try:
             rgb = to_rgb8(msg)
+            t_converted = time.perf_counter()
             preprocess(rgb, model.preprocess, out=model.batch[0])
         except (ImageConversionError, ConfigError) as exc:
             self.bad += 1
@@ -562,31 +639,36 @@ class ClassifierNode(Node):
             return
         t1 = time.perf_counter()
         probs = model.backend.infer(model.batch)[0]
-        inference_ms = (time.perf_counter() - t1) * 1000.0
+        t2 = time.perf_counter()
+        inference_ms = (t2 - t1) * 1000.0
         decision = model.decision.update(probs)
         self.label_pub.publish(String(data=decision.label))
         latency_ms = (time.monotonic() - frame.received) * 1000.0
         header = msg.header
-        scores = {name: float(p) for name, p in zip(model.classes, probs, strict=True)}
-        self.scores_pub.publish(
-            String(
-                data=json.dumps(
-                    {
-                        "stamp": {"sec": int(header.stamp.sec), "nanosec": int(header.stamp.nanosec)},
-                        "frame_id": header.frame_id,
-                        "label": decision.label,
-                        "score": round(decision.score, 6),
-                        "raw_label": decision.raw_label,
-                        "raw_score": round(decision.raw_score, 6),
-                        "scores": scores,
-                        "changed": decision.changed,
-                        "latency_ms": round(latency_ms, 3),
-                        "inference_ms": round(inference_ms, 3),
-                        "model": model.model_dir,
-                    }
-                )
-            )
+        stages = (
+            (frame.received_ns - (header.stamp.sec * 1_000_000_000 + header.stamp.nanosec)) / 1e6,
+            wait_ms,
+            (t_converted - t_start) * 1000.0,
+            (t1 - t_converted) * 1000.0,
+            inference_ms,
+            (time.perf_counter() - t2) * 1000.0,
         )
+        scores = {name: float(p) for name, p in zip(model.classes, probs, strict=True)}
+        result = Scores(
+            stamp_ns=stamp_ns_of(header),
+            frame_id=header.frame_id,
+            label=decision.label,
+            score=round(decision.score, 6),
+            raw_label=decision.raw_label,
+            raw_score=round(decision.raw_score, 6),
+            scores=scores,
+            changed=decision.changed,
+            latency_ms=round(latency_ms, 3),
+            inference_ms=round(inference_ms, 3),
+            model=model.model_dir,
+            stages_ms={name: round(v, 3) for name, v in zip(STAGES, stages, strict=True)},
+        )
+        self.scores_pub.publish(String(data=result.encode()))
         if self.classification_pub is not None:
             self._publish_classification(header, scores)
         if self.overlay_pub.get_subscription_count() > 0:
@@ -595,6 +677,7 @@ class ClassifierNode(Node):
         self.last_label = decision.label
         self._latencies.append(latency_ms)
         self._inference.append(inference_ms)
+        self._stages.append(stages)
         self._done_times.append(time.monotonic())
 
     def _apply_decision_config(self, model: ServingModel) -> None:
@@ -651,6 +734,14 @@ class ClassifierNode(Node):
         p50, p95 = np.percentile(values, [50, 95])
         return float(p50), float(p95)
 
+    def stage_percentiles(self) -> str:
+        """``stage=p50`` (milliseconds) of each of :data:`STAGES` over recent frames, one line."""
+        rows = list(self._stages)
+        if not rows:
+            return ""
+        p50 = np.median(np.asarray(rows), axis=0)
+        return " ".join(f"{name}={v:.2f}" for name, v in zip(STAGES, p50, strict=True))
+
     def status(self) -> str:
         """``serving``, ``loading``, ``waiting for a model`` or ``load failed`` (plus what still serves)."""
         if self.model is None:
@@ -678,6 +769,7 @@ class ClassifierNode(Node):
             "latency_p50_ms": p50,
             "latency_p95_ms": p95,
             "inference_p50_ms": float(np.median(inference)) if inference else math.nan,
+            "stages_p50_ms": self.stage_percentiles(),
             "frames_received": self.received,
             "frames_classified": self.classified,
             "frames_dropped": self.dropped,
@@ -701,9 +793,11 @@ class ClassifierNode(Node):
         localframes.unsubscribe(self._local_images, self.on_image)
         self._stop.set()
         with self._cond:
-            self._cond.notify_all()
+            self._wake_worker()
         if self._worker is not None:
             self._worker.join(timeout=3.0)
+        if self._waiter is not None and self._worker is not None and not self._worker.is_alive():
+            self._waiter.close()
         if self._loader is not None:
             # A load in progress (an engine build) cannot be interrupted; it is abandoned after the timeout
             # and closes what it loaded when it ends.
@@ -724,6 +818,13 @@ def _image_type():
     from sensor_msgs.msg import Image
 
     return Image
+
+
+def _with_info(with_info, message_only):
+    """``with_info`` where rclpy passes message info to two-argument callbacks (Iron and newer), else ``message_only``."""
+    from rclpy.subscription import Subscription
+
+    return with_info if hasattr(Subscription, "CallbackType") else message_only
 
 
 def _vision_msgs():

@@ -1,22 +1,34 @@
-"""reaction_node: turns the classifier's ``label`` stream into ``cmd_vel`` velocity commands.
+"""reaction_node: turns the classifier's results into ``cmd_vel`` velocity commands.
 
 An action table (YAML, see :mod:`dli_perception.core.reaction`) maps each class to
 velocities. A timer publishes one command every period from
 :class:`~dli_perception.core.reaction.ReactionPolicy`, which stops the robot when
 disabled, when labels stop arriving for ``stale_timeout_s``, on the unknown label,
-on unmapped labels and stop actions, and limits speed and acceleration.
+on a score below ``min_score`` (as the unknown label), on unmapped labels and stop actions,
+and limits speed and acceleration.
 
 Topics and services (relative names, so a namespace or remapping moves them):
 
-* ``label`` (std_msgs/String, in): a class name, or JSON ``{"label": "free", "score": 0.93}``
-  when ``min_score`` should apply (a label without a score then stops the robot). The
-  publisher must repeat the current label (e.g. every frame): silence is staleness.
+* ``<classifier>/scores`` (std_msgs/String, in; :class:`~dli_perception.core.contracts.Scores`):
+  the classifier's stamped, scored result of every frame; ``classifier`` names the node
+  (default ``classifier_node``), empty turns this input off. While these arrive, they drive the
+  robot and plain labels are ignored; their score is what ``min_score`` applies to, and their
+  source image header travels into ``~/state`` (and, with ``max_frame_age_s``, stops on old frames).
+* ``label`` (std_msgs/String, in; :class:`~dli_perception.core.contracts.Label`): a class name, or
+  JSON ``{"label": "free", "score": 0.93}``; used when no scores arrived for ``stale_timeout_s``
+  (a publisher other than the classifier). A plain label has no score: with ``min_score`` > 0 it
+  stops the robot. The publisher must repeat the current label (e.g. every frame): silence is staleness.
+* ``<classifier>/classes`` (std_msgs/String, latched, in; :class:`~dli_perception.core.contracts.ClassList`):
+  the model's classes; when they and the action table share no or only some names the node warns,
+  in its log and on ``/diagnostics`` (WARN).
 * ``cmd_vel`` (geometry_msgs/Twist, or TwistStamped with ``stamped``; out, every 1/``rate_hz`` s).
-* ``~/state`` (std_msgs/String, latched, out): JSON ``{enabled, label, reason, linear_x, angular_z}``
-  whenever enable/label/reason changes; ``reason`` is one of
-  :data:`~dli_perception.core.reaction.REASONS`, or ``"shutdown"`` in the last one.
+* ``~/state`` (std_msgs/String, latched, out; :class:`~dli_perception.core.contracts.ReactionState`):
+  ``{enabled, label, reason, linear_x, angular_z, stamp, frame_id}`` whenever enable/label/reason
+  changes; ``reason`` is one of :data:`~dli_perception.core.reaction.REASONS`, or ``"shutdown"``
+  in the last one.
 * ``~/enable`` (std_srvs/SetBool): gates all motion.
-* ``/diagnostics``: label, reason, last command, label age, labels received, stale events.
+* ``/diagnostics``: label, reason, last command, label age, labels received, stale events,
+  the model's classes and the names the table and the model do not share.
 
 Safety: motion starts disabled (call ``~/enable`` with ``data: true``, or set
 ``start_enabled``); a zero Twist is published on every stop path, at once when a
@@ -28,7 +40,6 @@ at the next periodic command. It runs on the steady clock (``time.monotonic``), 
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from pathlib import Path
@@ -42,6 +53,7 @@ from std_msgs.msg import String
 from std_srvs.srv import SetBool
 
 from dli_perception import transport
+from dli_perception.core.contracts import ClassList, Label, ReactionState, Scores
 from dli_perception.core.logtext import quoted
 from dli_perception.core.reaction import (
     COLLISION_AVOIDANCE,
@@ -51,13 +63,13 @@ from dli_perception.core.reaction import (
     Command,
     PolicyConfig,
     ReactionPolicy,
+    class_table_mismatch,
     load_action_table,
-    parse_label_message,
 )
 from dli_perception.errors import BadMessageError
 from dli_perception.nodes.diagnostics import OK, WARN, DiagnosticsPublisher
 from dli_perception.nodes.params import Param, declare
-from dli_perception.nodes.qos import EVENTS, LATCHED
+from dli_perception.nodes.qos import EVENTS, LATCHED, overridable
 from dli_perception.nodes.runtime import node_main
 
 DEADLINE_SLACK_S = 0.002
@@ -120,9 +132,27 @@ PARAMS = [
     Param(
         "min_score",
         0.0,
-        "Stop when a label's score (JSON label messages) is below this, 0-1; 0: off.",
+        "Treat a result whose score is below this as the unknown label (stop, unless the table maps the "
+        "unknown label), 0-1; 0: off. Scores come from the classifier's ~/scores (or JSON label messages); "
+        "a plain label has none and stops when this is > 0.",
         min=0.0,
         max=1.0,
+    ),
+    Param(
+        "classifier",
+        "classifier_node",
+        "Classifier node whose <classifier>/scores (stamped, scored results) drive the robot and whose "
+        "latched <classifier>/classes are checked against the action table (relative: a namespace moves "
+        "it); empty: plain labels on `label` only.",
+        read_only=True,
+    ),
+    Param(
+        "max_frame_age_s",
+        0.0,
+        "Ignore a result whose source image is older than this by this node's clock (then the robot "
+        "stops as stale), seconds; 0: off (camera and robot clocks may differ).",
+        min=0.0,
+        max=10.0,
     ),
     Param(
         "stamped",
@@ -141,6 +171,9 @@ POLICY_PARAMS = (
     "max_angular_accel",
     "min_score",
 )
+
+SOURCE_NONE: tuple[int | None, str] = (None, "")
+"""The source header of a label that came without one (plain labels)."""
 
 
 def resolve_actions_file(name: str) -> Path:
@@ -180,10 +213,25 @@ class ReactionNode(Node):
         self._last_state: tuple | None = None
         self.commands_published = 0
         self.bad_messages = 0
+        self.labels_ignored = 0  # plain labels while scores drive the robot
+        self.old_results = 0  # results whose source image was older than max_frame_age_s
+        self._max_frame_age_s = p["max_frame_age_s"]
+        self._scores_last: float | None = None  # time.monotonic() of the last scores message
+        self._source = SOURCE_NONE  # (stamp_ns, frame_id) of the image the current label came from
+        self._model_classes: tuple[str, ...] | None = None
+        self._mismatch = ""
 
         self.cmd_pub = self.create_publisher(TwistStamped if self._stamped else Twist, "cmd_vel", EVENTS)
         self.state_pub = self.create_publisher(String, "~/state", LATCHED)
-        self.label_sub = self.create_subscription(String, "label", self._on_label, EVENTS)
+        self.label_sub = self.create_subscription(String, "label", self._on_label, **overridable(self, EVENTS))
+        self.scores_sub = self.classes_sub = None
+        if p["classifier"]:
+            self.scores_sub = self.create_subscription(
+                String, f"{p['classifier']}/scores", self._on_scores, **overridable(self, EVENTS)
+            )
+            self.classes_sub = self.create_subscription(
+                String, f"{p['classifier']}/classes", self._on_classes, LATCHED
+            )
         self.enable_srv = self.create_service(SetBool, "~/enable", self._on_enable)
         self.diagnostics = DiagnosticsPublisher(self, self._diagnostics)
         self.timer = self.create_timer(1.0 / self._rate_hz, self._on_timer)
@@ -197,14 +245,23 @@ class ReactionNode(Node):
 
         table = self._policy.table
         mapped = ", ".join(table.actions)
+        inputs = self.label_sub.topic_name
+        if self.scores_sub is not None:
+            inputs = f"{self.scores_sub.topic_name} (else {inputs})"
+        elif p["min_score"] > 0.0:
+            self.get_logger().warning(
+                f"min_score={p['min_score']:g} with plain labels only (classifier is empty): a label without "
+                "a score stops the robot; send JSON labels with a score, or set classifier"
+            )
         self.get_logger().info(
-            f"reacting to {self.label_sub.topic_name} ({mapped}) from {self._actions_source}; publishing "
+            f"reacting to {inputs} ({mapped}) from {self._actions_source}; publishing "
             f"{self.cmd_pub.topic_name} at {self._rate_hz:g} Hz; motion "
             f"{'ENABLED' if self._policy.enabled else 'disabled until ~/enable'}"
         )
 
     # -- parameters -----------------------------------------------------------------------------
     def _on_params(self, changes: dict[str, Any]) -> None:
+        self._max_frame_age_s = changes.get("max_frame_age_s", self._max_frame_age_s)
         policy_changes = {k: v for k, v in changes.items() if k in POLICY_PARAMS}
         if policy_changes:
             with self._lock:
@@ -212,18 +269,70 @@ class ReactionNode(Node):
 
     # -- events ---------------------------------------------------------------------------------
     def _on_label(self, msg: String) -> None:
+        """A plain (or JSON) label: used only while no scores arrive."""
+        now = time.monotonic()
+        with self._lock:
+            scores_live = self._scores_last is not None and (
+                now - self._scores_last < self._policy.config.stale_timeout_s
+            )
+            if scores_live:
+                self.labels_ignored += 1
+                return
         try:
-            label, score = parse_label_message(msg.data)
+            label = Label.decode(msg.data)
+        except BadMessageError as exc:
+            self._bad_message(msg.data, exc)
+            label = Label(self._policy.table.unknown_label)
+        self._react(label.label, label.score, SOURCE_NONE)
+
+    def _on_scores(self, msg: String) -> None:
+        """The classifier's stamped, scored result: it drives the robot."""
+        with self._lock:
+            self._scores_last = time.monotonic()
+        try:
+            result = Scores.decode(msg.data)
+        except BadMessageError as exc:
+            self._bad_message(msg.data, exc)
+            self._react(self._policy.table.unknown_label, None, SOURCE_NONE)
+            return
+        if self._max_frame_age_s > 0.0:
+            age_s = (self.get_clock().now().nanoseconds - result.stamp_ns) / 1e9
+            if age_s > self._max_frame_age_s:
+                self.old_results += 1
+                self.get_logger().warning(
+                    f"ignoring {result.label!r}: its image is {age_s:.3f} s old (max_frame_age_s="
+                    f"{self._max_frame_age_s:g})",
+                    throttle_duration_sec=5.0,
+                )
+                return
+        self._react(result.label, result.score, (result.stamp_ns, result.frame_id))
+
+    def _on_classes(self, msg: String) -> None:
+        """The model's latched class list: warn when the action table does not fit it."""
+        try:
+            classes = ClassList.decode(msg.data).names
         except BadMessageError as exc:
             self.bad_messages += 1
-            self.get_logger().warning(
-                f"bad label message {quoted(msg.data, 80)}: {exc}; stopping", throttle_duration_sec=5.0
-            )
-            label, score = self._policy.table.unknown_label, None
+            self.get_logger().warning(f"bad class list {quoted(msg.data, 80)}: {exc}")
+            return
+        mismatch = class_table_mismatch(classes, self._policy.table)
+        with self._lock:
+            self._model_classes, self._mismatch = classes, mismatch
+        if mismatch:
+            self.get_logger().warning(f"{mismatch} (actions from {self._actions_source})")
+        else:
+            self.get_logger().info(f"every class of the model has an action: {', '.join(classes)}")
+
+    def _bad_message(self, text: str, exc: BadMessageError) -> None:
+        self.bad_messages += 1
+        self.get_logger().warning(f"bad message {quoted(text, 80)}: {exc}; stopping", throttle_duration_sec=5.0)
+
+    def _react(self, label: str, score: float | None, source: tuple[int | None, str]) -> None:
         now = time.monotonic()
         with self._lock:
             if self._closing:
                 return
+            self._source = source
             self._policy.on_label(label, now, score)
             last = self._last_published
             if last is not None and not last.is_zero and self._policy.target(now).reason != MOVING:
@@ -291,14 +400,11 @@ class ReactionNode(Node):
             self._publish_state(cmd)
 
     def _publish_state(self, cmd: Command) -> None:
-        state = {
-            "enabled": self._policy.enabled,
-            "label": cmd.label,
-            "reason": cmd.reason,
-            "linear_x": cmd.linear_x,
-            "angular_z": cmd.angular_z,
-        }
-        self.state_pub.publish(String(data=json.dumps(state)))
+        stamp_ns, frame_id = self._source
+        state = ReactionState(
+            self._policy.enabled, cmd.label, cmd.reason, cmd.linear_x, cmd.angular_z, stamp_ns, frame_id
+        )
+        self.state_pub.publish(String(data=state.encode()))
 
     # -- health ---------------------------------------------------------------------------------
     def _diagnostics(self):
@@ -316,16 +422,25 @@ class ReactionNode(Node):
                 "labels_received": policy.counters.labels_received,
                 "stale_events": policy.counters.stale_events,
                 "bad_messages": self.bad_messages,
+                "labels_ignored": self.labels_ignored,
+                "old_results": self.old_results,
                 "commands_published": self.commands_published,
                 "actions_file": self._actions_source,
+                "model_classes": "" if self._model_classes is None else ", ".join(self._model_classes),
+                "class_table_mismatch": self._mismatch,
             }
+            mismatch = self._mismatch
         if not policy.enabled:
-            return OK, "disabled: call ~/enable to allow motion", values
-        if cmd.reason == STALE:
-            return WARN, f"stopped: no label for {policy.config.stale_timeout_s:g} s", values
-        if cmd.reason == MOVING:
-            return OK, f"moving: {cmd.label}", values
-        return OK, f"stopped: {cmd.reason}", values
+            level, message = OK, "disabled: call ~/enable to allow motion"
+        elif cmd.reason == STALE:
+            level, message = WARN, f"stopped: no label for {policy.config.stale_timeout_s:g} s"
+        elif cmd.reason == MOVING:
+            level, message = OK, f"moving: {cmd.label}"
+        else:
+            level, message = OK, f"stopped: {cmd.reason}"
+        if mismatch:
+            level, message = WARN, f"{message}; {mismatch}"
+        return level, message, values
 
     def destroy_node(self) -> None:
         """Stop the timer, publish a final zero Twist (waiting briefly for acknowledgement), then destroy."""

@@ -45,7 +45,6 @@ captures included (a bag written while recording could not forget an undone capt
 from __future__ import annotations
 
 import contextlib
-import json
 import queue
 import threading
 import time
@@ -60,12 +59,13 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from std_msgs.msg import String
 from std_srvs.srv import SetBool, Trigger
 
+from dli_perception.core.contracts import TOTAL_KEY, Counts
 from dli_perception.core.dataset import DatasetStore, is_no_label, validate_label
 from dli_perception.core.logtext import quoted
 from dli_perception.errors import ClassFullError, DatasetError, ImageConversionError, InvalidLabelError
 from dli_perception.nodes.diagnostics import ERROR, OK, WARN, DiagnosticsPublisher
 from dli_perception.nodes.params import Param, declare
-from dli_perception.nodes.qos import EVENTS, LATCHED, SENSOR_DATA
+from dli_perception.nodes.qos import EVENTS, LATCHED, SENSOR_DATA, overridable
 from dli_perception.nodes.recorder_jobs import (
     BAD_FRAME,
     BUSY,
@@ -222,8 +222,10 @@ class RecorderNode(Node):
         self._deadline_timer = self.create_timer(DEADLINE_POLL_S, self._on_deadline_poll, self._calls_group)
         self._deadline_timer.cancel()  # runs only while calls wait
         self.counts_pub = self.create_publisher(String, "~/counts", LATCHED)
-        self.image_sub = self.create_subscription(_image_type(), "image_raw", self._on_image, SENSOR_DATA)
-        self.label_sub = self.create_subscription(String, "teach_label", self._on_label, EVENTS)
+        self.image_sub = self.create_subscription(
+            _image_type(), "image_raw", self._on_image, **overridable(self, SENSOR_DATA)
+        )
+        self.label_sub = self.create_subscription(String, "teach_label", self._on_label, **overridable(self, EVENTS))
         self.capture_srv = self.create_service(
             Trigger, "~/capture", self._on_capture, qos_profile=REQUESTS, callback_group=self._calls_group
         )
@@ -546,7 +548,8 @@ class RecorderNode(Node):
     def _publish_counts(self) -> None:
         with self._lock:
             counts = dict(self._counts)
-        self.counts_pub.publish(String(data=json.dumps(counts, ensure_ascii=False)))
+        per_class = {name: n for name, n in counts.items() if name != TOTAL_KEY}
+        self.counts_pub.publish(String(data=Counts(per_class).encode()))
 
     def _diagnostics(self):
         store = self._store

@@ -152,6 +152,8 @@ def run_nodes(
     from rclpy.exceptions import ParameterException
     from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
 
+    from dli_perception.nodes import qos
+
     transport.apply_default_profile()
     _HARD_EXIT.clear()
     signals = StopSignal().install()
@@ -171,6 +173,7 @@ def run_nodes(
                 break
             node = factory()
             nodes.append(node)
+            qos.warn_unused_qos_overrides(node)
             executor.add_node(node)
         spin_until_stopped(executor, stop_event)
     except (KeyboardInterrupt, ExternalShutdownException):

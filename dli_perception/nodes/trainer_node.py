@@ -52,7 +52,6 @@ is left intact.
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import math
 import threading
 import time
@@ -65,6 +64,7 @@ from rclpy.node import Node
 from std_msgs.msg import String
 from std_srvs.srv import Trigger
 
+from dli_perception.core.contracts import TrainProgress, TrainStatus
 from dli_perception.core.training import ProgressEvent, TrainConfig
 from dli_perception.core.training.options import TRAIN_OPTIONS, TrainOption, config_from_options
 from dli_perception.core.training.service import TrainJob, job_from_options, train_and_export
@@ -282,7 +282,7 @@ class TrainerNode(Node):
             if not force and now - self._last_progress_pub < 1.0 / float(self._values["progress_rate_hz"]):
                 return
             self._last_progress_pub = now
-        self._publish(self.progress_pub, json.dumps(data))
+        self._publish(self.progress_pub, TrainProgress.from_dict(data).encode())
 
     def _finish(self, job: Job, outcome: dict[str, Any]) -> None:
         status = outcome["status"]
@@ -312,7 +312,7 @@ class TrainerNode(Node):
             )
         else:
             log.info(f"run {job.number} {status}: {outcome['message']}")
-        self._publish(self.status_pub, json.dumps(_finite(outcome)))
+        self._publish(self.status_pub, TrainStatus.from_dict(_finite(outcome)).encode())
         if outcome["exported"]:
             self._publish(self.model_pub, str(job.model_dir))
         self._publish_diagnostics()

@@ -11,6 +11,7 @@ from dli_perception.core.contracts import (
     CONTRACTS,
     ClassList,
     Counts,
+    Label,
     ReactionState,
     Scores,
     TrainProgress,
@@ -88,13 +89,40 @@ def test_counts_scores_classes_state_round_trip():
             "/m",
         ),
         ClassList(("free", "blocked")),
+        Label("free"),
+        Label("free", 0.75),
         ReactionState(True, "free", "moving", 0.2, 0.0),
+        ReactionState(True, "free", "moving", 0.2, 0.0, 1_700_000_000_000_000_001, "camera"),
         ReactionState(False, None, "disabled"),
     ]
     for value in values:
         assert type(value).decode(value.encode()) == value
     assert json.loads(values[1].encode())["stamp"] == {"sec": 1_700_000_000, "nanosec": 123_456_789}
     assert {type(v) for v in values} | {TrainProgress, TrainStatus} == set(CONTRACTS)
+    assert json.loads(values[6].encode())["stamp"] == {"sec": 1_700_000_000, "nanosec": 1}
+
+
+def test_reaction_state_of_an_older_node_decodes_without_a_header():
+    old = '{"enabled": true, "label": "free", "reason": "moving", "linear_x": 0.1, "angular_z": 0.0}'
+    state = ReactionState.decode(old)
+    assert state.stamp_ns is None and state.frame_id == "" and state.moving
+
+
+def test_label_is_plain_text_or_json_with_a_score():
+    assert Label.decode("free") == Label("free")
+    assert Label.decode(" blocked\n") == Label("blocked")
+    assert Label.decode('{"label": "free", "score": 0.75}') == Label("free", 0.75)
+    assert Label.decode('{"label": "free"}') == Label("free")
+    assert Label("free").encode() == "free"
+    for bad in (
+        '{"label": 3}',
+        '{"score": 0.5}',
+        '{"label": "a", "score": 2}',
+        "{nope",
+        '{"label": "a", "score": true}',
+    ):
+        with pytest.raises(BadMessageError):
+            Label.decode(bad)
 
 
 @pytest.mark.parametrize(

@@ -487,21 +487,26 @@ def frame(seed):
     return np.random.default_rng(seed).integers(0, 256, (48, 64, 3), dtype=np.uint8)
 store = DatasetStore(sys.argv[1])
 """
+#: The two captures each crash test makes before the one it dies in.
+TWO_CAPTURES = """
+store.add(frame(1), "cup")
+store.add(frame(2), "pen")
+"""
+
+
+def die_in_child(root: Path, body: str) -> None:
+    """Open the store at ``root`` in a child process that runs ``body`` and dies with exit code 9."""
+    proc = run_child(CHILD_PRELUDE + body, str(root))
+    assert proc.returncode == 9, proc.stderr
 
 
 def test_killed_before_rename_leaves_no_image_and_no_line(tmp_path):
     root = tmp_path / "ds"
-    code = (
-        CHILD_PRELUDE
-        + """
-store.add(frame(1), "cup")
-store.add(frame(2), "pen")
+    body = """
 os.replace = lambda *a, **k: os._exit(9)   # die with the temp file complete but not renamed
 store.add(frame(3), "cup")
 """
-    )
-    proc = run_child(code, str(root))
-    assert proc.returncode == 9, proc.stderr
+    die_in_child(root, TWO_CAPTURES + body)
     assert len(temp_files(root)) == 1 and len(manifest_lines(root)) == 2
     with DatasetStore(root) as store:
         assert store.counts() == {"cup": 1, "pen": 1}
@@ -511,11 +516,7 @@ store.add(frame(3), "cup")
 
 def test_killed_mid_manifest_append_adopts_the_image(tmp_path):
     root = tmp_path / "ds"
-    code = (
-        CHILD_PRELUDE
-        + """
-store.add(frame(1), "cup")
-store.add(frame(2), "pen")
+    body = """
 real_write = os.write
 def half_write(fd, data):
     real_write(fd, bytes(data)[: len(data) // 2])
@@ -523,9 +524,7 @@ def half_write(fd, data):
 os.write = half_write                      # die halfway through the third manifest line
 store.add(frame(3), "cup")
 """
-    )
-    proc = run_child(code, str(root))
-    assert proc.returncode == 9, proc.stderr
+    die_in_child(root, TWO_CAPTURES + body)
     assert not (root / MANIFEST_NAME).read_bytes().endswith(b"\n")
     with DatasetStore(root) as store:
         report = store.repair_report
@@ -536,18 +535,16 @@ store.add(frame(3), "cup")
 
 def test_killed_inside_a_batch_adopts_unlisted_images(tmp_path):
     root = tmp_path / "ds"
-    code = (
-        CHILD_PRELUDE
-        + """
+    die_in_child(
+        root,
+        """
 store.add(frame(0), "cup")
 with store.batch(sync_every=100):
     for i in range(1, 6):
         store.add(frame(i), "cup")
     os._exit(9)
-"""
+""",
     )
-    proc = run_child(code, str(root))
-    assert proc.returncode == 9, proc.stderr
     assert len(manifest_lines(root)) == 1 and len(image_files(root)) == 6
     with DatasetStore(root) as store:
         assert len(store.repair_report.adopted) == 5

@@ -24,10 +24,10 @@ from dli_perception.core.reaction import (
     ActionTable,
     PolicyConfig,
     ReactionPolicy,
+    class_table_mismatch,
     load_action_table,
-    parse_label_message,
 )
-from dli_perception.errors import BadMessageError, ConfigError
+from dli_perception.errors import ConfigError
 
 CONFIG = Path(__file__).resolve().parents[2] / "config"
 NO_RAMP = PolicyConfig(max_linear_accel=0.0, max_angular_accel=0.0)
@@ -139,22 +139,6 @@ def test_missing_file_and_bad_yaml(tmp_path):
 def test_policy_config_is_validated(kwargs, message):
     with pytest.raises(ConfigError, match=message):
         PolicyConfig(**kwargs)
-
-
-def test_parse_label_message():
-    assert parse_label_message("free") == ("free", None)
-    assert parse_label_message(" blocked\n") == ("blocked", None)
-    assert parse_label_message('{"label": "free", "score": 0.75}') == ("free", 0.75)
-    assert parse_label_message('{"label": "free"}') == ("free", None)
-    for bad in (
-        '{"label": 3}',
-        '{"score": 0.5}',
-        '{"label": "a", "score": 2}',
-        "{nope",
-        '{"label": "a", "score": true}',
-    ):
-        with pytest.raises(BadMessageError):
-            parse_label_message(bad)
 
 
 # -- the policy ----------------------------------------------------------------------------------
@@ -358,6 +342,23 @@ def test_min_score_threshold():
     assert p.command(0.4).reason == MOVING
 
 
+def test_low_score_follows_the_unknown_labels_action_and_never_latches():
+    searching = load_action_table(
+        {"actions": {"free": {"linear_x": 0.15}, "unknown": {"angular_z": 0.5}}}
+    )
+    p = policy(searching, config=PolicyConfig(min_score=0.6, max_linear_accel=0.0, max_angular_accel=0.0))
+    p.on_label("free", 0.0, score=0.3)
+    cmd = p.command(0.0)
+    assert (cmd.linear_x, cmd.angular_z, cmd.reason) == (0.0, 0.5, MOVING)  # as if "unknown": search
+    p.on_label("free", 0.1, score=0.9)
+    assert p.command(0.1).linear_x == 0.15  # a confident label moves again at once
+    stops = policy(config=PolicyConfig(min_score=0.6, max_linear_accel=0.0))  # unknown not mapped: stop
+    stops.on_label("free", 0.0, score=0.3)
+    assert stops.command(0.0).reason == LOW_SCORE
+    stops.on_label("free", 0.1, score=0.61)
+    assert stops.command(0.1).reason == MOVING
+
+
 def test_time_going_backwards_does_not_accelerate():
     cfg = PolicyConfig(max_linear_accel=1.0, max_linear=2.0, max_step_s=1.0)
     p = policy(table(go={"linear_x": 1.0}), cfg)
@@ -367,3 +368,17 @@ def test_time_going_backwards_does_not_accelerate():
     assert p.command(1.125).linear_x == 0.125
     p.on_label("go", 1.125)
     assert p.command(0.5).linear_x == 0.125  # dt < 0 counts as 0
+
+
+def test_class_table_mismatch_names_what_the_model_and_the_table_do_not_share():
+    built_in = load_action_table(COLLISION_AVOIDANCE)
+    none = class_table_mismatch(("circle", "square", "triangle"), built_in)
+    assert none.startswith("the model's classes and the action table share no names")
+    assert "classes with no action: circle, square, triangle (they get stop)" in none
+    assert "actions for classes the model doesn't have: free, blocked" in none
+    some = class_table_mismatch(("free", "cat"), built_in)
+    assert "share only some names (1 of the model's 2 classes have an action)" in some
+    assert "classes with no action: cat" in some and "doesn't have: blocked" in some
+    assert class_table_mismatch(("blocked", "free"), built_in) == ""  # order does not matter
+    with_unknown = load_action_table({"actions": {"free": {"linear_x": 0.1}, "unknown": {"angular_z": 0.5}}})
+    assert class_table_mismatch(("free",), with_unknown) == ""  # the unknown label is no model class

@@ -384,3 +384,34 @@ def test_resume_refuses_a_checkpoint_of_other_classes(dataset, tmp_path):
         T.train(other, cfg(epochs=2), resume=tmp_path / "ck" / T.LAST_CHECKPOINT)
     with pytest.raises(TrainingError, match="does not exist"):
         T.train(dataset, cfg(epochs=2), resume=tmp_path / "nothing.pt")
+
+
+@pytest.mark.parametrize("class_weight", [None, (1.0, 2.0, 0.5)])
+def test_micro_batches_take_the_same_step_as_the_whole_batch(class_weight):
+    """Fine-tuning's micro-batches (peak memory) sum to the whole batch's gradient, class weights included."""
+    import torch
+
+    from dli_perception.core.training import _parts, train_one_epoch
+
+    assert _parts(9, 8) == [slice(0, 4), slice(4, 9)]  # never a part of one image (batch norm)
+    assert _parts(16, 8) == [slice(0, 8), slice(8, 16)] and _parts(8, 8) == [slice(None)]
+    weight = torch.tensor(class_weight) if class_weight else None
+    x = torch.randn(9, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    y = torch.tensor([0, 1, 2, 0, 0, 1, 2, 2, 0])
+
+    def step(micro: int):
+        torch.manual_seed(0)
+        net = torch.nn.Sequential(
+            torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(144, 3)
+        )
+        before = [p.detach().clone() for p in net.parameters()]
+        opt = torch.optim.SGD(net.parameters(), lr=0.5)
+        criterion = torch.nn.CrossEntropyLoss(weight=weight)
+        loss, acc = train_one_epoch(net, [(x, y)], criterion, opt, device=torch.device("cpu"), micro_batch=micro)
+        return loss, acc, [p.detach().clone() for p in net.parameters()], before
+
+    whole, parts = step(0), step(4)
+    assert parts[0] == pytest.approx(whole[0], rel=1e-6) and parts[1] == whole[1]
+    for a, b in zip(whole[2], parts[2], strict=True):
+        assert torch.allclose(a, b, atol=1e-6)
+    assert not torch.allclose(whole[3][-2], whole[2][-2], atol=1e-4)  # the step moved the weights

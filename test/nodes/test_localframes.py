@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import cv2
 import numpy as np
 import pytest
@@ -14,6 +12,7 @@ from rclpy.parameter import Parameter
 from sensor_msgs.msg import Image
 from std_msgs.msg import String
 
+from dli_perception.core.contracts import Scores
 from dli_perception.nodes import localframes
 from dli_perception.nodes.camera_node import CameraNode
 from dli_perception.nodes.classifier_node import ClassifierNode
@@ -73,17 +72,17 @@ def test_classifier_takes_camera_frames_in_process_and_ros_subscribers_still_get
             ros_stamps = {(m.header.stamp.sec, m.header.stamp.nanosec) for m in list(images.msgs)}
             assert wait_for(
                 lambda: any(
-                    (r["stamp"]["sec"], r["stamp"]["nanosec"]) in ros_stamps for r in _results(scores)
+                    divmod(r.stamp_ns, 1_000_000_000) in ros_stamps for r in _results(scores)
                 ),
                 DEADLINE_S,
             )
     results = _results(scores)
-    assert {r["label"] for r in results} == {"red"}
+    assert {r.label for r in results} == {"red"}
     assert classifier.received >= len(results) and classifier.bad == 0
 
 
-def _results(collector: Collector) -> list[dict]:
-    return [json.loads(m.data) for m in list(collector.msgs)]
+def _results(collector: Collector) -> list[Scores]:
+    return [Scores.decode(m.data) for m in list(collector.msgs)]
 
 
 def test_without_enable_or_with_the_classifier_first_frames_go_through_ros(ros_context, red_scene):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import statistics
 import threading
 import time
@@ -17,6 +16,7 @@ from rclpy.parameter import Parameter
 from std_msgs.msg import String
 from std_srvs.srv import SetBool
 
+from dli_perception.core.contracts import Label, ReactionState
 from dli_perception.errors import ConfigError
 from dli_perception.nodes.qos import EVENTS, LATCHED
 from dli_perception.nodes.reaction_node import ReactionNode
@@ -28,6 +28,10 @@ DEADLINE_S = 10.0  # deadline for a reaction once the graph is connected
 
 def _ns() -> str:
     return f"/reaction_test_{uuid.uuid4().hex[:8]}"
+
+
+def _state(msg: String) -> ReactionState:
+    return ReactionState.decode(msg.data)
 
 
 def _velocity(msg) -> tuple[float, float]:
@@ -88,31 +92,31 @@ def test_right_twist_per_class_only_after_enable_and_zero_on_every_stop(ros_cont
         assert wait_for(lambda: cmds.count() >= 5, DEADLINE_S)
         assert all(_velocity(m) == (0.0, 0.0) for m in list(cmds.msgs))
         assert wait_for(lambda: states.count() > 0, DEADLINE_S)
-        assert all(json.loads(m.data)["reason"] == "disabled" for m in list(states.msgs))
+        assert all(_state(m).reason == "disabled" for m in list(states.msgs))
 
         response = driver.enable(True)
         assert response.success and response.message == "motion enabled"
         assert _drive_until(driver, "free", cmds, (0.15, 0.0), DEADLINE_S)
         n_states = states.count()
         assert _drive_until(driver, "blocked", cmds, (0.0, 1.0), DEADLINE_S)
-        blocked = {"enabled": True, "label": "blocked", "reason": "moving", "linear_x": 0.0, "angular_z": 1.0}
-        assert wait_seen(states, lambda m: json.loads(m.data) == blocked, DEADLINE_S, n_states), [
+        blocked = ReactionState(True, "blocked", "moving", 0.0, 1.0)  # a plain label: no source header
+        assert wait_seen(states, lambda m: _state(m) == blocked, DEADLINE_S, n_states), [
             m.data for m in list(states.msgs)[n_states:]
         ]
 
         # unknown: zero while it lasts
         assert _drive_until(driver, "unknown", cmds, (0.0, 0.0), DEADLINE_S)
-        assert wait_for(lambda: json.loads(states.msgs[-1].data)["reason"] == "unknown", DEADLINE_S)
+        assert wait_for(lambda: _state(states.msgs[-1]).reason == "unknown", DEADLINE_S)
         # an unmapped label takes the default (stop)
         assert _drive_until(driver, "free", cmds, (0.15, 0.0), DEADLINE_S)
         assert _drive_until(driver, "cat", cmds, (0.0, 0.0), DEADLINE_S)
-        assert wait_for(lambda: json.loads(states.msgs[-1].data)["reason"] == "unmapped", DEADLINE_S)
+        assert wait_for(lambda: _state(states.msgs[-1]).reason == "unmapped", DEADLINE_S)
 
         # labels stop: the watchdog sends zero (the policy tests pin the exact timing)
         assert _drive_until(driver, "free", cmds, (0.15, 0.0), DEADLINE_S)
         stale_before = node._policy.counters.stale_events
         assert wait_for(lambda: _last_is(cmds, (0.0, 0.0)), DEADLINE_S)
-        assert wait_for(lambda: json.loads(states.msgs[-1].data)["reason"] == "stale", DEADLINE_S)
+        assert wait_for(lambda: _state(states.msgs[-1]).reason == "stale", DEADLINE_S)
         assert node._policy.counters.stale_events == stale_before + 1
         n = cmds.count()
         assert wait_for(lambda: cmds.count() >= n + 3, DEADLINE_S)  # and keeps sending zero
@@ -125,7 +129,7 @@ def test_right_twist_per_class_only_after_enable_and_zero_on_every_stop(ros_cont
         n = cmds.count()
         assert wait_for(lambda: (driver.send("blocked"), cmds.count() >= n + 5)[1], DEADLINE_S, 0.05)
         assert all(_velocity(m) == (0.0, 0.0) for m in list(cmds.msgs)[n - 1 :])
-        assert wait_for(lambda: json.loads(states.msgs[-1].data)["reason"] == "disabled", DEADLINE_S)
+        assert wait_for(lambda: _state(states.msgs[-1]).reason == "disabled", DEADLINE_S)
 
         # destroyed while moving, labels still coming: its last command is zero, received while cmds still spins
         assert driver.enable(True).success
@@ -137,9 +141,9 @@ def test_right_twist_per_class_only_after_enable_and_zero_on_every_stop(ros_cont
                 _velocity(m) for m in list(cmds.msgs)[n_cmds - 1 :]
             ]
         # the zero is the shutdown path's (not the watchdog's or a label's), and nothing moves it after
-        shutdown = [json.loads(m.data) for m in list(states.msgs)[n_states:]]
-        assert shutdown and shutdown[-1]["reason"] == "shutdown" and shutdown[-1]["linear_x"] == 0.0, shutdown
-        assert all(r["reason"] != "stale" for r in shutdown), shutdown
+        shutdown = [_state(m) for m in list(states.msgs)[n_states:]]
+        assert shutdown and shutdown[-1].reason == "shutdown" and shutdown[-1].linear_x == 0.0, shutdown
+        assert all(r.reason != "stale" for r in shutdown), shutdown
         assert all(_velocity(m) == (0.15, 0.0) for m in list(cmds.msgs)[n_cmds - 1 : -1])
 
 
@@ -246,7 +250,7 @@ def test_bad_label_message_stops_and_is_counted(ros_context):
     driver = Driver(ros_context, ns)
     cmds = Collector(ros_context, Twist, f"{ns}/cmd_vel", EVENTS, name="cmds")
     with Spinner(ros_context, node, driver, cmds, threads=3):
-        scored = json.dumps({"label": "free", "score": 0.9})
+        scored = Label("free", 0.9).encode()
         assert _drive_until(driver, scored, cmds, (0.15, 0.0), DISCOVERY_S)
         assert _drive_until(driver, "free", cmds, (0.0, 0.0), DEADLINE_S)  # no score: below min_score
         assert node._policy.last_command.reason == "low-score"

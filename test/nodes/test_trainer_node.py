@@ -6,7 +6,6 @@ Runs use 64x64 images, random weights (``weights: none``) and one torch thread, 
 
 from __future__ import annotations
 
-import json
 import uuid
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from rclpy.parameter import Parameter
 from std_msgs.msg import String
 from std_srvs.srv import Trigger
 
+from dli_perception.core.contracts import TrainProgress, TrainStatus
 from dli_perception.core.modeldir import load_metadata
 from dli_perception.core.synthetic import SyntheticScenes
 from dli_perception.nodes.qos import EVENTS, LATCHED
@@ -89,15 +89,15 @@ class Operator(Node):
         super().__init__("operator", context=context, namespace=ns)
         self.train_client = self.create_client(Trigger, "trainer_node/train")
         self.cancel_client = self.create_client(Trigger, "trainer_node/cancel")
-        self.progress: list[dict] = []
-        self.status: list[dict] = []
+        self.progress: list[TrainProgress] = []
+        self.status: list[TrainStatus] = []
         self.models: list[str] = []
         self.diags: list[tuple[int, str, dict]] = []
         self.create_subscription(
-            String, "trainer_node/progress", lambda m: self.progress.append(json.loads(m.data)), EVENTS
+            String, "trainer_node/progress", lambda m: self.progress.append(TrainProgress.decode(m.data)), EVENTS
         )
         self.create_subscription(
-            String, "trainer_node/status", lambda m: self.status.append(json.loads(m.data)), LATCHED
+            String, "trainer_node/status", lambda m: self.status.append(TrainStatus.decode(m.data)), LATCHED
         )
         # the classifier's profile (EVENTS, volatile) must match the trainer's latched publisher
         self.create_subscription(String, "model_updated", lambda m: self.models.append(m.data), EVENTS)
@@ -122,7 +122,7 @@ class Operator(Node):
         return self._call(self.cancel_client)
 
     def phases(self) -> list[str]:
-        return [p["phase"] for p in list(self.progress)]
+        return [p.phase for p in list(self.progress)]
 
 
 def _trainer(context, ns: str, **params) -> TrainerNode:
@@ -140,29 +140,29 @@ def test_train_publishes_progress_status_and_the_exported_model(ros_context, dat
         assert r.success and "training started" in r.message, r.message
         assert wait_for(lambda: op.status, timeout=RUN_S), op.phases()
         status = op.status[-1]
-        assert status["status"] == "completed" and status["exported"], status
-        assert status["model_dir"] == str(model_dir) and status["epochs_run"] == 2
-        assert status["classes"] == sorted(CLASSES) and 0.0 <= status["best_val_acc"] <= 1.0
+        assert status.status == "completed" and status.exported, status
+        assert status.model_dir == str(model_dir) and status.epochs_run == 2
+        assert list(status.classes) == sorted(CLASSES) and 0.0 <= status.best_val_acc <= 1.0
         assert wait_for(lambda: op.models, timeout=10), "no model_updated"
         assert op.models == [str(model_dir)]
         meta = load_metadata(model_dir)
         assert meta.classes == sorted(CLASSES) and meta.preprocess.size == 64
         assert meta.training["status"] == "completed"
-        assert Path(status["checkpoint"]) == model_dir.parent / "m.checkpoints" / "best.pt"
-        assert Path(status["checkpoint"]).is_file()
+        assert Path(status.checkpoint) == model_dir.parent / "m.checkpoints" / "best.pt"
+        assert Path(status.checkpoint).is_file()
         # progress: the feature cache, batches of both epochs, epoch ends, the export and the end, in order
         events = list(op.progress)
-        phases = [e["phase"] for e in events]
+        phases = [e.phase for e in events]
         for phase in ("load", "features", "train", "val", "epoch", "export", "done"):
             assert phase in phases, phases
         assert phases.index("features") < phases.index("train") < phases.index("epoch") < phases.index("done")
         assert phases.index("done") < phases.index("export")  # training ends, then the export
-        epochs = [e for e in events if e["phase"] == "epoch"]
-        assert [e["epoch"] for e in epochs] == [1, 2] and all(e["epochs"] == 2 for e in epochs)
-        assert all(e["val_accuracy"] is not None and e["eta_s"] is not None for e in epochs)
-        assert epochs[-1]["eta_s"] == pytest.approx(0.0, abs=1e-6)
-        train = [e for e in events if e["phase"] == "train"]
-        assert train and all(1 <= e["batch"] <= e["batches"] and e["loss"] is not None for e in train)
+        epochs = [e for e in events if e.phase == "epoch"]
+        assert [e.epoch for e in epochs] == [1, 2] and all(e.epochs == 2 for e in epochs)
+        assert all(e.val_accuracy is not None and e.eta_s is not None for e in epochs)
+        assert epochs[-1].eta_s == pytest.approx(0.0, abs=1e-6)
+        train = [e for e in events if e.phase == "train"]
+        assert train and all(1 <= e.batch <= e.batches and e.loss is not None for e in train)
         # diagnostics: idle again, with the last result
         assert wait_for(lambda: op.diags and op.diags[-1][2].get("last_status") == "completed", timeout=10)
         level, message, values = op.diags[-1]
@@ -196,8 +196,8 @@ def test_second_train_is_refused_and_cancel_keeps_the_previous_model(ros_context
         assert r.success and "cancelling" in r.message, r.message
         assert wait_for(lambda: op.status, timeout=RUN_S)
         status = op.status[-1]
-        assert status["status"] == "cancelled" and not status["exported"], status
-        assert status["epochs_run"] < LONG["epochs"]
+        assert status.status == "cancelled" and not status.exported, status
+        assert status.epochs_run < LONG["epochs"]
         assert wait_for(lambda: op.diags and op.diags[-1][2]["state"] == "idle", timeout=10)
         assert op.diags[-1][2]["runs_cancelled"] == "1"
         assert trainer.state == "idle"
@@ -218,9 +218,9 @@ def test_missing_imagenet_weights_fail_the_run_with_the_explanation(
         assert op.train().success  # accepted: the weights are checked by the run (it imports torch)
         assert wait_for(lambda: op.status, timeout=RUN_S)
         status = op.status[-1]
-        assert status["status"] == "failed" and not status["exported"]
-        assert "torch hub cache" in status["error"] and "resnet18-f37072fd.pth" in status["error"], status
-        assert "weights='none'" in status["error"]
+        assert status.status == "failed" and not status.exported
+        assert "torch hub cache" in status.error and "resnet18-f37072fd.pth" in status.error, status
+        assert "weights='none'" in status.error
         assert wait_for(lambda: op.diags and op.diags[-1][2]["state"] == "failed", timeout=10)
         level, message, values = op.diags[-1]
         assert level == _level(DiagnosticStatus.ERROR) and "torch hub cache" in message
@@ -231,7 +231,7 @@ def test_missing_imagenet_weights_fail_the_run_with_the_explanation(
         assert op.train().success
         assert op.cancel().success
         assert wait_for(lambda: len(op.status) == 2, timeout=RUN_S)
-        assert op.status[-1]["status"] == "cancelled" and op.status[-1]["error"] == ""
+        assert op.status[-1].status == "cancelled" and op.status[-1].error == ""
         assert wait_for(lambda: op.diags and op.diags[-1][2]["state"] == "idle", timeout=10)
     assert not model_dir.exists()
 

@@ -10,7 +10,6 @@ must hold, and returns the figures.
 
 from __future__ import annotations
 
-import json
 import statistics
 import threading
 import time
@@ -34,13 +33,13 @@ from harness import (
     diagnostics_of,
     frame_msg,
     recorder_node,
-    stamp_of,
 )
 from hypothesis import HealthCheck, given, settings
 from rclpy.node import Node
 from std_msgs.msg import String
 from std_srvs.srv import SetBool
 
+from dli_perception.core.contracts import Counts, Scores, TrainProgress
 from dli_perception.core.dataset import DatasetStore
 from dli_perception.core.preprocess import PreprocessConfig
 from dli_perception.nodes.qos import EVENTS, LATCHED
@@ -265,7 +264,7 @@ def soak(
             future = recording.call_async(SetBool.Request(data=False))
             assert wait_for(future.done, DEADLINE_S)
             results = [
-                (json.loads(m.data), t)
+                (Scores.decode(m.data), t)
                 for m, t in zip(list(scores.msgs), list(scores.received_ns), strict=True)
             ]
             codes = {"camera_node": _stop(camera)}  # the stream ends; the last frames are worked off
@@ -276,7 +275,7 @@ def soak(
             codes.update(classifier_node=_stop(classifier), recorder_node=_stop(recorder))
             # the recorder publishes its final counts on the way out (latched)
             assert wait_for(lambda: counts.count() > 0, DEADLINE_S)
-            final_counts = json.loads(counts.msgs[-1].data)
+            final_counts = Counts.decode(counts.msgs[-1].data)
     finally:
         for p in procs:
             p.kill()
@@ -290,8 +289,8 @@ def soak(
         clean = store.repair_report.clean
     steady = results[start + warmup :]
     first, last = steady[:window], steady[-window:]
-    in_node = lambda rs: [r["latency_ms"] for r, _ in rs]  # noqa: E731
-    e2e = lambda rs: [(t - stamp_of(r)) / 1e6 for r, t in rs]  # noqa: E731
+    in_node = lambda rs: [r.latency_ms for r, _ in rs]  # noqa: E731
+    e2e = lambda rs: [(t - r.stamp_ns) / 1e6 for r, t in rs]  # noqa: E731
     return {
         "frames": frames,
         "fps_offered": fps,
@@ -316,7 +315,7 @@ def soak(
         "frames_without_model": int(diag.get("frames_without_model", -1)),
         "errors": int(diag.get("errors", -1)),
         "recorder_saved": int(rec_diag.get("saved", -1)),
-        "recorder_final_count": int(final_counts.get("_total", -1)),
+        "recorder_final_count": final_counts.total,
         "recorder_dropped": int(rec_diag.get("dropped", -1)),
         "dataset_images": sum(dataset_counts.values()),
         "dataset_classes": dict(sorted(dataset_counts.items())),
@@ -371,7 +370,7 @@ def overload(
                 time.sleep(seconds)  # a measurement window, not a wait for an event
             d0 = diagnostics_of(diags, "overload/classifier_node") or {}
             results = [
-                (json.loads(m.data), t)
+                (Scores.decode(m.data), t)
                 for m, t in zip(list(scores.msgs), list(scores.received_ns), strict=True)
             ]
             assert wait_for(lambda: len(diags.msgs) > 0, DEADLINE_S)
@@ -381,8 +380,8 @@ def overload(
         camera.kill()
         classifier.kill()
     window = results[start:]
-    ages = [(t - stamp_of(r)) / 1e6 for r, t in window]
-    stamps = [stamp_of(r) for r, _ in window]
+    ages = [(t - r.stamp_ns) / 1e6 for r, t in window]
+    stamps = [r.stamp_ns for r, _ in window]
     received, dropped = int(diag["frames_received"]), int(diag["frames_dropped"])
     return {
         "offered_hz": offered_hz,
@@ -418,9 +417,9 @@ class _Operator(Node):
         super().__init__("operator", context=context, namespace=ns)
         self._trigger = Trigger
         self.train_client = self.create_client(Trigger, "trainer_node/train")
-        self.progress: list[dict] = []
+        self.progress: list[TrainProgress] = []
         self.create_subscription(
-            String, "trainer_node/progress", lambda m: self.progress.append(json.loads(m.data)), EVENTS
+            String, "trainer_node/progress", lambda m: self.progress.append(TrainProgress.decode(m.data)), EVENTS
         )
 
     def train(self):
@@ -469,7 +468,7 @@ def trainer_crash_and_resume(
             assert op.train().success, proc.output()
 
             def mid_epoch() -> bool:
-                return any(e["phase"] == "train" and e["epoch"] == kill_epoch for e in list(op.progress))
+                return any(e.phase == "train" and e.epoch == kill_epoch for e in list(op.progress))
 
             assert wait_for(mid_epoch, 180.0, interval=0.01), (op.progress[-3:], proc.output()[-3000:])
             t_kill = time.monotonic()

@@ -9,7 +9,6 @@ Already covered elsewhere (not repeated here): a corrupt model at a *new* path a
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -45,6 +44,7 @@ from std_msgs.msg import String
 from std_srvs.srv import SetBool, Trigger
 
 from dli_perception.core import fsutil
+from dli_perception.core.contracts import Counts
 from dli_perception.core.dataset import DatasetStore
 from dli_perception.core.imaging import imgmsg_to_cv2
 from dli_perception.core.modeldir import LABELS_FILE, METADATA_FILE, ONNX_FILE
@@ -457,7 +457,7 @@ def test_sigterm_to_every_node_of_a_running_pipeline_exits_cleanly_with_a_final_
 
         def recorded() -> bool:
             label_pub.publish(String(data="free"))  # what is being shown; repeated until frames are saved
-            return counts.count() > 0 and json.loads(counts.msgs[-1].data)["_total"] >= 2
+            return counts.count() > 0 and Counts.decode(counts.msgs[-1].data).total >= 2
 
         assert wait_for(recorded, DISCOVERY_S, interval=0.1), procs["recorder_node"].output()[-2000:]
         assert wait_for(lambda: any('"train"' in m.data for m in list(progress.msgs)), 120.0), procs[

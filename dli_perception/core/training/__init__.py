@@ -68,7 +68,7 @@ from dli_perception.core.training.results import (
     per_class_metrics,
 )
 from dli_perception.core.training.run import _Run
-from dli_perception.core.training.steps import BatchCallback, evaluate, train_one_epoch
+from dli_perception.core.training.steps import FINETUNE_MICRO_BATCH, BatchCallback, _parts, evaluate, train_one_epoch
 
 __all__ = [
     "AMP_MODES",
@@ -88,6 +88,7 @@ __all__ = [
     "DatasetSummary",
     "EpochStats",
     "EvalResult",
+    "FINETUNE_MICRO_BATCH",
     "ImageSamples",
     "ProgressCallback",
     "ProgressEvent",
@@ -97,6 +98,7 @@ __all__ = [
     "TrainResult",
     "WeightsInfo",
     "_Run",
+    "_parts",
     "augment_image",
     "backbone_spec",
     "build_model",

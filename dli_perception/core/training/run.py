@@ -21,7 +21,7 @@ from dli_perception.core.training.config import TrainConfig
 from dli_perception.core.training.data import ImageSamples, Sample, TrainData
 from dli_perception.core.training.features import extract_features
 from dli_perception.core.training.results import EvalResult, ProgressCallback, ProgressEvent
-from dli_perception.core.training.steps import evaluate, train_one_epoch
+from dli_perception.core.training.steps import FINETUNE_MICRO_BATCH, evaluate, train_one_epoch
 from dli_perception.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -431,6 +431,7 @@ class _Run:
             amp=self.amp,
             cancel=self.cancel,
             on_batch=progress("train", n_train_batches),
+            micro_batch=FINETUNE_MICRO_BATCH if stage == "finetune" else 0,
         )
         state.update(t=time.perf_counter(), done=0)
         result = evaluate(
