@@ -3,15 +3,18 @@
 Baseline (what the DLI notebooks do, one frame at a time): PIL image -> torchvision
 ``Resize((224, 224))``, ``ToTensor``, ``Normalize`` -> eager torch ResNet-18 under ``no_grad``.
 Ours: the shared preprocessing (OpenCV + NumPy) -> a backend from ``create_backend``:
-torch (channels_last, inference_mode), ONNX Runtime fp32, ONNX Runtime INT8 (static QDQ,
-calibrated on frames of the same scenes), one frame at a time and in batches of 4; per-call
-latency percentiles for each. Then the node: ``classifier_node`` with DEFAULT parameters as its own
+torch (channels_last, inference_mode), ONNX Runtime fp32, ONNX Runtime with the default
+``precision=auto`` (the model dir's INT8 Q/DQ variant when it passed its check), one frame at a
+time and in batches of 4; then each variant file of the model dir on its own (INT8 Q/DQ, and
+the FP16 ONNX, which is made for TensorRT: ONNX Runtime's CPU provider runs it through casts);
+per-call latency percentiles for each. Then the node: ``classifier_node`` with DEFAULT parameters as its own
 process, fed 640x480 frames by a client in this process (``benchmarks/node_pipeline.py``): one frame
 at a time, frame stamp -> result received against the node's own inference time, with the node's
 per-stage breakdown; then flooded: results per second, as a ratio to the naive loop.
 
-The model is a ResNet-18 (random weights: speed does not depend on them) with a 3-class head,
-exported by the package's own exporter; frames are 640x480 synthetic scenes.
+The model is a ResNet-18 from random weights (no ImageNet download here) whose 3-class head is
+trained on synthetic scenes, exported by the package's own exporter with its precision variants;
+frames are 640x480 synthetic scenes.
 
     .venv/bin/python benchmarks/classifier.py [--frames 60] [--threads 0]
 """
@@ -30,30 +33,52 @@ import numpy as np
 CLASSES = ("free", "blocked", "thumbs_up")
 
 
-def _model_dir(root: Path, size: int) -> Path:
+def _scene_dataset(root: Path, scenes, per_class: int) -> Path:
+    import cv2
+
+    data = root / "scenes"
+    for cls in CLASSES:
+        (data / cls).mkdir(parents=True)
+        for i in range(per_class):
+            cv2.imwrite(str(data / cls / f"{i}.png"), cv2.cvtColor(scenes.render(cls, 1000 + i), cv2.COLOR_RGB2BGR))
+    return data
+
+
+def _model_dir(root: Path, size: int, scenes, per_class: int) -> Path:
+    """ResNet-18 from random weights with its head trained on synthetic scenes, exported with its variants.
+
+    Speed does not depend on the weights; the trained head gives the INT8 and FP16 agreement checks
+    (on the held-out scenes) a real decision to agree on.
+    """
     import torch
 
     from dli_perception.core.export import export_model_dir
     from dli_perception.core.preprocess import PreprocessConfig
-    from dli_perception.core.training import build_model
+    from dli_perception.core.training import TrainConfig, train
 
     torch.manual_seed(0)
-    model, _ = build_model("resnet18", num_classes=len(CLASSES), weights="none")
-    return export_model_dir(
-        model.eval(), root / "model", classes=list(CLASSES), preprocess=PreprocessConfig(size=size),
-        backbone="resnet18", report=False,
+    data = _scene_dataset(root, scenes, per_class)
+    config = TrainConfig(
+        mode="head", weights="none", epochs=15, lr=0.05, batch_size=16, num_workers=0, val_fraction=0.3,
+        early_stop_patience=0, preprocess=PreprocessConfig(size=size), augment=False,
     )
+    return export_model_dir(train(data, config), root / "model", report=False)
 
 
-def _calibration_dir(root: Path, scenes) -> Path:
-    import cv2
+def _variant_session_step(path: Path, cfg, threads: int):
+    """An ONNX Runtime CPU session on one variant file, fed by the shared preprocessing."""
+    import onnxruntime as ort
 
-    calib = root / "calibration"
-    for cls in CLASSES:
-        (calib / cls).mkdir(parents=True)
-        for i in range(8):
-            cv2.imwrite(str(calib / cls / f"{i}.png"), cv2.cvtColor(scenes.render(cls, 1000 + i), cv2.COLOR_RGB2BGR))
-    return calib
+    from dli_perception.core.preprocess import preprocess_batch
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    session = ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
+
+    def step(images):
+        session.run(None, {"input": preprocess_batch(images, cfg)})
+
+    return step
 
 
 def _measure(step, frames: list[np.ndarray], n: int, batch: int = 1) -> dict:
@@ -73,6 +98,21 @@ def _measure(step, frames: list[np.ndarray], n: int, batch: int = 1) -> dict:
         "p50_ms": times[len(times) // 2],
         "p95_ms": times[min(len(times) - 1, int(0.95 * len(times)))],
     }
+
+
+def _measure_interleaved(steps: dict, frames: list[np.ndarray], n: int, rounds: int = 5) -> dict:
+    """frames/s of each step, measured in ``rounds`` alternating turns so load drift on a shared machine hits all alike."""
+    for step in steps.values():
+        step(frames[:1])  # warm-up
+    spent = dict.fromkeys(steps, 0.0)
+    per_turn = max(1, n // rounds)
+    for r in range(rounds):
+        for label, step in steps.items():
+            start = time.perf_counter()
+            for i in range(per_turn):
+                step([frames[(r * per_turn + i) % len(frames)]])
+            spent[label] += time.perf_counter() - start
+    return {label: rounds * per_turn / t for label, t in spent.items()}
 
 
 def node_pipeline(model_dir: Path, frames: list[np.ndarray], args: argparse.Namespace) -> dict:
@@ -139,37 +179,63 @@ def main() -> int:
     parser.add_argument("--node-frames", type=int, default=40, help="frames sent one at a time to the node")
     parser.add_argument("--flood-hz", type=float, default=100.0, help="rate the node is flooded at")
     parser.add_argument("--no-node", action="store_true", help="skip the classifier_node measurement")
+    parser.add_argument("--train-images", type=int, default=20, help="synthetic scenes per class for the model")
     args = parser.parse_args()
 
     from dli_perception.core.backends.select import create_backend
+    from dli_perception.core.modeldir import load_metadata
     from dli_perception.core.synthetic import SyntheticScenes
 
     scenes = SyntheticScenes(CLASSES, 640, 480)
     frames = [scenes.render(CLASSES[i % 3], i) for i in range(12)]
+    notes: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        model_dir = _model_dir(root, args.size)
-        calib = _calibration_dir(root, scenes)
+        model_dir = _model_dir(root, args.size, scenes, args.train_images)
+        meta = load_metadata(model_dir)
         opts = {"intra_op_threads": args.threads}
         rows = [("naive DLI loop (PIL + torchvision + eager torch)", 1,
                  _measure(naive_dli_loop(model_dir, args.threads), frames, args.frames))]
         configs = [
             ("torch backend (channels_last, inference_mode)", "torch", {}),
-            ("onnxruntime fp32", "onnxruntime", dict(opts, device="cpu")),
-            ("onnxruntime int8", "onnxruntime",
-             dict(opts, device="cpu", precision="int8", calibration_dir=str(calib), int8_cache_dir=str(root / "q"))),
+            ("onnxruntime fp32", "onnxruntime", dict(opts, device="cpu", precision="fp32")),
+            ("onnxruntime precision auto (the default)", "onnxruntime", dict(opts, device="cpu")),
         ]
         for label, name, kw in configs:
             backend, _ = create_backend(model_dir, name, **kw)
+            label = f"{label}: {backend.variant}" if "auto" in label else label
             for batch in (1, 4):
                 rows.append((label, batch, _measure(backend_step(backend), frames, args.frames, batch)))
             backend.close()
+        for variant, label in (("int8_qdq", "onnxruntime INT8 Q/DQ (model.int8.onnx)"),
+                               ("fp16", "onnxruntime CPU on model.fp16.onnx (for TensorRT)")):
+            info = meta.variants.get(variant, {})
+            notes.append(f"{variant}: {info.get('status', 'absent')}: {info.get('reason', '')}")
+            if info.get("status") == "accepted":
+                step = _variant_session_step(model_dir / info["file"], meta.preprocess, args.threads)
+                rows.append((label, 1, _measure(step, frames, args.frames)))
+        fp32_backend, _ = create_backend(model_dir, "onnxruntime", **dict(opts, device="cpu", precision="fp32"))
+        auto_backend, _ = create_backend(model_dir, "onnxruntime", **dict(opts, device="cpu"))
+        interleaved = _measure_interleaved(
+            {"naive DLI loop": naive_dli_loop(model_dir, args.threads), "onnxruntime fp32": backend_step(fp32_backend),
+             f"onnxruntime precision auto ({auto_backend.variant})": backend_step(auto_backend)},
+            frames, args.frames,
+        )
+        fp32_backend.close()
+        auto_backend.close()
         pipeline = None if args.no_node else node_pipeline(model_dir, frames, args)
     base = rows[0][2]["fps"]
     print(f"ResNet-18 {args.size}x{args.size}, {len(CLASSES)} classes, 640x480 frames, {os.cpu_count()} CPUs")
     print(f"{'pipeline':<52} {'batch':>5} {'frames/s':>9} {'vs naive':>9} {'p50 ms':>8} {'p95 ms':>8}")
     for label, batch, m in rows:
         print(f"{label:<52} {batch:>5} {m['fps']:9.2f} {m['fps'] / base:8.2f}x {m['p50_ms']:8.1f} {m['p95_ms']:8.1f}")
+    first = next(iter(interleaved.values()))
+    print("\nbatch 1, measured in alternating turns (drift in the machine's load hits each alike):")
+    for label, value in interleaved.items():
+        print(f"  {label:<50} {value:9.2f} frames/s {value / first:8.2f}x naive")
+    print("variants in the model dir (checked against fp32 on the held-out scenes):")
+    for note in notes:
+        print(f"  {note}")
     if pipeline:
         sys.path.insert(0, str(Path(__file__).resolve().parent))
         from node_pipeline import report

@@ -23,6 +23,7 @@ COMMANDS = [
     "dli_perception.commands.bag",
     "dli_perception.commands.dataset",
     "dli_perception.commands.train",
+    "dli_perception.commands.export",
     "dli_perception.commands.up",
     "dli_perception.commands.teach",
     "dli_perception.commands.demo",

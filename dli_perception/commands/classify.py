@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from dli_perception.core.backends.select import CHOICES
+from dli_perception.core.variants import PRECISION_CHOICES
 from dli_perception.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--backend", default="auto", choices=CHOICES, help="inference backend (default: auto)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="device (default: auto)")
     p.add_argument("--threads", type=int, default=0, help="CPU inference threads, 0 = library default")
+    p.add_argument(
+        "--precision",
+        default="auto",
+        choices=PRECISION_CHOICES,
+        help="precision variant (default: auto = the fastest one the model directory holds that passed its check)",
+    )
     p.add_argument("--batch-size", type=int, default=8, help="images per inference call (default: 8)")
     p.add_argument("--top-k", type=int, default=1, help="also print the next classes (default: 1)")
     p.add_argument("-r", "--recursive", action="store_true", help="look for images in sub-folders too")
@@ -88,6 +95,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--batch-size and --top-k must be >= 1 and --threads >= 0")
     files = find_images(args.paths, args.recursive)
     options: dict = {"device": args.device}
+    if args.backend != "torch":  # the torch backend runs the fp32 checkpoint only
+        options["precision"] = args.precision
     if args.threads and args.backend in ("auto", "onnxruntime"):
         options["intra_op_threads"] = args.threads
     backend, selection = create_backend(args.model_dir, args.backend, **options)

@@ -52,7 +52,7 @@ exporter's passes (kept with --verbose)."""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add the ``train`` and ``export`` subcommands."""
+    """Add the ``train`` subcommand (``export`` lives in :mod:`dli_perception.commands.export`)."""
     p = sub.add_parser(
         "train",
         help="fine-tune a classifier on an image folder and export a model directory",
@@ -65,20 +65,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     add_launch_arguments(p)
     p.set_defaults(func=run)
-
-    e = sub.add_parser(
-        "export",
-        help="export a training checkpoint (best.pt) as a model directory",
-        description="Write MODEL_DIR (model.onnx checked against torch, labels.txt, metadata.json, "
-        "checkpoint.pt, report/) from a training checkpoint; an existing MODEL_DIR is replaced atomically.",
-    )
-    e.add_argument("checkpoint", type=Path, metavar="CHECKPOINT", help="best.pt or last.pt of a training run")
-    e.add_argument(
-        "--out", "-o", type=Path, required=True, metavar="MODEL_DIR", help="model directory to write"
-    )
-    e.add_argument("--opset", type=int, default=None, help="ONNX opset (default 18)")
-    e.add_argument("--no-report", dest="report", action="store_false", help="skip the report/ plots")
-    e.set_defaults(func=run_export)
 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
@@ -380,27 +366,6 @@ def _train(args: argparse.Namespace) -> int:
         else:
             print(f"cancelled before the first epoch ended: nothing to export, {out} was not replaced")
         return EXIT_CANCELLED
-    return 0
-
-
-def run_export(args: argparse.Namespace) -> int:
-    """``dli-perception export CHECKPOINT --out MODEL_DIR``."""
-    with _one_line_errors():
-        return _export(args)
-
-
-def _export(args: argparse.Namespace) -> int:
-    from dli_perception.core.export import DEFAULT_OPSET, export_model_dir
-    from dli_perception.core.training import result_from_checkpoint
-
-    result = result_from_checkpoint(args.checkpoint.expanduser())
-    out = args.out.expanduser()
-    export_model_dir(result, out, opset=args.opset or DEFAULT_OPSET, report=args.report, allow_cancelled=True)
-    acc = f"{100 * result.best_val_acc:.1f}%"
-    print(
-        f"exported {out}: {len(result.classes)} classes {result.classes}, epoch {result.best_epoch} "
-        f"(validation accuracy {acc}) from {args.checkpoint}"
-    )
     return 0
 
 

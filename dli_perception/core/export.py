@@ -5,8 +5,12 @@ The directory is built in a temp dir beside the destination and swapped in with
 that fails ``onnx.checker``, ONNX Runtime outputs that differ from torch, a full disk)
 never replaces the model a classifier is serving.
 
-``model.onnx`` comes from torch's dynamo exporter (which needs ``onnxscript``) as one
-self-contained file. Opset 18 is the default: with torch 2.14 a request for opset 17 goes
+``model.onnx`` comes from torch's dynamo exporter (which needs torch >= 2.5 and ``onnxscript``) as one
+self-contained file; where it is unavailable or fails (JetPack's older torch), the TorchScript
+exporter (``dynamo=False``) runs instead, and metadata.json records which one ran. The
+environment variable ``DLI_PERCEPTION_ONNX_EXPORTER`` (``auto``, ``dynamo``, ``torchscript``)
+or the ``exporter`` argument forces one. The precision variants (INT8 Q/DQ, FP16) are built
+and checked into the same directory (see :mod:`dli_perception.core.variant_build`). Opset 18 is the default: with torch 2.14 a request for opset 17 goes
 through a version conversion that fails and silently leaves opset 18, so the exported opset
 is checked and a mismatch is refused rather than recorded wrongly.
 """
@@ -19,6 +23,7 @@ import logging
 import math
 import os
 import platform
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -40,13 +45,17 @@ from dli_perception.core.modeldir import (
 )
 from dli_perception.core.preprocess import PreprocessConfig
 from dli_perception.core.training import BACKBONES, TrainResult, build_model, result_from_checkpoint
-from dli_perception.errors import ConfigError, ModelError
+from dli_perception.core.variant_build import VariantData, build_variants, data_from_dataset
+from dli_perception.core.variants import AGREEMENT_THRESHOLD, BUILT_VARIANTS, FP32
+from dli_perception.errors import ConfigError, DatasetError, ModelError
 
 if TYPE_CHECKING:
     import torch
 
 logger = logging.getLogger(__name__)
 
+EXPORTER_ENV = "DLI_PERCEPTION_ONNX_EXPORTER"
+EXPORTERS = ("auto", "dynamo", "torchscript")
 DEFAULT_OPSET = 18
 MIN_OPSET = 17
 MAX_SKIPPED_LISTED = 100
@@ -94,11 +103,48 @@ def _jsonable(obj: Any) -> Any:
     return str(obj)
 
 
-def _export_onnx(model: torch.nn.Module, path: Path, size: int, opset: int) -> None:
+def dynamo_unavailable() -> str | None:
+    """Why torch's dynamo ONNX exporter cannot run here (torch < 2.5, no onnxscript), or ``None``."""
+    import importlib.util
+
     import torch
 
-    dummy = torch.zeros((2, 3, size, size), dtype=torch.float32)
     try:
+        major, minor = (int(p) for p in torch.__version__.split(".")[:2])
+    except ValueError:
+        major, minor = 0, 0
+    if (major, minor) < (2, 5):
+        return f"torch {torch.__version__} is older than 2.5"
+    if importlib.util.find_spec("onnxscript") is None:
+        return "onnxscript is not installed"
+    return None
+
+
+def _export_dynamo(model: torch.nn.Module, path: Path, dummy, opset: int) -> None:
+    import torch
+
+    torch.onnx.export(
+        model,
+        (dummy,),
+        str(path),
+        input_names=[INPUT_NAME],
+        output_names=[OUTPUT_NAME],
+        opset_version=opset,
+        dynamo=True,
+        external_data=False,
+        verbose=False,
+        dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},),
+    )
+
+
+def _export_torchscript(model: torch.nn.Module, path: Path, dummy, opset: int) -> None:
+    import torch
+
+    kwargs: dict[str, Any] = {}
+    if "dynamo" in torch.onnx.export.__code__.co_varnames:  # torch < 2.5 has no such argument
+        kwargs["dynamo"] = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # chosen on purpose where dynamo cannot run
         torch.onnx.export(
             model,
             (dummy,),
@@ -106,17 +152,50 @@ def _export_onnx(model: torch.nn.Module, path: Path, size: int, opset: int) -> N
             input_names=[INPUT_NAME],
             output_names=[OUTPUT_NAME],
             opset_version=opset,
-            dynamo=True,
-            external_data=False,
-            verbose=False,
-            dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},),
+            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+            **kwargs,
         )
-    except Exception as exc:  # the exporter raises many types
-        raise ModelError(
-            f"ONNX export failed ({type(exc).__name__}: {exc}); the model directory was not written"
-        ) from exc
+
+
+def _export_onnx(model: torch.nn.Module, path: Path, size: int, opset: int, exporter: str = "auto") -> str:
+    """Write ``path`` with the dynamo exporter, or TorchScript where dynamo is unavailable or fails.
+
+    Returns the exporter that wrote the file (``dynamo`` or ``torchscript``).
+    """
+    import torch
+
+    exporter = exporter or os.environ.get(EXPORTER_ENV, "") or "auto"
+    if exporter not in EXPORTERS:
+        raise ConfigError(f"exporter must be one of {EXPORTERS} (also via ${EXPORTER_ENV}), got {exporter!r}")
+    dummy = torch.zeros((2, 3, size, size), dtype=torch.float32)
+    failures = []
+    if exporter in ("auto", "dynamo"):
+        why = dynamo_unavailable()
+        if why is None:
+            try:
+                _export_dynamo(model, path, dummy, opset)
+                used = "dynamo"
+            except Exception as exc:  # the exporter raises many types
+                why = f"{type(exc).__name__}: {str(exc)[:300]}"
+        if why is not None:
+            failures.append(f"dynamo exporter: {why}")
+            if exporter == "dynamo":
+                raise ModelError(f"ONNX export failed ({why}); the model directory was not written")
+            logger.warning("dynamo ONNX exporter unavailable (%s); using the TorchScript exporter", why)
+            path.unlink(missing_ok=True)
+    if exporter == "torchscript" or failures:
+        try:
+            _export_torchscript(model, path, dummy, opset)
+            used = "torchscript"
+        except Exception as exc:  # the exporter raises many types
+            failures.append(f"TorchScript exporter: {type(exc).__name__}: {str(exc)[:300]}")
+            raise ModelError(
+                f"ONNX export failed ({'; '.join(failures)}); the model directory was not written"
+            ) from exc
     if not path.is_file():
         raise ModelError(f"the ONNX exporter wrote no {path.name}; the model directory was not written")
+    logger.info("ONNX written by the %s exporter (opset %d)", used, opset)
+    return used
 
 
 def _check_onnx(path: Path, opset: int, num_classes: int) -> None:
@@ -228,6 +307,10 @@ def export_model_dir(
     rtol: float = 1e-3,
     report: bool = True,
     allow_cancelled: bool = False,
+    exporter: str = "",
+    variants: Sequence[str] = BUILT_VARIANTS,
+    variant_data: VariantData | None = None,
+    agreement_threshold: float = AGREEMENT_THRESHOLD,
 ) -> Path:
     """Write ``out_dir`` (model.onnx, labels.txt, metadata.json, checkpoint.pt, report/) atomically.
 
@@ -236,6 +319,12 @@ def export_model_dir(
     ``(N, len(classes))`` logits, for which ``classes`` and ``preprocess`` are required.
     Keyword values override what a result provides. The ONNX model is checked with
     ``onnx.checker`` and must agree with torch on random batches within ``atol + rtol * |y|``.
+
+    ``exporter`` (``auto``/``dynamo``/``torchscript``; default ``$DLI_PERCEPTION_ONNX_EXPORTER`` or
+    ``auto``) picks the ONNX exporter. ``variants`` (default INT8 Q/DQ and FP16) are built beside
+    ``model.onnx``, calibrated and checked on ``variant_data`` (for a :class:`TrainResult`: its own
+    training/validation split, when the dataset is still there); a variant below
+    ``agreement_threshold`` top-1 agreement with fp32 is refused and recorded as such.
 
     Raises :class:`ConfigError` (bad arguments, opset < 17, a cancelled result without
     ``allow_cancelled``) or :class:`ModelError` (export, check or comparison failed, directory
@@ -262,6 +351,8 @@ def export_model_dir(
         history = history or source.history
         confusion = confusion if confusion is not None else (source.confusion or None)
         per_class = per_class if per_class is not None else source.per_class
+        if variant_data is None and variants:
+            variant_data = _result_variant_data(source)
     else:
         model = source
         if classes is None or preprocess is None:
@@ -292,11 +383,13 @@ def export_model_dir(
         import torch
 
         onnx_path = tmp / ONNX_FILE
-        _export_onnx(model, onnx_path, size, int(opset))
+        used = _export_onnx(model, onnx_path, size, int(opset), exporter)
         _check_onnx(onnx_path, int(opset), len(classes))
         worst = _compare_with_torch(model, onnx_path, size, atol, rtol)
         meta.onnx_sha256 = fsutil.sha256_file(onnx_path)
         meta.metrics = {**meta.metrics, "onnx_max_abs_diff": worst}
+        meta.variants = build_variants(tmp, meta, variant_data, which=variants, threshold=agreement_threshold)
+        meta.variants[FP32]["exporter"] = used
         torch.save(model_checkpoint(model.state_dict(), meta), tmp / CHECKPOINT_FILE)
         write_metadata_files(tmp, meta)
         if report:
@@ -312,13 +405,27 @@ def export_model_dir(
             f"cannot write model directory {out_dir}: {exc}; check the path, permissions and free space"
         ) from exc
     logger.info(
-        "exported %s: %d classes, opset %d, onnx sha256 %s",
+        "exported %s: %d classes, opset %d, onnx sha256 %s, variants %s",
         out_dir,
         len(classes),
         opset,
         meta.onnx_sha256[:12],
+        ", ".join(f"{k} {v['status']}" for k, v in meta.variants.items()),
     )
     return out_dir
+
+
+def _result_variant_data(result: TrainResult) -> VariantData | None:
+    """The training run's own split (calibration: training images; check: validation images), if still readable."""
+    root = result.dataset.root
+    if not root or not Path(root).is_dir():
+        logger.warning("dataset %s is gone: the INT8 variant is skipped, FP16 is checked on random inputs", root)
+        return None
+    try:
+        return data_from_dataset(root, result.config)
+    except (ConfigError, DatasetError) as exc:
+        logger.warning("cannot read the training split of %s (%s); INT8 variant skipped", root, exc)
+        return None
 
 
 def _umask() -> int:

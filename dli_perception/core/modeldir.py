@@ -4,6 +4,8 @@ Layout (all written together by :mod:`dli_perception.core.export`)::
 
     MODEL_DIR/
       model.onnx        float32 input ``input`` (N, 3, S, S), output ``logits`` (N, C), dynamic batch
+      model.int8.onnx   the same network with explicit INT8 quantization (Q/DQ), when it passed its check
+      model.fp16.onnx   the same network in float16 with float32 input/output (strongly typed TensorRT)
       labels.txt        one class name per line, in output order
       metadata.json     :class:`ModelMetadata` as JSON
       checkpoint.pt     model_checkpoint(): state dict, classes, backbone, preprocessing (weights_only=True)
@@ -52,6 +54,9 @@ class ModelMetadata:
     training: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
     created: str = ""
+    variants: dict[str, Any] = field(default_factory=dict)
+    """Precision variants by name (``fp32``, ``int8_qdq``, ``fp16``): file, sha256, status, checks;
+    see :mod:`dli_perception.core.variants`. Empty in directories exported before variants existed."""
     format_version: int = FORMAT_VERSION
 
     @property
@@ -92,6 +97,8 @@ class ModelMetadata:
             raise ModelError("metadata.json 'classes' must be a non-empty list of class names")
         if len(set(meta.classes)) != len(meta.classes):
             raise ModelError(f"metadata.json 'classes' has duplicates: {meta.classes}")
+        if not isinstance(meta.variants, dict) or not all(isinstance(v, dict) for v in meta.variants.values()):
+            raise ModelError("metadata.json 'variants' must be an object of objects; re-export the model")
         if num_classes is not None and num_classes != meta.num_classes:
             raise ModelError(
                 f"metadata.json says num_classes={num_classes} but lists {meta.num_classes} classes"
@@ -124,10 +131,15 @@ def load_metadata(model_dir: str | os.PathLike, *, require_onnx: bool = True) ->
     return meta
 
 
+def metadata_json(meta: ModelMetadata) -> str:
+    """The text of ``metadata.json`` for ``meta`` (sorted keys, indented, trailing newline)."""
+    return json.dumps(meta.to_dict(), indent=2, sort_keys=True) + "\n"
+
+
 def write_metadata_files(model_dir: str | os.PathLike, meta: ModelMetadata) -> None:
     """Write ``metadata.json`` and ``labels.txt`` into a directory being built (not atomic by itself)."""
     model_dir = Path(model_dir)
-    (model_dir / METADATA_FILE).write_text(json.dumps(meta.to_dict(), indent=2, sort_keys=True) + "\n")
+    (model_dir / METADATA_FILE).write_text(metadata_json(meta))
     (model_dir / LABELS_FILE).write_text("".join(f"{c}\n" for c in meta.classes))
 
 

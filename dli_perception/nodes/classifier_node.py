@@ -80,7 +80,7 @@ from dli_perception.nodes.qos import EVENTS, LATCHED, SENSOR_DATA, overridable
 from dli_perception.nodes.runtime import node_main
 
 DEVICES = ("auto", "cpu", "cuda")
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = ("auto", "fp32", "fp16", "int8")
 LATENCY_WINDOW = 200
 """Latest results the latency percentiles are computed over."""
 FPS_WINDOW_S = 2.0
@@ -121,21 +121,23 @@ PARAMS = [
     ),
     Param(
         "precision",
-        "fp16",
-        "Inference precision: fp16 applies to TensorRT (other backends run fp32); int8 (TensorRT, or "
-        "onnxruntime on the CPU) needs calibration_dir.",
+        "auto",
+        "Precision variant: auto serves the fastest one the model directory holds that passed its export "
+        "check (INT8 Q/DQ on the CPU and TensorRT, else FP16 on TensorRT, else fp32); the one served and why "
+        "are logged and on /diagnostics.",
         choices=PRECISIONS,
     ),
     Param(
         "engine_cache_dir",
         "",
-        "Directory of cached TensorRT engines and INT8-quantised models; empty: "
+        "Directory of cached TensorRT engines; empty: "
         "$DLI_PERCEPTION_ENGINE_CACHE or ~/.cache/dli_perception/engines.",
     ),
     Param(
         "calibration_dir",
         "",
-        "Dataset folder (one sub-folder per class) whose images calibrate INT8; only for precision int8.",
+        "Dataset folder (one sub-folder per class) for TensorRT's implicit INT8 calibrator (precision int8, "
+        "TensorRT < 11, model without an INT8 Q/DQ variant only).",
     ),
     Param("smoothing", "ema", "Temporal smoothing of the probabilities.", choices=SMOOTHING),
     Param(
@@ -195,14 +197,14 @@ def backend_options(
     *,
     device: str = "auto",
     threads: int = 0,
-    precision: str = "fp16",
+    precision: str = "auto",
     engine_cache_dir: str = "",
     calibration_dir: str = "",
 ) -> dict[str, Any]:
     """Options for :func:`create_backend` from the node's parameters, each kept only if a backend knows it.
 
-    ``engine_cache_dir`` serves as TensorRT's engine cache, the TensorRT execution provider's
-    cache and the cache of INT8-quantised ONNX models; empty values are left to the backends.
+    ``engine_cache_dir`` serves as TensorRT's engine cache and the TensorRT execution provider's
+    cache; empty values are left to the backends.
     """
     from dli_perception.core.backends.select import BACKENDS, backend_class
 
@@ -210,9 +212,7 @@ def backend_options(
     if threads > 0:
         wanted["intra_op_threads"] = int(threads)
     if engine_cache_dir:
-        wanted.update(
-            cache_dir=engine_cache_dir, trt_cache_dir=engine_cache_dir, int8_cache_dir=engine_cache_dir
-        )
+        wanted.update(cache_dir=engine_cache_dir, trt_cache_dir=engine_cache_dir)
     if calibration_dir:
         wanted["calibration_dir"] = calibration_dir
     names = BACKENDS if backend == "auto" else (backend,)
@@ -763,6 +763,8 @@ class ClassifierNode(Node):
             "backend": model.selection.chosen if model else "",
             "device": model.selection.device if model else "",
             "precision": model.selection.precision if model else "",
+            "variant": model.selection.variant if model else "",
+            "variant_reason": model.selection.variant_reason if model else "",
             "backend_selection": model.selection.summary() if model else "",
             "label": self.last_label,
             "fps": self.fps(),

@@ -225,3 +225,81 @@ def test_load_checkpoint_model_refuses_inconsistent_dirs(tmp_path, trained):
     (broken / "checkpoint.pt").write_bytes(b"garbage")
     with pytest.raises(ModelError, match="cannot be loaded with weights_only=True"):
         E.load_checkpoint_model(broken)
+
+
+# -- precision variants ---------------------------------------------------------------------------
+def test_export_writes_precision_variants_checked_on_the_validation_split(trained):
+    result, out, root = trained
+    meta = load_metadata(out)
+    v = meta.variants
+    assert set(v) == {"fp32", "int8_qdq", "fp16"}
+    assert v["fp32"]["exporter"] == "dynamo" and v["fp32"]["sha256"] == meta.onnx_sha256
+    assert v["fp32"]["val_images"] == 9 and v["fp32"]["dataset"] == str(root.resolve())  # 30 % of 3 x 10
+    assert v["int8_qdq"]["calibration_images"] == 21  # every training image: fewer than 64
+    for name in ("int8_qdq", "fp16"):
+        info = v[name]
+        assert info["check_data"] == "validation" and info["val_images"] == 9
+        accepted = info["agreement"] >= 0.98
+        assert info["status"] == ("accepted" if accepted else "refused")
+        assert (out / info["file"]).is_file() == accepted
+        if accepted:
+            assert info["sha256"] == hashlib.sha256((out / info["file"]).read_bytes()).hexdigest()
+    # the FP16 file keeps float32 input/output, loads in ONNX Runtime on the CPU and agrees with fp32
+    proto = onnx.load(str(out / "model.fp16.onnx"))
+    assert proto.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in proto.graph.initializer)
+    images = [T.read_rgb(p) for p in sorted(root.rglob("*.jpg"))]
+    batch = preprocess_batch(images, result.preprocess)
+    fp32 = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"]).run(None, {"input": batch})[0]
+    fp16 = ort.InferenceSession(str(out / "model.fp16.onnx"), providers=["CPUExecutionProvider"]).run(
+        None, {"input": batch}
+    )[0]
+    assert fp16.dtype == np.float32 and (fp16.argmax(1) == fp32.argmax(1)).mean() >= 0.98
+
+
+def _export_small(result, out, **kwargs):
+    return E.export_model_dir(
+        result.model, out, classes=list(CLASSES), preprocess=result.preprocess, backbone="resnet18",
+        report=False, variants=(), **kwargs,
+    )
+
+
+def _agrees_with_torch(result, out, root) -> None:
+    images = [T.read_rgb(p) for p in sorted(root.rglob("*.jpg"))[:8]]
+    batch = preprocess_batch(images, result.preprocess)
+    (got,) = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"]).run(
+        ["logits"], {"input": batch}
+    )
+    with torch.no_grad():
+        expected = result.model(torch.from_numpy(batch)).numpy()
+    np.testing.assert_allclose(got, expected, atol=1e-4, rtol=1e-3)
+    assert load_metadata(out).variants["fp32"]["status"] == "accepted"
+
+
+def test_torchscript_exporter_forced_by_environment(trained, tmp_path, monkeypatch, caplog):
+    result, _, root = trained
+    monkeypatch.setenv(E.EXPORTER_ENV, "torchscript")
+    with caplog.at_level("INFO", logger="dli_perception.core.export"):
+        out = _export_small(result, tmp_path / "ts")
+    assert load_metadata(out).variants["fp32"]["exporter"] == "torchscript"
+    assert "ONNX written by the torchscript exporter" in caplog.text
+    _agrees_with_torch(result, out, root)
+
+
+def test_torchscript_fallback_when_the_dynamo_exporter_fails(trained, tmp_path, monkeypatch, caplog):
+    result, _, root = trained
+
+    def broken_dynamo(*_args, **_kwargs):  # what an old torch or a missing onnxscript amounts to
+        raise RuntimeError("torch.export is not available in this torch")
+
+    monkeypatch.setattr(E, "_export_dynamo", broken_dynamo)
+    with caplog.at_level("INFO", logger="dli_perception.core.export"):
+        out = _export_small(result, tmp_path / "fallback")
+    assert load_metadata(out).variants["fp32"]["exporter"] == "torchscript"
+    assert "dynamo ONNX exporter unavailable (RuntimeError: torch.export is not available" in caplog.text
+    _agrees_with_torch(result, out, root)
+    with pytest.raises(ModelError, match="torch.export is not available"):  # dynamo asked for explicitly
+        _export_small(result, tmp_path / "forced", exporter="dynamo")
+    with pytest.raises(ConfigError, match="exporter"):
+        _export_small(result, tmp_path / "bad", exporter="jit")
+    assert not (tmp_path / "forced").exists() and not (tmp_path / "bad").exists()

@@ -62,3 +62,28 @@ def _edit(d, drop=None, **changes):
     if "classes" in changes:
         (d / "labels.txt").unlink()
     path.write_text(json.dumps(raw))
+
+
+def test_variants_round_trip_and_old_directories_without_them(tmp_path):
+    old = tmp_path / "old"
+    old.mkdir()
+    _model_dir(old)
+    raw = json.loads((old / "metadata.json").read_text())
+    raw.pop("variants")  # what directories exported before variants existed hold
+    (old / "metadata.json").write_text(json.dumps(raw))
+    assert load_metadata(old).variants == {}
+
+    new = tmp_path / "new"
+    new.mkdir()
+    meta = _model_dir(new)
+    meta.variants = {"int8_qdq": {"file": "model.int8.onnx", "status": "refused", "agreement": 0.9}}
+    write_metadata_files(new, meta)
+    assert load_metadata(new).variants == meta.variants
+
+
+@pytest.mark.parametrize("variants", [["int8_qdq"], {"int8_qdq": "accepted"}, "fp32"])
+def test_malformed_variants_are_refused(tmp_path, variants):
+    _model_dir(tmp_path)
+    _edit(tmp_path, variants=variants)
+    with pytest.raises(ModelError, match="variants"):
+        load_metadata(tmp_path)

@@ -49,6 +49,7 @@ CHANGES = {
     "workspace_bytes": 512 << 20,
     "opt_batch": 2,
     "calibration_sha256": "c" * 64,
+    "variant": "int8-qdq",
     "cache_format": CACHE_FORMAT + 1,
 }
 

@@ -122,6 +122,10 @@ class Backend(abc.ABC):
         self.metadata = metadata
         self.device = "cpu"
         self.precision = "fp32"
+        self.variant = "fp32"
+        """Which precision variant of the model directory is served (see :mod:`dli_perception.core.variants`)."""
+        self.variant_reason = ""
+        """Why that variant: what was asked for, what was passed over and why (logs and diagnostics)."""
         self.max_batch: int | None = None
         self._lock = threading.Lock()
         self._closed = False

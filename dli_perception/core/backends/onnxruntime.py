@@ -1,4 +1,4 @@
-"""ONNX Runtime backend: ``model.onnx`` on the TensorRT, CUDA or CPU execution provider.
+"""ONNX Runtime backend: ``model.onnx`` (or its INT8 Q/DQ variant) on the TensorRT, CUDA or CPU execution provider.
 
 Providers are taken from what the installed ``onnxruntime`` offers, fastest
 first (TensorRT EP, CUDA EP, CPU), or forced with ``providers=`` or
@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from dli_perception.core import variants as V
 from dli_perception.core.backends.base import Backend, check_io_shape, check_onnx_integrity, check_options
 from dli_perception.errors import BackendUnavailableError, ConfigError, ModelError
 
@@ -114,19 +115,29 @@ def _is_model_error(ort, exc: BaseException) -> bool:
     return bool(classes) and isinstance(exc, classes)
 
 
-def _int8_model(onnx_path: Path, meta, ort_version: str, calibration_dir, count: int, cache_dir) -> Path:
-    """The cached INT8 copy of ``onnx_path``, quantised now when it is not cached yet."""
-    from dli_perception.core.backends.calibration import calibration_images
-    from dli_perception.core.backends.quantize import int8_cache_path, quantize_int8
-    from dli_perception.core.backends.tensorrt import default_engine_cache_dir
+def _wanted_variants(precision: str, cpu_only: bool, notes: list[str]) -> list[str]:
+    """Variants to try, best first: the INT8 Q/DQ model on the CPU provider for ``auto``/``int8``, then fp32."""
+    if precision in ("auto", "int8") and cpu_only:
+        return [V.INT8_QDQ, V.FP32]
+    if precision == "fp16":
+        notes.append("fp16 applies to the tensorrt backend; onnxruntime serves fp32")
+    elif precision == "auto":
+        notes.append("GPU providers serve the fp32 model; the INT8 Q/DQ variant is for the CPU provider")
+    return [V.FP32]
 
-    images = calibration_images(calibration_dir, count)
-    cache_dir = Path(cache_dir) if cache_dir else default_engine_cache_dir() / "onnxruntime-int8"
-    path = int8_cache_path(cache_dir, onnx_path, images, ort_version)
-    if path.is_file():
-        log.info("using cached INT8 model %s", path)
-        return path
-    return quantize_int8(onnx_path, images, meta.preprocess, path, input_name=meta.input_name)
+
+def _check_session(session, meta, where: str) -> None:
+    """The session's input/output names, types and shapes against the metadata; ModelError if they differ."""
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    if [i.name for i in inputs] != [meta.input_name]:
+        raise ModelError(f"{where}: inputs are {[i.name for i in inputs]}, metadata.json expects [{meta.input_name!r}]")
+    out_names = [o.name for o in outputs]
+    if meta.output_name not in out_names:
+        raise ModelError(f"{where}: outputs are {out_names}, metadata.json expects {meta.output_name!r}")
+    if inputs[0].type != "tensor(float)":
+        raise ModelError(f"{where}: input type is {inputs[0].type}, expected tensor(float)")
+    output = outputs[out_names.index(meta.output_name)]
+    check_io_shape(where, inputs[0].shape, output.shape, meta)
 
 
 class OnnxRuntimeBackend(Backend):
@@ -137,9 +148,10 @@ class OnnxRuntimeBackend(Backend):
     choice), ``io_binding`` (bind input/output buffers explicitly), ``trt_cache_dir``
     (engine cache of the TensorRT execution provider; default under
     :func:`~dli_perception.core.backends.tensorrt.default_engine_cache_dir`).
-    ``precision="int8"`` runs a statically quantised copy of the model on the CPU
-    provider, calibrated on up to ``calibration_images`` images of ``calibration_dir``
-    and cached in ``int8_cache_dir`` (see :mod:`~dli_perception.core.backends.quantize`).
+    ``precision`` (default ``auto``) picks the model directory's variant: ``auto`` and
+    ``int8`` serve ``model.int8.onnx`` (INT8 Q/DQ, written at export when it passed its agreement
+    check) on the CPU provider; when it is absent, refused, corrupt or does not load, fp32 serves
+    and :attr:`variant_reason` says why. ``fp16`` is a TensorRT precision: fp32 serves.
     """
 
     name = "onnxruntime"
@@ -151,11 +163,7 @@ class OnnxRuntimeBackend(Backend):
         "io_binding",
         "trt_cache_dir",
         "precision",
-        "calibration_dir",
-        "calibration_images",
-        "int8_cache_dir",
     )
-    PRECISIONS = ("fp32", "int8")
 
     def __init__(self, model_dir, metadata, session, io_binding: bool) -> None:
         super().__init__(model_dir, metadata)
@@ -182,24 +190,15 @@ class OnnxRuntimeBackend(Backend):
         inter_op_threads: int = 0,
         io_binding: bool = False,
         trt_cache_dir: str | os.PathLike | None = None,
-        precision: str = "fp32",
-        calibration_dir: str | os.PathLike | None = None,
-        calibration_images: int = 64,
-        int8_cache_dir: str | os.PathLike | None = None,
+        precision: str = "auto",
         **unknown: Any,
     ) -> OnnxRuntimeBackend:
-        """Open ``model_dir/model.onnx``; raises ModelError (bad model) or BackendUnavailableError."""
+        """Open the model directory's best usable variant; raises ModelError (bad model) or BackendUnavailableError."""
         check_options(cls.name, unknown, cls.OPTIONS)
-        if precision == "fp16":  # a TensorRT precision (``auto`` passes it to every backend)
-            log.info("onnxruntime runs fp32; fp16 applies to the tensorrt backend")
-            precision = "fp32"
-        if precision not in cls.PRECISIONS:
-            raise ConfigError(f"onnxruntime precision must be one of {cls.PRECISIONS}, got {precision!r}")
+        V.check_precision(precision)
         if precision == "int8":
             if device == "cuda" or providers is not None:
                 raise ConfigError("onnxruntime int8 runs on the CPU provider; for INT8 on a GPU use backend tensorrt")
-            if not calibration_dir:
-                raise ConfigError("precision int8 needs calibration_dir: a dataset of the model's classes")
             device = "cpu"
         for key, value in (("intra_op_threads", intra_op_threads), ("inter_op_threads", inter_op_threads)):
             if not isinstance(value, int) or value < 0:
@@ -208,9 +207,9 @@ class OnnxRuntimeBackend(Backend):
         plan = plan_providers(ort.get_available_providers(), device, providers)
         forced = providers is not None or device == "cuda"
         meta = cls.read_metadata(model_dir)
-        onnx_path = check_onnx_integrity(Path(model_dir), meta)
-        if precision == "int8":
-            onnx_path = _int8_model(onnx_path, meta, ort.__version__, calibration_dir, calibration_images, int8_cache_dir)
+        check_onnx_integrity(Path(model_dir), meta)
+        notes: list[str] = []
+        resolution = V.resolve(model_dir, meta, _wanted_variants(precision, plan == [CPU_EP], notes))
 
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -218,13 +217,43 @@ class OnnxRuntimeBackend(Backend):
         so.inter_op_num_threads = inter_op_threads
         so.log_severity_level = 3  # errors only: provider fall-backs are reported by us
         popts = {"trt_cache_dir": trt_cache_dir}
-        notes: list[str] = []
 
         def open_session(plist: list[str]):
             return ort.InferenceSession(
                 str(onnx_path), sess_options=so, providers=[(p, _provider_options(p, popts)) for p in plist]
             )
 
+        for candidate in resolution.candidates[:-1]:  # reduced-precision variants; fp32 is the last
+            onnx_path = candidate.path
+            try:
+                session = open_session(plan)
+                _check_session(session, meta, str(onnx_path))
+                break
+            except Exception as exc:  # noqa: BLE001 - onnxruntime's own types; fp32 still serves
+                resolution.skipped.append(
+                    f"{candidate.variant}: onnxruntime cannot run {onnx_path.name} ({type(exc).__name__}: "
+                    f"{str(exc)[:200]})"
+                )
+        else:
+            candidate = resolution.candidates[-1]
+            onnx_path = candidate.path
+            session = cls._open_fp32(ort, open_session, plan, forced, onnx_path, notes)
+            _check_session(session, meta, str(onnx_path))
+        backend = cls(model_dir, meta, session, io_binding=io_binding)
+        backend.precision = "int8" if candidate.variant == V.INT8_QDQ else "fp32"
+        backend.variant = candidate.variant
+        backend.variant_reason = V.serving_reason(precision, candidate, resolution.skipped)
+        backend.notes = notes
+        wanted_int8 = precision in ("auto", "int8") and plan == [CPU_EP]
+        if wanted_int8 and candidate.variant == V.FP32:
+            (log.warning if precision == "int8" else log.info)("onnxruntime: %s", backend.variant_reason)
+        log.info("loaded %s with %s", onnx_path, backend.describe())
+        return backend
+
+    @staticmethod
+    def _open_fp32(ort, open_session, plan: list[str], forced: bool, onnx_path: Path, notes: list[str]):
+        """The fp32 session on ``plan``, falling back from GPU providers to the CPU when they fail to start."""
+        noted = len(notes)
         try:
             session = open_session(plan)
         except Exception as exc:  # onnxruntime raises its own pybind exception types
@@ -241,7 +270,7 @@ class OnnxRuntimeBackend(Backend):
 
         started = list(session.get_providers())
         dropped = [p for p in plan if p not in started]
-        if dropped and not notes:
+        if dropped and len(notes) == noted:
             if forced and not any(p in GPU_PROVIDERS for p in started):
                 raise BackendUnavailableError(
                     f"onnxruntime did not start {dropped} (CUDA/cuDNN libraries missing or no GPU); "
@@ -252,25 +281,7 @@ class OnnxRuntimeBackend(Backend):
             )
             log.warning("onnxruntime: %s", notes[-1])
 
-        inputs, outputs = session.get_inputs(), session.get_outputs()
-        where = str(onnx_path)
-        if [i.name for i in inputs] != [meta.input_name]:
-            raise ModelError(
-                f"{where}: inputs are {[i.name for i in inputs]}, metadata.json expects [{meta.input_name!r}]"
-            )
-        out_names = [o.name for o in outputs]
-        if meta.output_name not in out_names:
-            raise ModelError(f"{where}: outputs are {out_names}, metadata.json expects {meta.output_name!r}")
-        if inputs[0].type != "tensor(float)":
-            raise ModelError(f"{where}: input type is {inputs[0].type}, expected tensor(float)")
-        output = outputs[out_names.index(meta.output_name)]
-        check_io_shape(where, inputs[0].shape, output.shape, meta)
-
-        backend = cls(model_dir, meta, session, io_binding=io_binding)
-        backend.precision = precision
-        backend.notes = notes
-        log.info("loaded %s with %s", onnx_path, backend.describe())
-        return backend
+        return session
 
     def _logits(self, batch: np.ndarray) -> np.ndarray:
         if not self._io_binding:

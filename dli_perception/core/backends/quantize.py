@@ -1,57 +1,59 @@
-"""INT8 quantisation of ``model.onnx`` for ONNX Runtime on CPUs (static, QDQ, per-channel weights).
+"""Explicit INT8 quantization (Q/DQ) of an ONNX model with ONNX Runtime's static quantizer.
 
-Calibration images come from a dataset through the shared preprocessing
-(:mod:`dli_perception.core.backends.calibration`). The quantised model is cached
-outside the model directory (which may be read-only) under a name made of the
-ONNX hash, the calibration images' hash and the onnxruntime version, so it is
-built once and rebuilt exactly when one of them changes.
+The result is an ordinary ONNX file in which QuantizeLinear/DequantizeLinear pairs carry the
+scales: ONNX Runtime runs it with INT8 kernels on the CPU, and TensorRT 8.6, 10.x and 11.x
+build INT8 engines from it without an implicit calibrator. Activations are unsigned 8-bit,
+weights signed 8-bit with one scale per output channel. Calibration batches come from the
+training images through the one preprocessing (see :mod:`dli_perception.core.variant_build`).
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from dli_perception.core.backends.calibration import calibration_batches, calibration_fingerprint
-from dli_perception.core.fsutil import sha256_file
-from dli_perception.core.preprocess import PreprocessConfig
+import numpy as np
+
 from dli_perception.errors import BackendUnavailableError, ModelError
 
 log = logging.getLogger(__name__)
 
-INT8_SUFFIX = ".int8.onnx"
+QUANT_SETTINGS = {
+    "format": "QDQ",
+    "activations": "QUInt8",
+    "weights": "QInt8",
+    "per_channel": True,
+    "calibration": "MinMax",
+}
+"""How the INT8 variant is quantised (recorded in metadata.json beside the variant)."""
 
 
-def int8_cache_path(cache_dir: str | os.PathLike, onnx_path: Path, calibration: Sequence[Path], ort_version: str) -> Path:
-    """Where the INT8 model for these inputs lives in ``cache_dir``."""
-    h = hashlib.sha256()
-    for part in (sha256_file(onnx_path), calibration_fingerprint(calibration), ort_version, "qdq-u8s8-perchannel-v1"):
-        h.update(part.encode() + b"\n")
-    return Path(cache_dir) / f"{h.hexdigest()[:32]}{INT8_SUFFIX}"
-
-
-def quantize_int8(
+def quantize_qdq(
     onnx_path: Path,
-    calibration: Sequence[Path],
-    cfg: PreprocessConfig,
+    batches: Sequence[np.ndarray],
     out_path: Path,
     input_name: str = "input",
-    batch_size: int = 8,
+    per_channel: bool = True,
 ) -> Path:
-    """Quantise ``onnx_path`` to ``out_path`` (atomically), calibrated on ``calibration`` images."""
+    """Quantise ``onnx_path`` to ``out_path`` (written atomically) with Q/DQ nodes, calibrated on ``batches``.
+
+    ``batches`` are float32 ``(N, 3, S, S)`` arrays made by the shared preprocessing. Raises
+    :class:`ModelError` (no batches, quantizer failed) or :class:`BackendUnavailableError`
+    (onnxruntime's quantization tools missing).
+    """
     try:
         from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
         from onnxruntime.quantization.shape_inference import quant_pre_process
     except ImportError as exc:
-        raise BackendUnavailableError(f"INT8 needs onnxruntime's quantization tools (pip install onnx): {exc}") from exc
-
-    batches = list(calibration_batches(calibration, cfg, min(batch_size, len(calibration))))
+        raise BackendUnavailableError(
+            f"INT8 quantization needs onnxruntime with its quantization tools and onnx (pip install onnx): {exc}"
+        ) from exc
+    batches = [b for b in batches if b.shape[0] > 0]
     if not batches:
-        raise ModelError("no readable calibration images; INT8 quantisation needs at least one")
+        raise ModelError("no calibration images; INT8 quantization needs at least one")
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
@@ -60,6 +62,7 @@ def quantize_int8(
         def get_next(self):
             return next(self._it, None)
 
+    out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".quant-", dir=out_path.parent) as tmp:
         pre = Path(tmp) / "pre.onnx"
@@ -71,12 +74,13 @@ def quantize_int8(
                 str(staged),
                 Reader(),
                 quant_format=QuantFormat.QDQ,
-                per_channel=True,
+                per_channel=per_channel,
                 activation_type=QuantType.QUInt8,
                 weight_type=QuantType.QInt8,
             )
         except Exception as exc:  # onnxruntime raises many types here; the model is what failed
-            raise ModelError(f"INT8 quantisation of {onnx_path} failed: {exc}") from exc
+            raise ModelError(f"INT8 quantization of {onnx_path} failed: {type(exc).__name__}: {exc}") from exc
         os.replace(staged, out_path)
-    log.info("quantised %s to INT8 (%d calibration images) -> %s", onnx_path, len(calibration), out_path)
+    images = sum(b.shape[0] for b in batches)
+    log.info("quantised %s to INT8 Q/DQ (%d calibration images) -> %s", onnx_path, images, out_path)
     return out_path

@@ -46,6 +46,8 @@ class SelectionReport:
     chosen: str = ""
     device: str = ""
     precision: str = ""
+    variant: str = ""
+    variant_reason: str = ""
     attempts: list[Attempt] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -56,7 +58,12 @@ class SelectionReport:
 
     def summary(self) -> str:
         """One line for logs and diagnostics."""
-        text = f"backend={self.chosen} device={self.device} precision={self.precision} (requested {self.requested})"
+        text = (
+            f"backend={self.chosen} device={self.device} precision={self.precision} variant={self.variant} "
+            f"(requested {self.requested})"
+        )
+        if self.variant_reason:
+            text += f"; {self.variant_reason}"
         for name, reason in self.skipped.items():
             text += f"; skipped {name}: {reason}"
         for note in self.notes:
@@ -131,7 +138,8 @@ def create_backend(
 ) -> tuple[Backend, SelectionReport]:
     """Load ``model_dir`` with ``backend`` (``auto`` = first that works of :data:`BACKENDS`).
 
-    ``opts`` are backend options (``device``, ``precision``, ``intra_op_threads`` …);
+    ``opts`` are backend options (``device``, ``precision`` — ``auto`` by default: the fastest
+    precision variant of the model directory that passed its checks —, ``intra_op_threads`` …);
     with ``auto`` each backend receives the ones it knows. Raises
     :class:`BackendUnavailableError` (explicit backend cannot run here, naming what to
     install; or nothing works for ``auto``), :class:`ModelError` (the model is
@@ -161,6 +169,8 @@ def create_backend(
         attempt = Attempt(name, True, instance.describe())
         report.attempts.append(attempt)
         report.chosen, report.device, report.precision = name, instance.device, instance.precision
+        report.variant = instance.variant
+        report.variant_reason = instance.variant_reason or f"serving {instance.variant} (the {name} backend runs it only)"
         report.notes.extend(getattr(instance, "notes", []))
         log.info("inference %s", report.summary())
         return instance, report

@@ -3,8 +3,9 @@
 Building an engine takes seconds on a desktop GPU and minutes on a Jetson, so the
 serialized engine is cached as ``<cache_dir>/<key>.engine`` with a JSON sidecar.
 The key is a sha256 over everything that makes an engine valid: the ONNX bytes,
-the TensorRT version, the GPU (name and compute capability), the precision, the
-batch profile and the workspace limit. A start with the same inputs reuses the
+the TensorRT version, the GPU (name and compute capability), the precision and the
+engine variant (which ONNX variant, built how: see :mod:`.trt_compat`), the batch profile
+and the workspace limit. A start with the same inputs reuses the
 engine; a change in any of them gives a new key and a rebuild; a corrupt or
 mismatching cache entry is evicted and rebuilt. Writes are atomic.
 
@@ -24,13 +25,14 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
 
+from dli_perception.core import variants as V
 from dli_perception.core.backends import calibration as _calibration
 from dli_perception.core.backends.base import (
     PRECISIONS,
@@ -40,13 +42,21 @@ from dli_perception.core.backends.base import (
     check_options,
 )
 from dli_perception.core.backends.calibration import calibration_batches, calibration_fingerprint
+from dli_perception.core.backends.trt_compat import (
+    ENGINE_VARIANTS,
+    BuildPlan,
+    build_engine,
+    features,
+    first_that_loads,
+    make_calibrator,
+    plan_builds,
+)
 from dli_perception.core.fsutil import atomic_write_bytes, atomic_write_text, sha256_file
-from dli_perception.core.modeldir import ModelMetadata
 from dli_perception.errors import BackendUnavailableError, ConfigError, DliPerceptionError, ModelError
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 """Version of the cache layout and key; bump it to invalidate every cached engine."""
 
 ENGINE_SUFFIX = ".engine"
@@ -145,11 +155,14 @@ class EngineKey:
     workspace_bytes: int
     opt_batch: int = 1
     calibration_sha256: str = ""
+    variant: str = "fp32"
     cache_format: int = CACHE_FORMAT
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.variant not in ENGINE_VARIANTS:
+            raise ConfigError(f"engine variant must be one of {ENGINE_VARIANTS}, got {self.variant!r}")
         if not isinstance(self.max_batch, int) or self.max_batch < 1:
             raise ConfigError(f"max_batch must be an integer >= 1, got {self.max_batch!r}")
         if not isinstance(self.opt_batch, int) or not 1 <= self.opt_batch <= self.max_batch:
@@ -380,9 +393,6 @@ def load_or_build_engine(
 
 
 # --------------------------------------------------------------------------------------
-# INT8 calibration data (shared preprocessing; no GPU needed)
-# --------------------------------------------------------------------------------------
-# --------------------------------------------------------------------------------------
 # TensorRT proper (needs tensorrt + CUDA)
 # --------------------------------------------------------------------------------------
 def _import_tensorrt():
@@ -413,102 +423,6 @@ def _make_logger(trt):
             log.log(levels.get(severity, logging.INFO), "TensorRT: %s", msg)
 
     return _Bridge()
-
-
-def _make_calibrator(
-    trt, batches: Iterator[np.ndarray], batch_size: int, shape, cache_file: Path, device: str
-):
-    """An ``IInt8EntropyCalibrator2`` fed from ``batches``; its cache file is written atomically."""
-    import torch
-
-    class _Calibrator(trt.IInt8EntropyCalibrator2):
-        def __init__(self) -> None:
-            trt.IInt8EntropyCalibrator2.__init__(self)
-            self._batches = batches
-            self._buffer = torch.empty((batch_size, *shape), dtype=torch.float32, device=device)
-            self.count = 0
-
-        def get_batch_size(self) -> int:
-            return batch_size
-
-        def get_batch(self, names):
-            try:
-                batch = next(self._batches)
-            except StopIteration:
-                return None
-            self._buffer.copy_(torch.from_numpy(batch))
-            torch.cuda.synchronize(self._buffer.device)
-            self.count += 1
-            return [int(self._buffer.data_ptr())]
-
-        def read_calibration_cache(self):
-            return cache_file.read_bytes() if cache_file.is_file() else None
-
-        def write_calibration_cache(self, cache) -> None:
-            try:
-                atomic_write_bytes(cache_file, bytes(cache))
-            except OSError as exc:
-                log.warning("cannot write INT8 calibration cache %s: %s", cache_file, exc)
-
-    return _Calibrator()
-
-
-def build_engine(
-    trt,
-    logger,
-    onnx_path: Path,
-    meta: ModelMetadata,
-    key: EngineKey,
-    calibrator=None,
-    calibration_batch: int = 1,
-) -> bytes:
-    """Parse ``onnx_path`` and build a serialized engine for ``key`` (precision, batch profile, workspace).
-
-    Raises :class:`BackendUnavailableError` when the parser rejects the model (an
-    operator this TensorRT lacks: other backends may still run it) or the build fails.
-    """
-    builder = trt.Builder(logger)
-    flags = 0
-    if tensorrt_major(trt.__version__) < 10:
-        flags = 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
-    network = builder.create_network(flags)
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):
-        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise BackendUnavailableError(
-            f"TensorRT cannot parse {onnx_path} ({errors or 'unknown error'}); an operator may be unsupported "
-            "by this TensorRT version: use backend='onnxruntime'"
-        )
-    config = builder.create_builder_config()
-    if hasattr(config, "set_memory_pool_limit"):
-        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, key.workspace_bytes)
-    else:  # TensorRT < 8.4
-        config.max_workspace_size = key.workspace_bytes
-    if key.precision in ("fp16", "int8"):
-        if not getattr(builder, "platform_has_fast_fp16", True):
-            log.warning("this GPU has no fast FP16; the %s engine may not be faster than FP32", key.precision)
-        config.set_flag(trt.BuilderFlag.FP16)
-    c, s = 3, meta.preprocess.size
-    profile = builder.create_optimization_profile()
-    profile.set_shape(meta.input_name, (1, c, s, s), (key.opt_batch, c, s, s), (key.max_batch, c, s, s))
-    config.add_optimization_profile(profile)
-    if key.precision == "int8":
-        if not getattr(builder, "platform_has_fast_int8", True):
-            log.warning("this GPU has no fast INT8; the engine may not be faster than FP16")
-        config.set_flag(trt.BuilderFlag.INT8)
-        config.int8_calibrator = calibrator
-        calib_profile = builder.create_optimization_profile()
-        fixed = (calibration_batch, c, s, s)
-        calib_profile.set_shape(meta.input_name, fixed, fixed, fixed)
-        config.set_calibration_profile(calib_profile)
-    started = time.monotonic()
-    serialized = builder.build_serialized_network(network, config)
-    if serialized is None:
-        raise BackendUnavailableError(
-            f"TensorRT failed to build a {key.precision} engine for {onnx_path}; see the TensorRT errors logged above"
-        )
-    log.info("built TensorRT %s engine in %.1f s", key.precision, time.monotonic() - started)
-    return bytes(serialized)
 
 
 class _TensorIO:
@@ -555,6 +469,11 @@ class _BindingIO:
     def run(self, shape: tuple[int, ...], stream_handle: int) -> bool:
         self.context.set_binding_shape(self.in_index, shape)
         return bool(self.context.execute_async_v2(self.bindings, stream_handle))
+
+
+def _fatal_for(plan: BuildPlan, exc: Exception) -> bool:
+    """A model error in the plain fp32 engine is the model's fault: no other engine would do better."""
+    return isinstance(exc, ModelError) and plan.engine_variant == "fp32"
 
 
 def _cuda_index(device: str) -> int:
@@ -648,7 +567,7 @@ class TensorRTBackend(Backend):
         model_dir: str | os.PathLike,
         *,
         device: str = "auto",
-        precision: str = "fp16",
+        precision: str = "auto",
         max_batch: int = 8,
         opt_batch: int = 1,
         workspace_mb: int = 256,
@@ -659,18 +578,16 @@ class TensorRTBackend(Backend):
         keep_engines: int = 8,
         **unknown: Any,
     ) -> TensorRTBackend:
-        """Load (or build and cache) the engine for ``model_dir``.
+        """Load (or build and cache) the best engine this TensorRT can make for ``model_dir`` and ``precision``.
 
-        Raises :class:`BackendUnavailableError` (no TensorRT/GPU, build failed),
+        Engines are tried in the order :func:`~.trt_compat.plan_builds` gives (INT8 from the Q/DQ
+        variant, FP16, implicit INT8 only where the API has calibrators and ``calibration_dir`` is
+        given, fp32); a build that fails is passed over with its reason in :attr:`variant_reason`.
+        Raises :class:`BackendUnavailableError` (no TensorRT/GPU, every build failed),
         :class:`ModelError` (inconsistent model) or :class:`ConfigError` (bad options).
         """
         check_options(cls.name, unknown, cls.OPTIONS)
-        if precision not in PRECISIONS:
-            raise ConfigError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-        if precision == "int8" and calibration_dir is None:
-            raise ConfigError(
-                "precision='int8' needs calibration_dir=<dataset dir> (images to calibrate with)"
-            )
+        V.check_precision(precision)
         index = _cuda_index(device)
         trt = _import_tensorrt()
         import torch
@@ -680,11 +597,56 @@ class TensorRTBackend(Backend):
                 f"device cuda:{index} does not exist ({torch.cuda.device_count()} GPUs)"
             )
         meta = cls.read_metadata(model_dir)
-        onnx_path = check_onnx_integrity(Path(model_dir), meta)
+        check_onnx_integrity(Path(model_dir), meta)
+        resolution = V.resolve(model_dir, meta, [V.INT8_QDQ, V.FP16, V.FP32])
+        onnx_files = {c.variant: c.path for c in resolution.candidates}
+        feats = features(trt)
+        plans = plan_builds(
+            feats, precision, list(onnx_files), calibration=calibration_dir is not None, missing=resolution.missing
+        )
+        settings = {
+            "index": index,
+            "max_batch": int(max_batch),
+            "opt_batch": int(opt_batch),
+            "workspace_bytes": int(workspace_mb) << 20,
+            "cache": Path(cache_dir) if cache_dir is not None else default_engine_cache_dir(),
+            "calibration_dir": calibration_dir,
+            "calibration_images": calibration_images,
+            "rebuild": rebuild,
+        }
+
+        def attempt(plan: BuildPlan) -> TensorRTBackend:
+            return cls._load_plan(model_dir, meta, trt, plan, onnx_files[plan.onnx_variant], settings)
+
+        backend, plan, failures = first_that_loads(plans.builds, attempt, fatal=_fatal_for)
+        passed_over = plans.skipped + failures
+        if backend is None:
+            raise BackendUnavailableError(
+                f"TensorRT {feats.version} could not build an engine for {model_dir}: "
+                + "; ".join(passed_over)
+                + "; use backend='onnxruntime'"
+            )
+        backend.variant = plan.engine_variant
+        backend.variant_reason = f"serving the {plan.describe()} for precision={precision}" + (
+            "; passed over " + "; ".join(passed_over) if passed_over else ""
+        )
+        if failures:
+            log.warning("tensorrt: %s", backend.variant_reason)
+        try:
+            prune_engine_cache(settings["cache"], keep=keep_engines)
+        except OSError as exc:
+            log.warning("cannot prune engine cache %s: %s", settings["cache"], exc)
+        return backend
+
+    @classmethod
+    def _load_plan(cls, model_dir, meta, trt, plan: BuildPlan, onnx_path: Path, settings: dict) -> TensorRTBackend:
+        """Build (or take from the cache) the engine of ``plan`` and open it."""
+        import torch
+
+        index = settings["index"]
         calib_paths: list[Path] = []
-        if precision == "int8":
-            # the ``calibration_images`` argument (a count) shadows the function of that name here
-            calib_paths = _calibration.calibration_images(calibration_dir, calibration_images)
+        if plan.calibrator:
+            calib_paths = _calibration.calibration_images(settings["calibration_dir"], settings["calibration_images"])
         try:
             major, minor = torch.cuda.get_device_capability(index)
             key = EngineKey(
@@ -692,22 +654,23 @@ class TensorRTBackend(Backend):
                 tensorrt_version=str(trt.__version__),
                 gpu_name=torch.cuda.get_device_name(index),
                 compute_capability=f"{major}.{minor}",
-                precision=precision,
-                max_batch=int(max_batch),
-                workspace_bytes=int(workspace_mb) << 20,
-                opt_batch=int(opt_batch),
+                precision=plan.precision,
+                max_batch=settings["max_batch"],
+                workspace_bytes=settings["workspace_bytes"],
+                opt_batch=settings["opt_batch"],
                 calibration_sha256=calibration_fingerprint(calib_paths) if calib_paths else "",
+                variant=plan.engine_variant,
             )
-            cache = Path(cache_dir) if cache_dir is not None else default_engine_cache_dir()
+            cache = settings["cache"]
             logger = _make_logger(trt)
             runtime = trt.Runtime(logger)
             tdev = torch.device("cuda", index)
 
             def build() -> bytes:
                 calibrator, calib_batch = None, 1
-                if precision == "int8":
+                if plan.calibrator:
                     calib_batch = min(key.max_batch, 8)
-                    calibrator = _make_calibrator(
+                    calibrator = make_calibrator(
                         trt,
                         calibration_batches(calib_paths, meta.preprocess, calib_batch),
                         calib_batch,
@@ -716,13 +679,13 @@ class TensorRTBackend(Backend):
                         str(tdev),
                     )
                 with torch.cuda.device(tdev):
-                    return build_engine(trt, logger, onnx_path, meta, key, calibrator, calib_batch)
+                    return build_engine(trt, logger, onnx_path, meta, key, plan, calibrator, calib_batch)
 
             def deserialize(data: bytes):
                 with torch.cuda.device(tdev):
                     return runtime.deserialize_cuda_engine(data)
 
-            engine, result = load_or_build_engine(cache, key, build, deserialize, rebuild=rebuild)
+            engine, result = load_or_build_engine(cache, key, build, deserialize, rebuild=settings["rebuild"])
             backend = cls(model_dir, meta, trt=trt, engine=engine, key=key, device_index=index)
             backend.cache = result
             backend._runtime = runtime
@@ -731,13 +694,8 @@ class TensorRTBackend(Backend):
             raise
         except Exception as exc:  # TensorRT API differences must not crash auto selection
             raise BackendUnavailableError(
-                f"TensorRT failed while loading {model_dir} ({type(exc).__name__}: {exc}); "
-                "use backend='onnxruntime' or report this with your TensorRT version"
+                f"TensorRT failed while loading the {plan.describe()} ({type(exc).__name__}: {exc})"
             ) from exc
-        try:
-            prune_engine_cache(cache, keep=keep_engines)
-        except OSError as exc:
-            log.warning("cannot prune engine cache %s: %s", cache, exc)
         log.info(
             "loaded %s with %s (%s %s)",
             onnx_path,
