@@ -61,7 +61,7 @@ def config(args: argparse.Namespace):
         early_stop_patience=0,
         num_workers=0,
         device=args.device,
-        preprocess=PreprocessConfig(size=size, resize_size=max(size, round(size * 256 / 224))),
+        preprocess=PreprocessConfig.for_size(size),
     )
 
 

@@ -103,7 +103,7 @@ def _run(args: argparse.Namespace, ctx) -> int:
             flush=True,
         )
     progress = TrainProgress(enabled=ctx.is_main and getattr(args, "progress", True))
-    with _quiet_logs(args.verbose and ctx.is_main), _torch_threads(args.threads):
+    with _quiet_logs(args.verbose and ctx.is_main), _torch_threads(args.torch_threads):
         try:
             result = distributed.train_distributed(
                 ctx,

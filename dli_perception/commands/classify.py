@@ -89,7 +89,7 @@ def _batches(files: Sequence[Path], size: int) -> Iterator[Sequence[Path]]:
 
 def run(args: argparse.Namespace) -> int:
     from dli_perception.core.backends.select import create_backend
-    from dli_perception.core.training import decode_rgb
+    from dli_perception.core.imagefiles import decode_rgb
 
     if args.batch_size < 1 or args.top_k < 1 or args.threads < 0:
         raise ConfigError("--batch-size and --top-k must be >= 1 and --threads >= 0")

@@ -39,7 +39,6 @@ from dli_perception.errors import ConfigError, DliPerceptionError, TrainingCance
 EXIT_CANCELLED = 130
 """Exit code of a run stopped with Ctrl-C (the shell's convention for SIGINT)."""
 
-CHECKPOINT_SUFFIX = ".checkpoints"
 QUIET_LOGGERS = (
     "dli_perception.core.training",
     "dli_perception.core.distributed",
@@ -69,87 +68,18 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
-    """The training options, shared by ``dli-perception train`` and ``python -m dli_perception.train``."""
-    from dli_perception.core.training import BACKBONES, CLASS_BALANCE, DEVICES, MODES, OPTIMIZERS, SCHEDULES
+    """The training options, shared by ``dli-perception train`` and ``python -m dli_perception.train``.
 
+    The options are the ``cli`` rows of :data:`~dli_perception.core.training.options.TRAIN_OPTIONS`
+    (the table the trainer node's parameters come from); the rest are this command's own.
+    """
     p.add_argument("dataset", type=Path, metavar="DATASET", help="image folder: DATASET/<class>/<image>")
     p.add_argument(
         "--out", "-o", type=Path, required=True, metavar="MODEL_DIR", help="model directory to write"
     )
-    p.add_argument(
-        "--mode",
-        choices=MODES,
-        help="head: train the new last layer on cached features; "
-        "finetune: every layer; head-then-finetune (default): both in turn",
-    )
-    p.add_argument("--epochs", type=int, help="epochs in all (default 10)")
-    p.add_argument("--head-epochs", type=int, help="head epochs of head-then-finetune (default: half)")
-    p.add_argument("--batch-size", type=int, help="images per batch (default 16)")
-    p.add_argument("--lr", type=float, help="learning rate of the head (default 1e-3)")
-    p.add_argument(
-        "--backbone-lr-factor", type=float, help="backbone lr = lr x this when fine-tuning (default 0.1)"
-    )
-    p.add_argument("--optimizer", choices=OPTIMIZERS, help="default adamw")
-    p.add_argument("--schedule", choices=SCHEDULES, help="learning-rate schedule (default cosine)")
-    p.add_argument(
-        "--weights",
-        help="imagenet (torch hub cache, default), none (random) or the path of a .pth state dict",
-    )
-    p.add_argument(
-        "--download-weights",
-        action="store_true",
-        default=None,
-        help="download the ImageNet weights when they are not cached (needs network)",
-    )
-    p.add_argument("--backbone", choices=sorted(BACKBONES), help="default resnet18")
-    p.add_argument("--size", type=int, help="model input size in pixels (default 224)")
-    p.add_argument("--val-fraction", type=float, help="share of each class kept for validation (default 0.2)")
-    p.add_argument("--seed", type=int, help="seed of the split, initialisation and augmentation (default 0)")
-    p.add_argument(
-        "--early-stop",
-        type=int,
-        metavar="EPOCHS",
-        dest="early_stop_patience",
-        help="stop after this many epochs without better validation accuracy; 0: never (default 5)",
-    )
-    p.add_argument("--class-balance", choices=CLASS_BALANCE, help="weighted loss (default), sampler or none")
-    p.add_argument(
-        "--max-per-class",
-        type=int,
-        dest="max_images_per_class",
-        help="use at most this many images of each class (seeded subsample)",
-    )
-    p.add_argument(
-        "--no-augment",
-        dest="augment",
-        action="store_false",
-        default=None,
-        help="train on the evaluation view only (no random crops or colour jitter)",
-    )
-    p.add_argument(
-        "--hflip",
-        action="store_true",
-        default=None,
-        help="random horizontal flips (off by default: they swap left and right classes)",
-    )
-    p.add_argument(
-        "--no-feature-cache",
-        dest="feature_cache",
-        action="store_false",
-        default=None,
-        help="run the frozen backbone every head epoch instead of caching its features (slower)",
-    )
-    p.add_argument("--device", choices=DEVICES, help="default auto (CUDA when available)")
-    p.add_argument("--workers", type=int, dest="num_workers", help="data-loading processes (default 2)")
-    p.add_argument("--threads", type=int, default=0, help="CPU threads of torch; 0: torch's default")
+    add_option_arguments(p)
     p.add_argument(
         "--resume", type=Path, metavar="CKPT", help="continue from a checkpoint (last.pt or best.pt)"
-    )
-    p.add_argument(
-        "--checkpoint-dir",
-        type=Path,
-        metavar="DIR",
-        help=f"where best.pt and last.pt go (default: MODEL_DIR{CHECKPOINT_SUFFIX})",
     )
     p.add_argument(
         "--export-cancelled",
@@ -163,30 +93,23 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
 # --------------------------------------------------------------------------- options
 
 
-CONFIG_OPTIONS = (
-    "mode",
-    "epochs",
-    "head_epochs",
-    "batch_size",
-    "lr",
-    "backbone_lr_factor",
-    "optimizer",
-    "schedule",
-    "weights",
-    "download_weights",
-    "backbone",
-    "val_fraction",
-    "seed",
-    "early_stop_patience",
-    "class_balance",
-    "max_images_per_class",
-    "augment",
-    "hflip",
-    "feature_cache",
-    "device",
-    "num_workers",
-)
-"""Options that map one to one onto :class:`~dli_perception.core.training.TrainConfig` fields."""
+def add_option_arguments(p: argparse.ArgumentParser) -> None:
+    """One flag per ``cli`` option of the training options table; omitted flags stay None (the default)."""
+    from dli_perception.core.training.options import TRAIN_OPTIONS
+
+    for option in TRAIN_OPTIONS:
+        if not option.cli:
+            continue
+        kwargs: dict[str, Any] = {"dest": option.name, "default": None, "help": option.cli_help}
+        if isinstance(option.default, bool):
+            kwargs["action"] = "store_false" if option.default else "store_true"
+        else:
+            kwargs["type"] = option.cli_type or type(option.default)
+            if option.choices:
+                kwargs["choices"] = option.choices
+            if option.metavar:
+                kwargs["metavar"] = option.metavar
+        p.add_argument(option.cli_flag, **kwargs)
 
 
 def config_from_args(args: argparse.Namespace):
@@ -194,25 +117,16 @@ def config_from_args(args: argparse.Namespace):
 
     Raises :class:`ConfigError` for invalid values.
     """
-    from dli_perception.core.preprocess import PreprocessConfig
-    from dli_perception.core.training import TrainConfig
+    from dli_perception.core.training.options import config_from_options
 
-    values: dict[str, Any] = {
-        name: getattr(args, name) for name in CONFIG_OPTIONS if getattr(args, name, None) is not None
-    }
-    if getattr(args, "size", None) is not None:
-        size = int(args.size)
-        # keep torchvision's 224/256 ratio in case the crop mode is used later
-        values["preprocess"] = PreprocessConfig(size=size, resize_size=max(size, round(size * 256 / 224)))
-    return TrainConfig(**values)
+    return config_from_options(vars(args))
 
 
 def checkpoint_dir_for(out: Path, given: Path | None) -> Path:
     """``--checkpoint-dir``, or ``MODEL_DIR.checkpoints`` beside the model directory."""
-    if given is not None:
-        return given.expanduser()
-    out = out.expanduser()
-    return out.parent / f"{out.name}{CHECKPOINT_SUFFIX}"
+    from dli_perception.core.training.service import checkpoint_dir_for as core_checkpoint_dir_for
+
+    return core_checkpoint_dir_for(out, given)
 
 
 # --------------------------------------------------------------------------- progress
@@ -375,21 +289,11 @@ def _one_line_errors() -> Iterator[None]:
         raise flat from exc
 
 
-@contextlib.contextmanager
-def _torch_threads(threads: int) -> Iterator[None]:
-    if not threads:
-        yield
-        return
-    if threads < 0:
-        raise ConfigError(f"--threads must be >= 0 (0: torch's default), got {threads}")
-    import torch
+def _torch_threads(threads: int | None):
+    """Torch limited to ``threads`` CPU threads inside the block (``--threads``; 0 or None: torch's default)."""
+    from dli_perception.core.training.service import torch_threads
 
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+    return torch_threads(threads or 0)
 
 
 # --------------------------------------------------------------------------- train
@@ -409,8 +313,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from dli_perception.core.export import DEFAULT_OPSET, export_model_dir
-    from dli_perception.core.training import train
+    from dli_perception.core.export import DEFAULT_OPSET
+    from dli_perception.core.training.service import TrainJob, export_job, train_job
 
     config = config_from_args(args)
     out = args.out.expanduser()
@@ -423,19 +327,18 @@ def _train(args: argparse.Namespace) -> int:
         f"weights {config.weights}) on {args.dataset}; checkpoints in {ckpt_dir}",
         flush=True,
     )
-    cancel = threading.Event()
+    job = TrainJob(
+        config=config,
+        dataset_dir=args.dataset.expanduser(),
+        model_dir=out,
+        checkpoint_dir=ckpt_dir,
+        resume=args.resume.expanduser() if args.resume is not None else None,
+    )
     progress = TrainProgress(enabled=getattr(args, "progress", True))
-    with _quiet_logs(getattr(args, "verbose", False)), _torch_threads(args.threads):
+    with _quiet_logs(getattr(args, "verbose", False)), _torch_threads(args.torch_threads):
         try:
-            with CancelOnInterrupt(cancel):
-                result = train(
-                    args.dataset.expanduser(),
-                    config,
-                    checkpoint_dir=ckpt_dir,
-                    resume=args.resume.expanduser() if args.resume is not None else None,
-                    cancel=cancel,
-                    on_progress=progress,
-                )
+            with CancelOnInterrupt(job.cancel):
+                result = train_job(job, on_progress=progress)
         except TrainingCancelledError:
             progress.close()
             print(f"cancelled while reading the dataset; nothing was trained and {out} was not touched")
@@ -443,11 +346,12 @@ def _train(args: argparse.Namespace) -> int:
         finally:
             progress.close()
         # Ctrl-C during the export raises KeyboardInterrupt: the export is abandoned, MODEL_DIR stays.
-        exported = not result.cancelled or (args.export_cancelled and bool(result.history))
-        if exported:
-            export_model_dir(
-                result, out, opset=args.opset or DEFAULT_OPSET, allow_cancelled=args.export_cancelled
-            )
+        exported = export_job(
+            job,
+            result,
+            export_cancelled=args.export_cancelled,
+            opset=args.opset or DEFAULT_OPSET,
+        )
     print_summary(result, out if exported else None, sys.stdout)
     if result.cancelled:
         best = result.checkpoint_path

@@ -13,6 +13,7 @@ trainer did.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -94,6 +95,12 @@ class PreprocessConfig:
                 values[key] = tuple(values[key])
         return cls(**values)
 
+    @classmethod
+    def for_size(cls, size: int, **kwargs: Any) -> "PreprocessConfig":
+        """The config for input ``size`` with ``resize_size`` kept at torchvision's 256/224 ratio (never < size)."""
+        size = int(size)
+        return cls(size=size, resize_size=max(size, round(size * 256 / 224)), **kwargs)
+
 
 def _cv2():
     import cv2  # deferred: importing cv2 costs ~100 ms and nodes import this module at start
@@ -130,6 +137,65 @@ def resize(image: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
     resized = image if (nh, nw) == (h, w) else cv2.resize(image, (nw, nh), interpolation=interp)
     top, left = (nh - cfg.size) // 2, (nw - cfg.size) // 2
     return resized[top : top + cfg.size, left : left + cfg.size]
+
+
+def view_rect(h: int, w: int, cfg: PreprocessConfig) -> tuple[float, float, float, float]:
+    """The region (x, y, width, height in pixels) of an HxW image that :func:`resize` turns into the input."""
+    if cfg.resize_mode == "squash":
+        return 0.0, 0.0, float(w), float(h)
+    side = min(h, w) * cfg.size / cfg.resize_size
+    return (w - side) / 2, (h - side) / 2, side, side
+
+
+def train_view(
+    image: np.ndarray,
+    cfg: PreprocessConfig,
+    rng: np.random.Generator,
+    *,
+    crop_scale: tuple[float, float] = (0.6, 1.0),
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    color_jitter: float = 0.0,
+    hflip: bool = False,
+) -> np.ndarray:
+    """Training counterpart of :func:`resize`: HxWx3 uint8 RGB -> size x size x 3 uint8, ready for ``normalize``.
+
+    A random crop of the evaluation view (:func:`view_rect`) with area fraction in ``crop_scale`` and aspect
+    ratio in ``crop_ratio`` (the whole view when ten draws do not fit), resized to ``size``; then brightness,
+    contrast and saturation each scaled by a factor in ``[1 - color_jitter, 1 + color_jitter]`` and, with
+    ``hflip``, a horizontal flip half of the time. Every random choice comes from ``rng``.
+    """
+    cv2 = _cv2()
+    image = _check_rgb(image)
+    h, w = image.shape[:2]
+    vx, vy, vw, vh = view_rect(h, w, cfg)
+    fx, fy, fw, fh = 0.0, 0.0, 1.0, 1.0  # crop in view coordinates (fractions)
+    log_lo, log_hi = math.log(crop_ratio[0]), math.log(crop_ratio[1])
+    for _ in range(10):
+        area = rng.uniform(*crop_scale)
+        ratio = math.exp(rng.uniform(log_lo, log_hi))
+        cw, ch = math.sqrt(area * ratio), math.sqrt(area / ratio)
+        if cw <= 1.0 and ch <= 1.0:
+            fx, fy, fw, fh = rng.uniform(0, 1 - cw), rng.uniform(0, 1 - ch), cw, ch
+            break
+    x0 = round(vx + fx * vw)
+    y0 = round(vy + fy * vh)
+    x1 = max(x0 + 1, min(w, round(vx + (fx + fw) * vw)))
+    y1 = max(y0 + 1, min(h, round(vy + (fy + fh) * vh)))
+    interp = getattr(cv2, _CV2_INTERP[cfg.interpolation])
+    out = cv2.resize(image[y0:y1, x0:x1], (cfg.size, cfg.size), interpolation=interp)
+    s = color_jitter
+    if s > 0:
+        luma = np.asarray([0.299, 0.587, 0.114], dtype=np.float32)
+        pix = out.astype(np.float32)
+        pix *= rng.uniform(1 - s, 1 + s)  # brightness
+        grey = pix @ luma
+        pix = (pix - grey.mean()) * rng.uniform(1 - s, 1 + s) + grey.mean()  # contrast
+        grey = (pix @ luma)[..., None]
+        pix = grey + (pix - grey) * rng.uniform(1 - s, 1 + s)  # saturation
+        out = np.clip(np.rint(pix), 0, 255).astype(np.uint8)
+    if hflip and rng.random() < 0.5:
+        out = np.ascontiguousarray(out[:, ::-1])
+    return out
 
 
 def normalize(image: np.ndarray, cfg: PreprocessConfig, out: np.ndarray | None = None) -> np.ndarray:

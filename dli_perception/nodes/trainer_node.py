@@ -36,6 +36,10 @@ The model directory is written by :func:`~dli_perception.core.export.export_mode
 cancelled run leaves the previous model in place. Checkpoints go to ``checkpoint_dir`` (default
 ``<model_dir>.checkpoints``).
 
+The node only wires: its parameters are the ``node`` rows of the training options table
+(:mod:`dli_perception.core.training.options`, which also makes the CLI's flags) and a run is
+:func:`dli_perception.core.training.service.train_and_export` in a worker thread.
+
 Parameters are read when ``~/train`` is called, so ``ros2 param set`` between runs applies to the
 next run. ``num_workers`` defaults to 0: DataLoader worker processes are forked, and forking beside
 rclpy's threads is unsafe. torch is imported by the first run, not at start-up.
@@ -61,15 +65,10 @@ from std_msgs.msg import String
 from std_srvs.srv import Trigger
 
 from dli_perception.core.contracts import TrainProgress, TrainStatus
-from dli_perception.core.training import (
-    BACKBONES,
-    CLASS_BALANCE,
-    DEVICES,
-    MODES,
-    ProgressEvent,
-    TrainConfig,
-)
-from dli_perception.errors import ConfigError, DliPerceptionError, TrainingCancelledError
+from dli_perception.core.training import ProgressEvent, TrainConfig
+from dli_perception.core.training.options import TRAIN_OPTIONS, TrainOption, config_from_options
+from dli_perception.core.training.service import TrainJob, job_from_options, train_and_export
+from dli_perception.errors import ConfigError, DatasetError, DliPerceptionError, TrainingCancelledError
 from dli_perception.nodes.diagnostics import ERROR, OK, DiagnosticsPublisher
 from dli_perception.nodes.params import Param, declare
 from dli_perception.nodes.qos import EVENTS, LATCHED
@@ -78,109 +77,23 @@ from dli_perception.nodes.runtime import node_main, request_hard_exit
 STOP_TIMEOUT_S = 6.0
 """Longest destroy_node waits for a cancelled run to stop (launch: SIGTERM after 5 s, SIGKILL after 10 s)."""
 
-CHECKPOINT_SUFFIX = ".checkpoints"
-
 IDLE, TRAINING, FAILED = "idle", "training", "failed"
 
-_DEFAULTS = TrainConfig()
+
+def _param(option: TrainOption) -> Param:
+    return Param(
+        option.name,
+        option.node_value,
+        option.help,
+        choices=option.choices,
+        min=option.min,
+        max=option.max,
+        check=option.check,
+    )
 
 
-def _non_empty(value: Any) -> str | None:
-    return None if str(value).strip() else "must not be empty"
-
-
-PARAMS = [
-    Param(
-        "dataset_dir",
-        "~/dli_datasets/default",
-        "Dataset to train on: one sub-directory of images per class "
-        "(the recorder_node's dataset_dir); '~' is expanded.",
-        check=_non_empty,
-    ),
-    Param(
-        "model_dir",
-        "~/dli_models/default",
-        "Model directory written after a successful run (replaced "
-        "atomically); its path is published on model_updated.",
-        check=_non_empty,
-    ),
-    Param("checkpoint_dir", "", "Where best.pt and last.pt go; empty: <model_dir>.checkpoints."),
-    Param(
-        "mode",
-        _DEFAULTS.mode,
-        "head: train the new last layer on cached backbone features (fast); "
-        "finetune: every layer; head-then-finetune: head epochs, then fine-tuning.",
-        choices=MODES,
-    ),
-    Param("epochs", _DEFAULTS.epochs, "Epochs in all.", min=1, max=100_000),
-    Param(
-        "head_epochs",
-        _DEFAULTS.head_epochs,
-        "Head epochs of head-then-finetune; 0: half of epochs.",
-        min=0,
-        max=100_000,
-    ),
-    Param(
-        "batch_size",
-        _DEFAULTS.batch_size,
-        "Images per batch (16 fits a 4 GB Jetson at 224 px).",
-        min=1,
-        max=4096,
-    ),
-    Param(
-        "lr",
-        _DEFAULTS.lr,
-        "Learning rate of the head; the backbone gets lr x 0.1 when fine-tuned.",
-        min=1e-9,
-        max=10.0,
-    ),
-    Param(
-        "weights",
-        _DEFAULTS.weights,
-        "Initial weights: 'imagenet' (torch hub cache, no download), 'none' "
-        "(random, much lower accuracy) or the path of a .pth state dict.",
-        check=_non_empty,
-    ),
-    Param(
-        "download_weights",
-        _DEFAULTS.download_weights,
-        "Download the ImageNet weights when they are not cached (needs network).",
-    ),
-    Param("backbone", _DEFAULTS.backbone, "Network whose last layer is replaced.", choices=sorted(BACKBONES)),
-    Param("image_size", _DEFAULTS.preprocess.size, "Model input size, pixels (square).", min=8, max=4096),
-    Param(
-        "val_fraction", _DEFAULTS.val_fraction, "Share of each class kept for validation.", min=0.01, max=0.99
-    ),
-    Param(
-        "seed", _DEFAULTS.seed, "Seed of the split, initialisation and augmentation.", min=0, max=2**31 - 1
-    ),
-    Param(
-        "early_stop_patience",
-        _DEFAULTS.early_stop_patience,
-        "Stop after this many epochs without better validation accuracy; 0: never.",
-        min=0,
-        max=100_000,
-    ),
-    Param("augment", _DEFAULTS.augment, "Random crops and colour jitter on training images."),
-    Param("hflip", _DEFAULTS.hflip, "Random horizontal flips (they swap left and right classes)."),
-    Param("class_balance", _DEFAULTS.class_balance, "How rare classes are weighted.", choices=CLASS_BALANCE),
-    Param("device", _DEFAULTS.device, "Where to train (auto: CUDA when available).", choices=DEVICES),
-    Param(
-        "num_workers",
-        0,
-        "DataLoader worker processes; keep 0 in a node (forking beside rclpy's threads is unsafe).",
-        min=0,
-        max=64,
-    ),
-    Param("torch_threads", 0, "CPU threads torch may use; 0: torch's default (all cores).", min=0, max=1024),
-    Param(
-        "progress_rate_hz",
-        4.0,
-        "Most batch progress messages per second on ~/progress, Hz.",
-        min=0.1,
-        max=1000.0,
-    ),
-]
+PARAMS = [_param(o) for o in TRAIN_OPTIONS if o.node]
+"""The node's parameters: the ``node`` rows of :data:`~dli_perception.core.training.options.TRAIN_OPTIONS`."""
 
 
 def _finite(obj: Any) -> Any:
@@ -194,68 +107,30 @@ def _finite(obj: Any) -> Any:
     return obj
 
 
-def expand(path: str) -> Path:
-    """A path parameter as an absolute path (``~`` expanded, symlinks kept)."""
-    return Path(path).expanduser().absolute()
-
-
 def config_from_values(values: dict[str, Any]) -> TrainConfig:
     """The :class:`TrainConfig` of the node's parameter values; :class:`ConfigError` when invalid."""
-    from dli_perception.core.preprocess import PreprocessConfig
-
-    size = int(values["image_size"])
-    return TrainConfig(
-        mode=values["mode"],
-        backbone=values["backbone"],
-        weights=str(values["weights"]).strip(),
-        download_weights=bool(values["download_weights"]),
-        epochs=int(values["epochs"]),
-        head_epochs=int(values["head_epochs"]),
-        batch_size=int(values["batch_size"]),
-        lr=float(values["lr"]),
-        val_fraction=float(values["val_fraction"]),
-        seed=int(values["seed"]),
-        early_stop_patience=int(values["early_stop_patience"]),
-        augment=bool(values["augment"]),
-        hflip=bool(values["hflip"]),
-        class_balance=values["class_balance"],
-        device=values["device"],
-        num_workers=int(values["num_workers"]),
-        preprocess=PreprocessConfig(size=size, resize_size=max(size, round(size * 256 / 224))),
-    )
-
-
-def check_weights(config: TrainConfig) -> None:
-    """Fail fast, before the dataset is read, when the pretrained weights cannot be found.
-
-    Raises the core's :class:`~dli_perception.errors.WeightsNotFoundError` (which says where the file
-    must be). Imports torch.
-    """
-    from dli_perception.core.training import build_model, imagenet_weights_path
-
-    weights = config.weights
-    if weights.lower() == "none":
-        return
-    if weights.lower() == "imagenet":
-        if config.download_weights or imagenet_weights_path(config.backbone).is_file():
-            return
-    elif Path(weights).expanduser().is_file():
-        return
-    build_model(config.backbone, num_classes=2, weights=weights)  # raises with the full explanation
+    return config_from_options(values)
 
 
 @dataclass
 class Job:
-    """One run: what it trains on, where it writes, how it is cancelled."""
+    """One run of the node: the core's :class:`TrainJob`, numbered and timed."""
 
     number: int
-    config: TrainConfig
-    dataset_dir: Path
-    model_dir: Path
-    checkpoint_dir: Path
-    torch_threads: int
-    cancel: threading.Event = field(default_factory=threading.Event)
+    job: TrainJob
     started: float = field(default_factory=time.monotonic)
+
+    @property
+    def cancel(self) -> threading.Event:
+        return self.job.cancel
+
+    @property
+    def model_dir(self) -> Path:
+        return self.job.model_dir
+
+    @property
+    def dataset_dir(self) -> Path:
+        return self.job.dataset_dir
 
 
 class TrainerNode(Node):
@@ -314,34 +189,11 @@ class TrainerNode(Node):
                 )
             values = dict(self._values)
             try:
-                config = config_from_values(values)
-            except ConfigError as exc:
-                return False, f"invalid training options: {exc}"
-            dataset = expand(values["dataset_dir"])
-            if not dataset.is_dir():
-                return False, (
-                    f"dataset_dir {dataset} does not exist; record images first (recorder_node) "
-                    "or set dataset_dir"
-                )
-            model_dir = expand(values["model_dir"])
-            ckpt = values["checkpoint_dir"].strip()
-            checkpoint_dir = (
-                expand(ckpt) if ckpt else model_dir.parent / f"{model_dir.name}{CHECKPOINT_SUFFIX}"
-            )
-            real_dataset = dataset.resolve()
-            for name, path in (("model_dir", model_dir), ("checkpoint_dir", checkpoint_dir)):
-                real = path.resolve()  # through symlinks: where the files would really go
-                if real == real_dataset or real_dataset in real.parents:
-                    return False, f"{name} {path} must not be inside dataset_dir {dataset} (it resolves to {real})"
+                train_job = job_from_options(values)
+            except (ConfigError, DatasetError) as exc:
+                return False, str(exc)
             self.runs["started"] += 1
-            job = Job(
-                number=self.runs["started"],
-                config=config,
-                dataset_dir=dataset,
-                model_dir=model_dir,
-                checkpoint_dir=checkpoint_dir,
-                torch_threads=int(values["torch_threads"]),
-            )
+            job = Job(number=self.runs["started"], job=train_job)
             self._job = job
             self.state = TRAINING
             self.last_event = {}
@@ -349,8 +201,9 @@ class TrainerNode(Node):
             self.last_error = ""
             self._worker = threading.Thread(target=self._run, args=(job,), name="trainer", daemon=True)
             self._worker.start()
+        config = train_job.config
         return True, (
-            f"training started (run {job.number}): {dataset} -> {model_dir}, "
+            f"training started (run {job.number}): {train_job.dataset_dir} -> {train_job.model_dir}, "
             f"{config.backbone} {config.mode}, "
             f"{config.epochs} epochs, weights {config.weights}; progress on {self.progress_pub.topic_name}"
         )
@@ -386,22 +239,9 @@ class TrainerNode(Node):
         self._finish(job, outcome)
 
     def _train_and_export(self, job: Job) -> dict[str, Any]:
-        import torch
-
-        from dli_perception.core.export import export_model_dir
-        from dli_perception.core.training import train
-
-        if job.torch_threads:
-            torch.set_num_threads(job.torch_threads)
-        check_weights(job.config)
-        result = train(
-            job.dataset_dir,
-            job.config,
-            checkpoint_dir=job.checkpoint_dir,
-            cancel=job.cancel,
-            on_progress=self._on_progress,
-        )
-        outcome: dict[str, Any] = {
+        outcome = train_and_export(job.job, on_progress=self._on_progress)
+        result = outcome.result
+        summary: dict[str, Any] = {
             "status": result.status,
             "best_val_acc": result.best_val_acc,
             "best_epoch": result.best_epoch,
@@ -411,27 +251,19 @@ class TrainerNode(Node):
             "skipped_images": len(result.dataset.skipped),
             "confusion": [[int(n) for n in row] for row in result.confusion],
         }
-        if result.cancelled or job.cancel.is_set():
-            outcome["status"] = "cancelled"
-            outcome["message"] = (
+        if not outcome.exported:
+            summary["status"] = "cancelled"
+            summary["message"] = (
                 f"cancelled after {len(result.history)} epoch(s); {job.model_dir} was not replaced"
                 + (f"; the best epoch is in {result.checkpoint_path}" if result.checkpoint_path else "")
             )
-            return outcome
-        last = result.history[-1].epoch if result.history else 0
-        self._publish_event(
-            ProgressEvent(
-                "export", last, job.config.epochs, eta_s=None, message=f"exporting {job.model_dir}"
-            ),
-            force=True,
-        )
-        export_model_dir(result, job.model_dir)
-        outcome.update(exported=True, model_dir=str(job.model_dir))
-        return outcome
+            return summary
+        summary.update(exported=True, model_dir=str(job.model_dir))
+        return summary
 
     def _on_progress(self, event: ProgressEvent) -> None:
         """Progress callback of the core (worker thread): keep the newest, publish throttled."""
-        force = event.phase in ("load", "epoch", "done") or event.phase != self._last_phase
+        force = event.phase in ("load", "epoch", "done", "export") or event.phase != self._last_phase
         self._last_phase = event.phase
         self._publish_event(event, force=force)
         if event.phase == "epoch":

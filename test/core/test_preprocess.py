@@ -12,6 +12,8 @@ from dli_perception.core.preprocess import (
     preprocess,
     preprocess_batch,
     resize,
+    train_view,
+    view_rect,
 )
 from dli_perception.errors import ConfigError
 
@@ -97,3 +99,42 @@ def test_unknown_metadata_keys_are_refused():
 def test_wrong_images_are_refused_with_a_clear_error(bad):
     with pytest.raises(ConfigError):
         preprocess(bad, PreprocessConfig(size=16))
+
+
+def test_for_size_keeps_the_256_over_224_resize_rule():
+    assert PreprocessConfig.for_size(224).resize_size == 256
+    assert PreprocessConfig.for_size(112).resize_size == 128
+    assert PreprocessConfig.for_size(8).resize_size == 9
+    assert PreprocessConfig.for_size(160, resize_mode="shorter_side_crop").resize_mode == "shorter_side_crop"
+
+
+@pytest.mark.parametrize("mode", ["squash", "shorter_side_crop"])
+def test_train_view_without_randomness_is_the_evaluation_view(mode):
+    yy, xx = np.mgrid[0:96, 0:128]
+    image = np.stack([xx * 2, yy * 2, (xx + yy)], axis=-1).astype(np.uint8)  # smooth: rounding shows as small
+    cfg = PreprocessConfig.for_size(64, resize_mode=mode)
+    view = train_view(image, cfg, np.random.default_rng(1), crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0))
+    assert view.shape == (64, 64, 3) and view.dtype == np.uint8
+    x, y, w, h = view_rect(96, 128, cfg)
+    if mode == "squash":
+        assert (x, y, w, h) == (0.0, 0.0, 128.0, 96.0)
+        np.testing.assert_array_equal(view, resize(image, cfg))
+    else:
+        assert w == h == 96 * 64 / cfg.resize_size and x == (128 - w) / 2
+        # the same region as the evaluation crop, up to a pixel of rounding at its edges
+        assert np.abs(view.astype(int) - resize(image, cfg).astype(int)).mean() < 3
+
+
+def test_train_view_crops_jitters_and_flips_from_the_rng():
+    image = np.zeros((64, 64, 3), np.uint8)
+    image[:, :32] = 200  # bright left half
+    cfg = PreprocessConfig(size=32)
+    views = [
+        train_view(image, cfg, np.random.default_rng(seed), crop_scale=(0.3, 0.5), color_jitter=0.3, hflip=True)
+        for seed in range(8)
+    ]
+    again = train_view(image, cfg, np.random.default_rng(3), crop_scale=(0.3, 0.5), color_jitter=0.3, hflip=True)
+    np.testing.assert_array_equal(views[3], again)
+    assert len({v.tobytes() for v in views}) == 8
+    bright_left = [v[:, :4].mean() > v[:, -4:].mean() for v in views if v[:, :4].mean() != v[:, -4:].mean()]
+    assert True in bright_left and False in bright_left  # some views flipped, some not
