@@ -26,6 +26,7 @@ EXTRAS = {
         "Pillow",
         "onnx",
         "onnxscript",
+        "onnxconverter-common",
         "onnxruntime",
         "rosbags",
         "matplotlib",

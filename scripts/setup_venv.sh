@@ -48,7 +48,7 @@ fi
 # Every module the package, its nodes, its tests and CI import; the check lists every one that fails.
 modules=(
   rclpy rclpy.executors sensor_msgs.msg std_msgs.msg std_srvs.srv geometry_msgs.msg diagnostic_msgs.msg
-  numpy yaml cv2 PIL torch torchvision onnx onnxscript onnxruntime rosbags matplotlib tqdm aiohttp
+  numpy yaml cv2 PIL torch torchvision onnx onnxscript onnxconverter_common onnxruntime rosbags matplotlib tqdm aiohttp
   playwright.sync_api
   pytest pytest_timeout hypothesis colcon_core colcon_ros catkin_pkg
   dli_perception dli_perception.cli

@@ -42,13 +42,14 @@ DEPENDENCIES = {
     "torchvision": ("python3-torchvision", "torchvision"),
     "aiohttp": ("python3-aiohttp", "aiohttp"),
     "onnx": (None, "onnx"),
+    "onnxconverter_common": (None, "onnxconverter-common"),
     "onnxscript": (None, "onnxscript"),  # not imported: torch.onnx.export(dynamo=True) needs it
 }
 OPTIONAL = {
     "tensorrt": "JetPack (the tensorrt backend)",
     "vision_msgs": "~/classification is published only when it is installed",
 }
-ROBOT_PIP_ONLY = [m for m, (key, _) in DEPENDENCIES.items() if key is None]
+ROBOT_PIP_ONLY = [dist for _, (key, dist) in DEPENDENCIES.items() if key is None]  # pip takes distribution names
 PIP_TORCH_KEYS = ("python3-pytorch-pip", "python3-torchvision-pip", "python-pytorch-pip")
 
 
