@@ -63,9 +63,7 @@ def write_bag(path: Path, n: int, width: int, height: int, compressed: bool, sto
                 rgb[:8, 8 * bit : 8 * bit + 8] = 255 if (i >> bit) & 1 else 0
             header = header_cls(stamp=time_cls(sec=t // 10**9, nanosec=t % 10**9), frame_id="camera")
             if compressed:
-                ok, buf = cv2.imencode(
-                    ".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 90]
-                )
+                ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 90])
                 assert ok
                 msg = ts.types[msgtype](header=header, format="jpeg", data=buf.reshape(-1))
             else:
@@ -192,10 +190,7 @@ def main() -> int:
         f"bag2dataset, {args.n} frames {args.size} per bag, {args.storage}, median of {args.repeat} "
         f"(target >= {TARGET_IMAGES_PER_S:g} images/s)"
     )
-    print(
-        f"{'messages':<22}{'bag MB':>8}{'ours img/s':>12}{'ours MB/s':>11}"
-        f"{'baseline img/s':>16}{'ratio':>8}  target"
-    )
+    print(f"{'messages':<22}{'bag MB':>8}{'ours img/s':>12}{'ours MB/s':>11}{'baseline img/s':>16}{'ratio':>8}  target")
     for r in results:
         print(
             f"{r['messages']:<22}{r['bag_mb']:>8}{r['ours_images_per_s']:>12}{r['ours_mb_per_s']:>11}"

@@ -59,8 +59,16 @@ def _model_dir(root: Path, size: int, scenes, per_class: int) -> Path:
     torch.manual_seed(0)
     data = _scene_dataset(root, scenes, per_class)
     config = TrainConfig(
-        mode="head", weights="none", epochs=15, lr=0.05, batch_size=16, num_workers=0, val_fraction=0.3,
-        early_stop_patience=0, preprocess=PreprocessConfig(size=size), augment=False,
+        mode="head",
+        weights="none",
+        epochs=15,
+        lr=0.05,
+        batch_size=16,
+        num_workers=0,
+        val_fraction=0.3,
+        early_stop_patience=0,
+        preprocess=PreprocessConfig(size=size),
+        augment=False,
     )
     return export_model_dir(train(data, config), root / "model", report=False)
 
@@ -127,8 +135,12 @@ def node_pipeline(model_dir: Path, frames: list[np.ndarray], args: argparse.Name
     client = pipeline.Client(frames)
     try:
         return pipeline.measure(
-            client, model_dir, latency_frames=args.node_frames, flood_hz=args.flood_hz,
-            flood_seconds=args.node_seconds, log=Path(tempfile.gettempdir()) / "classifier_bench_node.log",
+            client,
+            model_dir,
+            latency_frames=args.node_frames,
+            flood_hz=args.flood_hz,
+            flood_seconds=args.node_seconds,
+            log=Path(tempfile.gettempdir()) / "classifier_bench_node.log",
         )
     finally:
         client.close()
@@ -146,8 +158,11 @@ def naive_dli_loop(model_dir: Path, threads: int):
         torch.set_num_threads(threads)
     model = load_checkpoint_model(model_dir).eval()
     tf = transforms.Compose(
-        [transforms.Resize((224, 224)), transforms.ToTensor(),
-         transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])]
+        [
+            transforms.Resize((224, 224)),
+            transforms.ToTensor(),
+            transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+        ]
     )
 
     def step(images):
@@ -194,8 +209,13 @@ def main() -> int:
         model_dir = _model_dir(root, args.size, scenes, args.train_images)
         meta = load_metadata(model_dir)
         opts = {"intra_op_threads": args.threads}
-        rows = [("naive DLI loop (PIL + torchvision + eager torch)", 1,
-                 _measure(naive_dli_loop(model_dir, args.threads), frames, args.frames))]
+        rows = [
+            (
+                "naive DLI loop (PIL + torchvision + eager torch)",
+                1,
+                _measure(naive_dli_loop(model_dir, args.threads), frames, args.frames),
+            )
+        ]
         configs = [
             ("torch backend (channels_last, inference_mode)", "torch", {}),
             ("onnxruntime fp32", "onnxruntime", dict(opts, device="cpu", precision="fp32")),
@@ -207,8 +227,10 @@ def main() -> int:
             for batch in (1, 4):
                 rows.append((label, batch, _measure(backend_step(backend), frames, args.frames, batch)))
             backend.close()
-        for variant, label in (("int8_qdq", "onnxruntime INT8 Q/DQ (model.int8.onnx)"),
-                               ("fp16", "onnxruntime CPU on model.fp16.onnx (for TensorRT)")):
+        for variant, label in (
+            ("int8_qdq", "onnxruntime INT8 Q/DQ (model.int8.onnx)"),
+            ("fp16", "onnxruntime CPU on model.fp16.onnx (for TensorRT)"),
+        ):
             info = meta.variants.get(variant, {})
             notes.append(f"{variant}: {info.get('status', 'absent')}: {info.get('reason', '')}")
             if info.get("status") == "accepted":
@@ -217,9 +239,13 @@ def main() -> int:
         fp32_backend, _ = create_backend(model_dir, "onnxruntime", **dict(opts, device="cpu", precision="fp32"))
         auto_backend, _ = create_backend(model_dir, "onnxruntime", **dict(opts, device="cpu"))
         interleaved = _measure_interleaved(
-            {"naive DLI loop": naive_dli_loop(model_dir, args.threads), "onnxruntime fp32": backend_step(fp32_backend),
-             f"onnxruntime precision auto ({auto_backend.variant})": backend_step(auto_backend)},
-            frames, args.frames,
+            {
+                "naive DLI loop": naive_dli_loop(model_dir, args.threads),
+                "onnxruntime fp32": backend_step(fp32_backend),
+                f"onnxruntime precision auto ({auto_backend.variant})": backend_step(auto_backend),
+            },
+            frames,
+            args.frames,
         )
         fp32_backend.close()
         auto_backend.close()

@@ -169,9 +169,7 @@ def crash(context, tmp: Path) -> dict:
     for name in ("free", "blocked"):
         (data / name).mkdir(parents=True)
         for i in range(12):
-            cv2.imwrite(
-                str(data / name / f"{i:03d}.png"), cv2.cvtColor(scenes.render(name, i), cv2.COLOR_RGB2BGR)
-            )
+            cv2.imwrite(str(data / name / f"{i:03d}.png"), cv2.cvtColor(scenes.render(name, i), cv2.COLOR_RGB2BGR))
     params = {
         "image_size": 64,
         "weights": "none",
@@ -193,16 +191,12 @@ def crash(context, tmp: Path) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="the test sizes")
-    parser.add_argument(
-        "--only", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}"
-    )
+    parser.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}")
     parser.add_argument("--soak-frames", type=int, default=None, help="classified frames of the soak (20000)")
     parser.add_argument(
         "--fuzz-examples", type=int, default=None, help="fuzz frames sent to each node (10000; --quick: 60)"
     )
-    parser.add_argument(
-        "--overload-hz", type=float, default=60.0, help="frame rate offered in the overload run"
-    )
+    parser.add_argument("--overload-hz", type=float, default=60.0, help="frame rate offered in the overload run")
     parser.add_argument("--overload-s", type=float, default=None, help="seconds of the overload run (60)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()

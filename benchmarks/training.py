@@ -100,9 +100,7 @@ def worker(name: str, data: Path, args: argparse.Namespace) -> dict:
         torch.set_num_threads(args.threads)
     baseline = _rss_mb()
     overrides = dict(CONFIGS[name][1])
-    config = TrainConfig(
-        weights="none", epochs=args.epochs, early_stop_patience=0, device=args.device, **overrides
-    )
+    config = TrainConfig(weights="none", epochs=args.epochs, early_stop_patience=0, device=args.device, **overrides)
     t0 = time.perf_counter()
     result = train(data, config)
     wall = time.perf_counter() - t0
@@ -195,9 +193,7 @@ def report(rows: dict[str, dict], args: argparse.Namespace) -> None:
     for name, r in rows.items():
         peak = max(r["peak_mb"], r["children_peak_mb"])
         if peak > TARGET_PEAK_MB:
-            print(
-                f"{CONFIGS[name][0]}: peak {peak:.0f} MiB exceeds the {TARGET_PEAK_MB:.0f} MiB Jetson budget"
-            )
+            print(f"{CONFIGS[name][0]}: peak {peak:.0f} MiB exceeds the {TARGET_PEAK_MB:.0f} MiB Jetson budget")
     if "agreement" in base:
         a = base["agreement"]
         print(
@@ -214,9 +210,7 @@ def main() -> int:
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads; 0: torch's default")
     parser.add_argument("--only", nargs="+", choices=sorted(CONFIGS), help="run only these configurations")
-    parser.add_argument(
-        "--no-export", dest="export", action="store_false", help="skip the ONNX agreement check"
-    )
+    parser.add_argument("--no-export", dest="export", action="store_false", help="skip the ONNX agreement check")
     parser.add_argument("--worker", choices=sorted(CONFIGS), help=argparse.SUPPRESS)
     parser.add_argument("--data", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)

@@ -126,7 +126,9 @@ def _worker(mode: str, size: str, seconds: float, fps: float) -> dict:
     if mode == "raw-transport":
         proc = subprocess.Popen(
             [sys.executable, __file__, "--raw-publisher", size, str(fps), str(seconds + 25)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
     elif mode == "in-process":
         from rclpy.parameter import Parameter
@@ -208,7 +210,10 @@ def run_configuration(mode: str, size: str, profile: bool, seconds: float, fps: 
     env["DLI_PERCEPTION_FASTDDS_PROFILE"] = "1" if profile else "0"
     out = subprocess.run(
         [sys.executable, __file__, "--worker", mode, size, str(seconds), str(fps)],
-        env=env, capture_output=True, text=True, timeout=seconds + 90,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=seconds + 90,
     )
     if out.returncode != 0:
         raise RuntimeError(f"worker {mode} {size} failed:\n{out.stderr[-2000:]}")
@@ -270,8 +275,10 @@ def main() -> int:
     print("\nratio shipped/builtin (delivered frames):")
     for size in args.sizes.split(","):
         for mode in args.modes.split(","):
-            base, ours = (next(r for r in rows if r["size"] == size and r["mode"] == mode and r["transport"] == t)
-                          for t in ("builtin (baseline)", "shipped profile"))
+            base, ours = (
+                next(r for r in rows if r["size"] == size and r["mode"] == mode and r["transport"] == t)
+                for t in ("builtin (baseline)", "shipped profile")
+            )
             ratio = ours["received"] / base["received"] if base["received"] else float("inf")
             print(f"  {size:>9} {mode:>13}: {ours['received']} vs {base['received']} frames -> x{ratio:.1f}")
     if args.json:

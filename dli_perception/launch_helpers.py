@@ -36,8 +36,7 @@ def declared_arguments(set_name: str, share: str | None = None) -> list[tuple[st
         ("namespace", "", "Namespace pushed onto every node of the set."),
         (
             "fastdds_profile",
-            os.environ.get("FASTDDS_DEFAULT_PROFILES_FILE")
-            or os.path.join(share, "config", "fastdds_shm.xml"),
+            os.environ.get("FASTDDS_DEFAULT_PROFILES_FILE") or os.path.join(share, "config", "fastdds_shm.xml"),
             "Fast DDS XML profile (shared-memory transport sized for camera frames).",
         ),
     ]
@@ -105,10 +104,7 @@ def _launch_nodes(context: Any, set_name: str) -> list:
             parameters=[
                 LaunchConfiguration(sets.params_file_argument(node)),
                 # typed values: launch_ros would otherwise read the string "0" as an integer
-                {
-                    name: ParameterValue(value, value_type=type(value))
-                    for name, value in overrides[node].items()
-                },
+                {name: ParameterValue(value, value_type=type(value)) for name, value in overrides[node].items()},
             ],
             output="screen",
             emulate_tty=True,

@@ -75,8 +75,10 @@ def main(argv: list[str]) -> int:
         if argv[0] == "--write":
             readme.write_text(new)
         elif new != text or missing:
-            print(f"README.md parameter tables are out of date (missing: {missing}); run "
-                  "scripts/node_docs.py --write", file=sys.stderr)
+            print(
+                f"README.md parameter tables are out of date (missing: {missing}); run scripts/node_docs.py --write",
+                file=sys.stderr,
+            )
             return 1
         return 0
     nodes = node_modules()

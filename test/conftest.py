@@ -98,7 +98,10 @@ def node_process():
 def _copy_sources(dest: Path) -> None:
     files = subprocess.run(
         ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-        cwd=REPO, capture_output=True, text=True, check=True,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.split()
     for rel in files:
         src = REPO / rel
@@ -141,8 +144,6 @@ def installed_env(installed: Path) -> dict:
     }
 
 
-
-
 SCENE_CLASSES = ["free", "blocked"]
 SCENE_SEED = 3
 
@@ -167,8 +168,16 @@ def trained_scene_model(tmp_path_factory) -> Path:
         (root / "dataset" / name).mkdir(parents=True, exist_ok=True)
         cv2.imwrite(str(root / "dataset" / name / f"{index:03d}.png"), image[:, :, ::-1])
     config = TrainConfig(
-        mode="head", weights="none", epochs=40, lr=0.05, preprocess=PreprocessConfig(size=64), num_workers=0,
-        device="cpu", early_stop_patience=0, augment=False, batch_size=16,
+        mode="head",
+        weights="none",
+        epochs=40,
+        lr=0.05,
+        preprocess=PreprocessConfig(size=64),
+        num_workers=0,
+        device="cpu",
+        early_stop_patience=0,
+        augment=False,
+        batch_size=16,
     )
     result = train(root / "dataset", config)
     assert result.summary()["best_val_acc"] >= 0.8, result.summary()

@@ -80,9 +80,7 @@ def build_colour_model_dir(
             numpy_helper.from_array(bias, "bias"),
         ],
     )
-    model = helper.make_model(
-        graph, opset_imports=[helper.make_opsetid("", 18)], producer_name="dli_perception tests"
-    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], producer_name="dli_perception tests")
     model.ir_version = 8
     onnx.checker.check_model(model)
     dest.mkdir(parents=True)

@@ -76,9 +76,7 @@ def jpeg_bytes(rgb: np.ndarray) -> bytes:
 
 
 def compressed_msg(ts, data: bytes, stamp_ns: int):
-    return ts.types[COMPRESSED](
-        header=_header(ts, stamp_ns), format="jpeg", data=np.frombuffer(data, np.uint8)
-    )
+    return ts.types[COMPRESSED](header=_header(ts, stamp_ns), format="jpeg", data=np.frombuffer(data, np.uint8))
 
 
 def write_bag(path: Path, storage: str, messages: list[tuple[str, str, int, object]]) -> Path:
@@ -179,18 +177,13 @@ def test_bag2dataset_with_a_label_topic_saves_exact_counts_and_pixels(run, tmp_p
 def test_bag2dataset_with_a_class_map_over_raw_and_compressed_topics(run, tmp_path, storage):
     ts = _typestore()
     jpegs = {i: jpeg_bytes(pixels(i)) for i in range(20, 23)}
-    messages = [
-        ("/left/image_raw", IMAGE, T0 + i * MS, raw_msg(ts, pixels(i), T0 + i * MS)) for i in range(10, 14)
-    ]
+    messages = [("/left/image_raw", IMAGE, T0 + i * MS, raw_msg(ts, pixels(i), T0 + i * MS)) for i in range(10, 14)]
     messages += [
-        ("/right/compressed", COMPRESSED, T0 + i * MS, compressed_msg(ts, jpegs[i], T0 + i * MS))
-        for i in jpegs
+        ("/right/compressed", COMPRESSED, T0 + i * MS, compressed_msg(ts, jpegs[i], T0 + i * MS)) for i in jpegs
     ]
     bag = write_bag(tmp_path / "two_cams", storage, sorted(messages, key=lambda m: m[2]))
     out = tmp_path / "ds"
-    rc, stdout, _ = run(
-        "bag2dataset", bag, "--class-map", "/left/image_raw:cup, /right/compressed:ball", "--out", out
-    )
+    rc, stdout, _ = run("bag2dataset", bag, "--class-map", "/left/image_raw:cup, /right/compressed:ball", "--out", out)
     assert rc == 0
     assert "per class:\n  ball: 3\n  cup: 4\n" in stdout, stdout
     assert "saved 7 of 7 images" in stdout
@@ -231,8 +224,7 @@ def test_dataset2bag_and_back_gives_the_same_dataset(run, tmp_path, storage, com
     assert rc == 0
     kind = "CompressedImage" if compressed else "Image"
     assert (
-        f"wrote {tmp_path / 'again'} ({storage}): 6 images ({kind}) on /image_raw, 2 labels on /teach_label"
-        in stdout
+        f"wrote {tmp_path / 'again'} ({storage}): 6 images ({kind}) on /image_raw, 2 labels on /teach_label" in stdout
     )
     second = tmp_path / "second"
     rc, stdout, _ = run(
@@ -251,9 +243,7 @@ def test_dataset2bag_and_back_gives_the_same_dataset(run, tmp_path, storage, com
     a, b = manifest(first), manifest(second)
     assert [(e["class"], e["stamp_ns"]) for e in a] == [(e["class"], e["stamp_ns"]) for e in b]
     for ea, eb in zip(a, b, strict=True):
-        np.testing.assert_array_equal(
-            cv2.imread(str(first / ea["file"])), cv2.imread(str(second / eb["file"]))
-        )
+        np.testing.assert_array_equal(cv2.imread(str(first / ea["file"])), cv2.imread(str(second / eb["file"])))
 
 
 def test_missing_topic_lists_the_bags_topics_and_creates_nothing(run, tmp_path):
@@ -352,9 +342,7 @@ def test_ctrl_c_stops_bag2dataset_with_partial_stats_and_a_consistent_dataset(tm
         messages.append(("/cam", IMAGE, T0 + (i + 1) * MS, raw_msg(ts, rgb, T0 + (i + 1) * MS)))
     bag = write_bag(tmp_path / "long", "sqlite3", messages)
     out = tmp_path / "ds"
-    code = (
-        "import sys; from dli_perception import cli; sys.exit(cli.main())"
-    )
+    code = "import sys; from dli_perception import cli; sys.exit(cli.main())"
     proc = subprocess.Popen(
         [
             sys.executable,

@@ -84,9 +84,7 @@ def test_check_refuses_a_dataset_a_recorder_holds(run, dataset):
 
 
 def test_split_is_stratified_reproducible_and_written(run, dataset, tmp_path):
-    rc, out, _ = run(
-        "dataset", "split", dataset, "--val", "0.4", "--seed", "3", "--out", tmp_path / "s1.json"
-    )
+    rc, out, _ = run("dataset", "split", dataset, "--val", "0.4", "--seed", "3", "--out", tmp_path / "s1.json")
     assert rc == 0
     assert "5 train, 3 validation" in out and "  ball: 2 train, 1 val\n  cup: 3 train, 2 val" in out
     rc, _, _ = run("dataset", "split", dataset, "--val", "0.4", "--seed", "3", "--out", tmp_path / "s2.json")
@@ -102,7 +100,4 @@ def test_split_is_stratified_reproducible_and_written(run, dataset, tmp_path):
 def test_missing_dataset_is_one_clear_line(run, tmp_path):
     rc, _, err = run("dataset", "info", tmp_path / "nothing")
     assert rc == 1
-    assert (
-        err.strip()
-        == f"dli-perception dataset: error: dataset directory {tmp_path / 'nothing'} does not exist"
-    )
+    assert err.strip() == f"dli-perception dataset: error: dataset directory {tmp_path / 'nothing'} does not exist"

@@ -73,7 +73,10 @@ def test_a_plain_directory_needs_out(tmp_path):
 
 
 def test_parse_variants():
-    assert parse_variants("int8,fp16") == ["int8_qdq", "fp16"] and parse_variants("fp16, int8,fp16") == ["fp16", "int8_qdq"]
+    assert parse_variants("int8,fp16") == ["int8_qdq", "fp16"] and parse_variants("fp16, int8,fp16") == [
+        "fp16",
+        "int8_qdq",
+    ]
     assert parse_variants("none") == []
     with pytest.raises(ConfigError):
         parse_variants("")

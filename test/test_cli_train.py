@@ -28,9 +28,7 @@ from dli_perception.core.training import ProgressEvent
 
 CLASSES = ("blocked", "free", "left")
 MODULE = "dli_perception.commands.train"
-FAST = (
-    "--size 64 --weights none --epochs 2 --batch-size 8 --threads 1 --early-stop 0 --val-fraction 0.25"
-).split()
+FAST = ("--size 64 --weights none --epochs 2 --batch-size 8 --threads 1 --early-stop 0 --val-fraction 0.25").split()
 LONG = [*FAST, "--epochs", "200", "--batch-size", "4", "--mode", "finetune"]
 """A run that lasts minutes unless cancelled."""
 
@@ -104,9 +102,7 @@ def test_train_writes_a_model_dir_and_prints_the_summary(trained, dataset):
     best = meta.metrics["best_epoch"]
     assert rows[best - 1][-1] == "best"
     assert f"best epoch {best}: validation accuracy" in stdout
-    per_class = next(
-        i for i, line in enumerate(lines) if line.split()[:3] == ["class", "precision", "recall"]
-    )
+    per_class = next(i for i, line in enumerate(lines) if line.split()[:3] == ["class", "precision", "recall"])
     assert [line.split()[0] for line in lines[per_class + 2 : per_class + 5]] == list(CLASSES)
     assert f"dataset {dataset.resolve()}: 30 images in 3 classes" in stdout
     assert f"report: {out}/report/ {CURVES_FILE}, {CONFUSION_FILE}, per_class.md" in stdout
@@ -219,15 +215,10 @@ def test_ctrl_c_cancels_keeps_the_best_checkpoint_and_the_previous_model(dataset
     out, ckpt = tmp_path / "model", tmp_path / "ckpt"
     before = _previous_model(out)
     with SigintWhen(ckpt / "best.pt") as interrupt:  # after the first epoch, long before the 200th
-        rc, stdout, stderr = _main(
-            ["train", str(dataset), "--out", str(out), "--checkpoint-dir", str(ckpt), *LONG]
-        )
+        rc, stdout, stderr = _main(["train", str(dataset), "--out", str(out), "--checkpoint-dir", str(ckpt), *LONG])
     assert interrupt.sent and rc == train_cmd.EXIT_CANCELLED, stdout + stderr
     assert "cancelling after the current batch" in stderr
-    assert (
-        f"cancelled: {out} was not replaced" in stdout
-        and f"dli-perception export {ckpt / 'best.pt'}" in stdout
-    )
+    assert f"cancelled: {out} was not replaced" in stdout and f"dli-perception export {ckpt / 'best.pt'}" in stdout
     assert "(cancelled," in stdout  # the summary is printed for the epochs that completed
     assert _snapshot(out) == before
     assert (ckpt / "best.pt").is_file()
@@ -265,9 +256,7 @@ def test_progress_bar_follows_the_events(capsys):
     progress(ProgressEvent("train", 1, 3, 1, 4, loss=0.9, accuracy=0.5, eta_s=3725.0, stage="head"))
     progress(ProgressEvent("val", 1, 3, 1, 1, loss=0.7, accuracy=0.6, eta_s=10.0, stage="head"))
     progress(
-        ProgressEvent(
-            "epoch", 1, 3, loss=0.8, accuracy=0.55, eta_s=9.0, stage="head", val_loss=0.7, val_accuracy=0.625
-        )
+        ProgressEvent("epoch", 1, 3, loss=0.8, accuracy=0.55, eta_s=9.0, stage="head", val_loss=0.7, val_accuracy=0.625)
     )
     progress(ProgressEvent("done", 1, 3, eta_s=0.0, message="completed"))
     err = capsys.readouterr().err
@@ -284,9 +273,7 @@ def test_options_map_onto_train_config():
 
     parser = argparse.ArgumentParser()
     train_cmd.register(parser.add_subparsers())
-    argv = (
-        "train d --out m --size 96 --no-augment --hflip --lr 0.01 --workers 0 --backbone mobilenet_v3_small"
-    )
+    argv = "train d --out m --size 96 --no-augment --hflip --lr 0.01 --workers 0 --backbone mobilenet_v3_small"
     args = parser.parse_args([*argv.split(), "--no-feature-cache"])
     config = train_cmd.config_from_args(args)
     assert (config.preprocess.size, config.augment, config.hflip, config.lr) == (96, False, True, 0.01)

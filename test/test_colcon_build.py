@@ -36,9 +36,17 @@ def test_build_installs_index_launch_config_and_executables(colcon_installed):
 def test_installed_package_finds_its_share_through_the_ament_index(colcon_installed):
     env = {**os.environ, **installed_env(colcon_installed)}
     out = subprocess.run(
-        [sys.executable, "-c", "import dli_perception, dli_perception.transport as t; print(dli_perception.__file__);"
-         " print(t.share_dir())"],
-        env=env, capture_output=True, text=True, timeout=60, cwd=colcon_installed,
+        [
+            sys.executable,
+            "-c",
+            "import dli_perception, dli_perception.transport as t; print(dli_perception.__file__);"
+            " print(t.share_dir())",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=colcon_installed,
     )
     module_file, share = out.stdout.split()
     assert module_file.startswith(str(colcon_installed)), module_file

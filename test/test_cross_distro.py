@@ -57,9 +57,7 @@ PEER_OF = {
 
 THIS_DISTRO = ros_distro()
 if THIS_DISTRO not in PEER_OF:
-    pytest.skip(
-        f"cross-distro test pairs Kilted with Jazzy; this venv is {THIS_DISTRO}", allow_module_level=True
-    )
+    pytest.skip(f"cross-distro test pairs Kilted with Jazzy; this venv is {THIS_DISTRO}", allow_module_level=True)
 PEER_DISTRO, PEER_VAR, PEER_DEFAULT = PEER_OF[THIS_DISTRO]
 PEER_VENV = Path(os.environ.get(PEER_VAR) or REPO / PEER_DEFAULT)
 PEER_PYTHON = PEER_VENV / "bin" / "python"
@@ -122,18 +120,14 @@ def _stop(proc: NodeProcess) -> None:
 @pytest.fixture(scope="module", autouse=True)
 def peer_is_the_other_distribution():
     report = _peer_run("distro")
-    assert report["distro"] == PEER_DISTRO, (
-        f"{PEER_VENV} is {report['distro']}, expected {PEER_DISTRO} ({PEER_VAR})"
-    )
+    assert report["distro"] == PEER_DISTRO, f"{PEER_VENV} is {report['distro']}, expected {PEER_DISTRO} ({PEER_VAR})"
 
 
 def test_peer_env_undoes_this_venvs_library_setup():
     env = peer_env(REPO, {"X": "1"})
     assert env["_ROS_WHEELS_BOOTSTRAP_COMPLETE"] == "" and env["X"] == "1"
     prefix = os.path.realpath(sys.prefix)
-    assert not any(
-        os.path.realpath(p).startswith(prefix) for p in env.get("LD_LIBRARY_PATH", "").split(":") if p
-    )
+    assert not any(os.path.realpath(p).startswith(prefix) for p in env.get("LD_LIBRARY_PATH", "").split(":") if p)
     assert env["PYTHONPATH"].split(os.pathsep)[0] == str(REPO)
 
 
@@ -178,9 +172,7 @@ def test_other_distro_camera_frames_and_parameters(ros_context):
             )
             assert accepted.results[0].successful, accepted.results[0].reason
             seen = images.count()
-            assert wait_for(
-                lambda: any(m.encoding == "bgr8" for m in images.msgs[seen:]), timeout=DISCOVERY_S
-            )
+            assert wait_for(lambda: any(m.encoding == "bgr8" for m in images.msgs[seen:]), timeout=DISCOVERY_S)
     finally:
         _stop(camera)
 
@@ -230,9 +222,7 @@ def test_labels_and_enable_service_drive_the_other_distros_reaction_node(ros_con
             thread = threading.Thread(target=keep_labelling, daemon=True)
             thread.start()
             try:
-                assert _wait(lambda: any(m.linear.x > 0 for m in list(cmds.msgs)), reaction), (
-                    reaction.output()[-3000:]
-                )
+                assert _wait(lambda: any(m.linear.x > 0 for m in list(cmds.msgs)), reaction), reaction.output()[-3000:]
                 assert wait_for(
                     lambda: any(
                         ReactionState.decode(m.data).label == "free" and ReactionState.decode(m.data).enabled
@@ -269,9 +259,7 @@ def test_other_distro_teacher_captures_into_this_distros_recorder(ros_context, t
             ],
         )
         with Spinner(ros_context, recorder, threads=3):
-            report = _peer_run(
-                "capture", f"{ns}/teach_label", "cup", f"{ns}/recorder_node/capture", str(DISCOVERY_S)
-            )
+            report = _peer_run("capture", f"{ns}/teach_label", "cup", f"{ns}/recorder_node/capture", str(DISCOVERY_S))
         assert report["success"] and report["distro"] == PEER_DISTRO, report
         with DatasetStore(tmp_path / "ds") as store:
             assert store.counts() == {"cup": 1}

@@ -218,13 +218,9 @@ def test_schedule_agrees_with_the_synthetic_scenes_and_refuses_uncertain_moments
     assert fuzzy.class_at(opened - 1) is None  # before the camera opened
     assert fuzzy.class_between(opened + 200_000_000, opened + 1_800_000_000) == "a"
     assert fuzzy.class_between(opened + 200_000_000, opened + 2_500_000_000) is None
-    assert (
-        fuzzy.scene_index(opened + 4_500_000_000) == 2 and fuzzy.scene_index(opened + 4_050_000_000) is None
-    )
+    assert fuzzy.scene_index(opened + 4_500_000_000) == 2 and fuzzy.scene_index(opened + 4_050_000_000) is None
     narrowed = fuzzy.narrowed(opened + 20_000_000)  # a frame stamped 20 ms after opened_after exists
-    assert (
-        narrowed.opened_before_ns == opened + 20_000_000 and narrowed.class_at(opened + 2_050_000_000) == "b"
-    )
+    assert narrowed.opened_before_ns == opened + 20_000_000 and narrowed.class_at(opened + 2_050_000_000) == "b"
     with pytest.raises(ConfigError):
         D.SceneSchedule(("a",), 1.0, 10, 5)
 

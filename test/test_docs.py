@@ -10,8 +10,9 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def test_readme_parameter_tables_match_the_nodes():
-    out = subprocess.run([sys.executable, str(REPO / "scripts" / "node_docs.py"), "--check"],
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "node_docs.py"), "--check"], capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stderr
 
 

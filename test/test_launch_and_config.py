@@ -238,4 +238,6 @@ def test_shipped_yaml_matches_node_defaults():
         for node_name, section in yaml.safe_load(path.read_text()).items():
             declared = _node_params(node_name)
             for key, value in flatten_parameters(section["ros__parameters"]).items():
-                assert value == declared[key].default, f"{path.name}: {key}={value!r}, node default {declared[key].default!r}"
+                assert value == declared[key].default, (
+                    f"{path.name}: {key}={value!r}, node default {declared[key].default!r}"
+                )

@@ -57,8 +57,12 @@ def test_launch_file_runs_and_stops_cleanly(colcon_installed, name, signals, tmp
     log = tmp_path / "launch.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-c", LAUNCHER, str(launch_file)], stdout=out, stderr=subprocess.STDOUT,
-            env=env, cwd=tmp_path, start_new_session=True,
+            [sys.executable, "-c", LAUNCHER, str(launch_file)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=tmp_path,
+            start_new_session=True,
         )
         try:
             # Ctrl-C once every node is up and has spoken (a stop during start-up is tested per node

@@ -41,11 +41,26 @@ def test_trained_model_drives_the_robot_per_class_and_every_stop_path_zeroes_it(
     node_process, ros_context, trained_scene_model
 ):
     camera = node_process(
-        "camera_node", "-p", "width:=64", "-p", "height:=48", "-p", "fps:=10.0",
-        "-p", f"synthetic.scene_period_s:={SCENE_PERIOD_S}", "-p", "synthetic.classes:=[free, blocked]",
+        "camera_node",
+        "-p",
+        "width:=64",
+        "-p",
+        "height:=48",
+        "-p",
+        "fps:=10.0",
+        "-p",
+        f"synthetic.scene_period_s:={SCENE_PERIOD_S}",
+        "-p",
+        "synthetic.classes:=[free, blocked]",
     )
     classifier = node_process(
-        "classifier_node", "-p", f"model_dir:={trained_scene_model}", "-p", "smoothing:=none", "-p", "threads:=1",
+        "classifier_node",
+        "-p",
+        f"model_dir:={trained_scene_model}",
+        "-p",
+        "smoothing:=none",
+        "-p",
+        "threads:=1",
     )
     reaction = node_process("reaction_node", "-p", "start_enabled:=true")
     cmd = Collector(ros_context, Twist, "cmd_vel", EVENTS, name="cmd")

@@ -123,9 +123,9 @@ def test_up_classify_labels_frames_and_stops_with_a_final_zero_twist(ros_context
             moving = wait_for(lambda: any(_velocity(m) == (0.1, 0.0) for m in list(cmds.msgs)), START_S)
             assert moving, f"never moved; labels {[m.data for m in labels.msgs[-5:]]}\n{runner.output()}"
             assert runner.stop(mode) == 0, runner.output()
-            assert wait_for(
-                lambda: cmds.count() > 0 and _velocity(cmds.msgs[-1]) == (0.0, 0.0), DEADLINE_S
-            ), [_velocity(m) for m in cmds.msgs[-5:]]
+            assert wait_for(lambda: cmds.count() > 0 and _velocity(cmds.msgs[-1]) == (0.0, 0.0), DEADLINE_S), [
+                _velocity(m) for m in cmds.msgs[-5:]
+            ]
     finally:
         runner.kill()
     text = runner.output()

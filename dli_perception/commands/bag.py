@@ -46,9 +46,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="robot name recorded with every image (default: the bag's custom_data robot, else the name of "
         "the folder holding the bag)",
     )
-    p.add_argument(
-        "--image-topic", help="sensor_msgs/Image or CompressedImage topic (required with --label-topic)"
-    )
+    p.add_argument("--image-topic", help="sensor_msgs/Image or CompressedImage topic (required with --label-topic)")
     labels = p.add_mutually_exclusive_group(required=True)
     labels.add_argument("--label-topic", help="std_msgs/String topic naming the class being shown")
     labels.add_argument(
@@ -56,12 +54,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="TOPIC:CLASS[,TOPIC:CLASS...]",
         help="one class per image topic, e.g. /left:cup,/right:ball",
     )
-    p.add_argument(
-        "--out", required=True, help="dataset directory (created if needed; images are added to it)"
-    )
-    p.add_argument(
-        "--distro", help="message definitions for bags that carry none: humble, jazzy, kilted, ..."
-    )
+    p.add_argument("--out", required=True, help="dataset directory (created if needed; images are added to it)")
+    p.add_argument("--distro", help="message definitions for bags that carry none: humble, jazzy, kilted, ...")
     p.add_argument("--format", choices=("jpg", "png"), default="jpg", help="image file format (default: jpg)")
     p.add_argument("--jpeg-quality", type=int, default=95, help="JPEG quality 1-100 (default: 95)")
     p.add_argument("--max-per-class", type=int, help="keep at most this many images per class")
@@ -85,9 +79,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="sensor_msgs/CompressedImage with the stored files' bytes (default: raw bgr8 Image)",
     )
-    p.add_argument(
-        "--distro", default="kilted", help="message definitions written into the bag (default: kilted)"
-    )
+    p.add_argument("--distro", default="kilted", help="message definitions written into the bag (default: kilted)")
     p.add_argument("--image-topic", default="/image_raw", help="image topic (default: /image_raw)")
     p.add_argument("--label-topic", default="/teach_label", help="label topic (default: /teach_label)")
     p.add_argument("--frame-id", default="camera", help="frame_id of the image headers (default: camera)")
@@ -187,9 +179,7 @@ def _check_bag(bag: Path, args: argparse.Namespace, class_map: dict[str, str] | 
         for topic in class_map:
             _check_topic(str(bag), topics, topic, IMAGE_TYPES)
         if args.image_topic and args.image_topic not in class_map:
-            raise ConfigError(
-                f"--image-topic {args.image_topic} has no class in --class-map; add it or leave it out"
-            )
+            raise ConfigError(f"--image-topic {args.image_topic} has no class in --class-map; add it or leave it out")
     else:
         _check_topic(str(bag), topics, args.image_topic, IMAGE_TYPES)
         _check_topic(str(bag), topics, args.label_topic, (LABEL_TYPE,))

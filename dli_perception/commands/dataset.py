@@ -28,20 +28,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     check.add_argument("dataset", help="dataset directory")
     check.add_argument("--no-repair", action="store_true", help="only report (opens the dataset read-only)")
-    check.add_argument(
-        "--verify", action="store_true", help="also hash every file against the manifest (slow)"
-    )
+    check.add_argument("--verify", action="store_true", help="also hash every file against the manifest (slow)")
     check.set_defaults(func=run_check)
 
     split = actions.add_parser("split", help="stratified, reproducible train/validation split")
     split.add_argument("dataset", help="dataset directory")
-    split.add_argument(
-        "--val", type=float, default=0.2, help="fraction of each class for validation (default 0.2)"
-    )
+    split.add_argument("--val", type=float, default=0.2, help="fraction of each class for validation (default 0.2)")
     split.add_argument("--seed", type=int, default=0, help="seed (same seed and images: same split)")
-    split.add_argument(
-        "--out", help="write the split as JSON {train: [files], val: [files], ...} to this file"
-    )
+    split.add_argument("--out", help="write the split as JSON {train: [files], val: [files], ...} to this file")
     split.set_defaults(func=run_split)
 
     merge = actions.add_parser(
@@ -120,9 +114,7 @@ def run_check(args: argparse.Namespace) -> int:
         if store.readonly and not args.no_repair:
             print(f"not repaired: {store.readonly_reason}", file=sys.stderr)
     if report.hash_mismatch:
-        print(
-            "files changed since they were saved (listed above); check them or remove them", file=sys.stderr
-        )
+        print("files changed since they were saved (listed above); check them or remove them", file=sys.stderr)
         return 1
     return 0 if report.clean or report.applied else 1
 

@@ -56,9 +56,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="imagenet, none or a .pth file (default: imagenet when it is in the torch hub "
         "cache, else none, with a note: the demo never downloads)",
     )
-    p.add_argument(
-        "--epochs", type=int, help="training epochs (head mode, cached features; default 50, --quick 100)"
-    )
+    p.add_argument("--epochs", type=int, help="training epochs (head mode, cached features; default 50, --quick 100)")
     p.add_argument("--lr", type=float, help="learning rate of the head (default 0.01)")
     p.add_argument("--image-size", type=int, help="model input size in pixels (default 224, --quick 96)")
     p.add_argument(
@@ -68,15 +66,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="seconds each scene is shown (default 3, --quick 2)",
     )
     p.add_argument("--fps", type=float, help="camera frame rate (default 15, --quick 10)")
-    p.add_argument(
-        "--live-cycles", type=int, help="times each scene is shown while measuring live accuracy (2)"
-    )
+    p.add_argument("--live-cycles", type=int, help="times each scene is shown while measuring live accuracy (2)")
     p.add_argument("--drive-cycles", type=int, help="times each scene is shown while driving (1)")
     p.add_argument("--seed", type=int, help="seed of the scenes and the training (default 0)")
     p.add_argument("--namespace", help="ROS namespace of the demo's nodes (default dli_demo)")
-    p.add_argument(
-        "--threads", type=int, dest="torch_threads", help="CPU threads for training; 0: torch's default"
-    )
+    p.add_argument("--threads", type=int, dest="torch_threads", help="CPU threads for training; 0: torch's default")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     p.set_defaults(func=run)
 

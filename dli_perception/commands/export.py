@@ -26,8 +26,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "FP16 variants checked against fp32, labels.txt, metadata.json, checkpoint.pt, report/), replacing an "
         "existing one atomically. MODEL_DIR alone: add or rebuild its precision variants in place.",
     )
-    e.add_argument("source", type=Path, metavar="CHECKPOINT|MODEL_DIR", help="best.pt of a training run, or a model directory")
-    e.add_argument("--out", "-o", type=Path, default=None, metavar="MODEL_DIR", help="model directory to write (for a checkpoint)")
+    e.add_argument(
+        "source", type=Path, metavar="CHECKPOINT|MODEL_DIR", help="best.pt of a training run, or a model directory"
+    )
+    e.add_argument(
+        "--out", "-o", type=Path, default=None, metavar="MODEL_DIR", help="model directory to write (for a checkpoint)"
+    )
     e.add_argument("--opset", type=int, default=None, help="ONNX opset (default 18)")
     e.add_argument("--no-report", dest="report", action="store_false", help="skip the report/ plots")
     e.add_argument(

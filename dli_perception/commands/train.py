@@ -74,13 +74,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     (the table the trainer node's parameters come from); the rest are this command's own.
     """
     p.add_argument("dataset", type=Path, metavar="DATASET", help="image folder: DATASET/<class>/<image>")
-    p.add_argument(
-        "--out", "-o", type=Path, required=True, metavar="MODEL_DIR", help="model directory to write"
-    )
+    p.add_argument("--out", "-o", type=Path, required=True, metavar="MODEL_DIR", help="model directory to write")
     add_option_arguments(p)
-    p.add_argument(
-        "--resume", type=Path, metavar="CKPT", help="continue from a checkpoint (last.pt or best.pt)"
-    )
+    p.add_argument("--resume", type=Path, metavar="CKPT", help="continue from a checkpoint (last.pt or best.pt)")
     p.add_argument(
         "--export-cancelled",
         action="store_true",
@@ -175,9 +171,7 @@ class TrainProgress:
                 eta=format_seconds(event.eta_s),
             )
         elif event.phase == "val" and self._bar is not None:
-            self._update(
-                self._done, None, val=f"{event.batch}/{event.batches}", eta=format_seconds(event.eta_s)
-            )
+            self._update(self._done, None, val=f"{event.batch}/{event.batches}", eta=format_seconds(event.eta_s))
         elif event.phase == "epoch":
             if self._key == ("epoch", event.epoch):
                 self._update(
@@ -377,9 +371,7 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], left: int = 1)
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
 
     def line(cells: Sequence[str]) -> str:
-        parts = [
-            c.ljust(w) if i < left else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True))
-        ]
+        parts = [c.ljust(w) if i < left else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True))]
         return "  ".join(parts).rstrip()
 
     return [line(headers), line(["-" * w for w in widths]), *(line(r) for r in rows)]

@@ -59,9 +59,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     choices = list(sets.SETS)
     if _has_demo():
         choices.append(DEMO)
-        listing += (
-            f"\n  {DEMO:<9} the whole story, the same as 'dli-perception demo' (its options follow 'demo')"
-        )
+        listing += f"\n  {DEMO:<9} the whole story, the same as 'dli-perception demo' (its options follow 'demo')"
     p = sub.add_parser(
         "up",
         help="start a node set (classify, collect, train, camera) in one process",
@@ -92,17 +90,8 @@ def run_demo(args: argparse.Namespace) -> int:
     """``up demo ...``: parse what follows ``demo`` as ``dli-perception demo`` options and run it."""
     from dli_perception.commands import demo
 
-    if (
-        args.assignments
-        or args.params
-        or args.param
-        or args.namespace
-        or args.no_local_frames
-        or args.dry_run
-    ):
-        raise ConfigError(
-            "'up demo' takes only the demo's own options, after 'demo' (see dli-perception demo --help)"
-        )
+    if args.assignments or args.params or args.param or args.namespace or args.no_local_frames or args.dry_run:
+        raise ConfigError("'up demo' takes only the demo's own options, after 'demo' (see dli-perception demo --help)")
     parser = argparse.ArgumentParser(prog="dli-perception up")
     demo.register(parser.add_subparsers())
     demo_args = parser.parse_args([DEMO, *args.rest])
@@ -111,9 +100,7 @@ def run_demo(args: argparse.Namespace) -> int:
 
 
 def _add_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "assignments", nargs="*", metavar="NAME:=VALUE", help="launch arguments of the set (see below)"
-    )
+    p.add_argument("assignments", nargs="*", metavar="NAME:=VALUE", help="launch arguments of the set (see below)")
     p.add_argument(
         "--params",
         action="append",
@@ -182,9 +169,7 @@ def _node_of(node_set: sets.NodeSet, name: str) -> str:
     for node in (name, f"{name}_node"):
         if node in node_set.nodes:
             return node
-    raise ConfigError(
-        f"{name!r} is not a node of set {node_set.name!r} (its nodes: {', '.join(node_set.nodes)})"
-    )
+    raise ConfigError(f"{name!r} is not a node of set {node_set.name!r} (its nodes: {', '.join(node_set.nodes)})")
 
 
 def parse_param_overrides(node_set: sets.NodeSet, items: Sequence[str]) -> dict[str, dict[str, Any]]:

@@ -100,9 +100,7 @@ class ModelMetadata:
         if not isinstance(meta.variants, dict) or not all(isinstance(v, dict) for v in meta.variants.values()):
             raise ModelError("metadata.json 'variants' must be an object of objects; re-export the model")
         if num_classes is not None and num_classes != meta.num_classes:
-            raise ModelError(
-                f"metadata.json says num_classes={num_classes} but lists {meta.num_classes} classes"
-            )
+            raise ModelError(f"metadata.json says num_classes={num_classes} but lists {meta.num_classes} classes")
         return meta
 
 

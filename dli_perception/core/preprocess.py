@@ -56,9 +56,7 @@ class PreprocessConfig:
         if self.resize_mode not in RESIZE_MODES:
             raise ConfigError(f"resize_mode must be one of {RESIZE_MODES}, got {self.resize_mode!r}")
         if self.resize_mode == "shorter_side_crop" and self.resize_size < self.size:
-            raise ConfigError(
-                f"resize_size ({self.resize_size}) must be >= size ({self.size}) for shorter_side_crop"
-            )
+            raise ConfigError(f"resize_size ({self.resize_size}) must be >= size ({self.size}) for shorter_side_crop")
         if self.interpolation not in INTERPOLATIONS:
             raise ConfigError(f"interpolation must be one of {INTERPOLATIONS}, got {self.interpolation!r}")
         if len(self.mean) != 3 or len(self.std) != 3:

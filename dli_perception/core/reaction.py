@@ -168,13 +168,9 @@ def load_action_table(source: str | Path | Mapping[str, Any]) -> ActionTable:
 def _parse_table(data: Any, where: str) -> ActionTable:
     if not isinstance(data, Mapping) or "actions" not in data:
         hint = ""
-        if isinstance(data, Mapping) and any(
-            isinstance(v, Mapping) and "ros__parameters" in v for v in data.values()
-        ):
+        if isinstance(data, Mapping) and any(isinstance(v, Mapping) and "ros__parameters" in v for v in data.values()):
             hint = " (this looks like a ROS parameter file; pass it with --params-file, not as actions_file)"
-        raise ConfigError(
-            f"{where}: an action table needs a top-level 'actions:' mapping of label -> action{hint}"
-        )
+        raise ConfigError(f"{where}: an action table needs a top-level 'actions:' mapping of label -> action{hint}")
     unknown_keys = sorted(str(k) for k in data if k not in TABLE_KEYS)
     if unknown_keys:
         raise ConfigError(f"{where}: unknown top-level key(s) {unknown_keys}; allowed: {list(TABLE_KEYS)}")
@@ -211,9 +207,7 @@ def _parse_action(spec: Any, where: str) -> Action:
     if not isinstance(stop, bool):
         raise ConfigError(f"{where}: stop must be true or false, got {stop!r}")
     values = {
-        key: _number(spec[key], f"{where}.{key}")
-        for key in ("linear_x", "angular_z", "duration_s")
-        if key in spec
+        key: _number(spec[key], f"{where}.{key}") for key in ("linear_x", "angular_z", "duration_s") if key in spec
     }
     if stop:
         if any(values.get(k, 0.0) != 0.0 for k in ("linear_x", "angular_z")) or "duration_s" in values:
@@ -223,12 +217,8 @@ def _parse_action(spec: Any, where: str) -> Action:
         raise ConfigError(f"{where}: give linear_x (m/s) and/or angular_z (rad/s), or write 'stop'")
     duration = values.get("duration_s")
     if duration is not None and duration <= 0.0:
-        raise ConfigError(
-            f"{where}.duration_s must be > 0 seconds (leave it out to hold while the label lasts)"
-        )
-    return Action(
-        linear_x=values.get("linear_x", 0.0), angular_z=values.get("angular_z", 0.0), duration_s=duration
-    )
+        raise ConfigError(f"{where}.duration_s must be > 0 seconds (leave it out to hold while the label lasts)")
+    return Action(linear_x=values.get("linear_x", 0.0), angular_z=values.get("angular_z", 0.0), duration_s=duration)
 
 
 def _number(value: Any, where: str) -> float:
@@ -330,9 +320,7 @@ class ReactionPolicy:
     Starts disabled unless ``enabled=True``. See the module docstring for the rules.
     """
 
-    def __init__(
-        self, table: ActionTable, config: PolicyConfig | None = None, *, enabled: bool = False
-    ) -> None:
+    def __init__(self, table: ActionTable, config: PolicyConfig | None = None, *, enabled: bool = False) -> None:
         self.enabled = enabled
         self._table = table
         self._config = config or PolicyConfig()
@@ -385,9 +373,7 @@ class ReactionPolicy:
         """Record a received label (``now`` in seconds). The same label again keeps its episode going."""
         previous = self._label
         new_episode = (
-            previous is None
-            or previous.label != label
-            or now - previous.last_s >= self._config.stale_timeout_s
+            previous is None or previous.label != label or now - previous.last_s >= self._config.stale_timeout_s
         )
         since = now if new_episode or previous is None else previous.since_s
         self._label = _LabelState(label=label, score=score, last_s=now, since_s=since)

@@ -88,9 +88,7 @@ def _normalise_classes(classes: Sequence[str] | int) -> tuple[str, ...]:
     if not names:
         raise ConfigError("synthetic scenes need at least one class name, e.g. classes=['free', 'blocked']")
     if len(names) > MAX_CLASSES:
-        raise ConfigError(
-            f"synthetic scenes support at most {MAX_CLASSES} classes, got {len(names)}: {names}"
-        )
+        raise ConfigError(f"synthetic scenes support at most {MAX_CLASSES} classes, got {len(names)}: {names}")
     for name in names:
         if not isinstance(name, str) or not name.strip():
             raise ConfigError(f"synthetic class names must be non-empty strings, got {name!r}")
@@ -128,23 +126,18 @@ class SyntheticScenes:
         self.seed = int(seed)
         self.scene_period = float(scene_period)
         self.styles = tuple(
-            SceneStyle(name=name, index=i, hue_deg=_HUES_DEG[i], shape=SHAPES[i])
-            for i, name in enumerate(self.classes)
+            SceneStyle(name=name, index=i, hue_deg=_HUES_DEG[i], shape=SHAPES[i]) for i, name in enumerate(self.classes)
         )
         self._index_of = {name: i for i, name in enumerate(self.classes)}
         # Noise is drawn once; each frame takes a contiguous window at a random offset (no per-frame RNG).
         size = self.height * self.width * 3
-        noise = np.random.default_rng([self.seed, 0x5EED]).standard_normal(
-            size + _NOISE_PAD, dtype=np.float32
-        )
+        noise = np.random.default_rng([self.seed, 0x5EED]).standard_normal(size + _NOISE_PAD, dtype=np.float32)
         noise *= _NOISE_SIGMA
         np.rint(noise, out=noise)
         np.clip(noise, -255, 255, out=noise)
         self._noise_pos = np.clip(noise, 0, None).astype(np.uint8)
         self._noise_neg = np.clip(-noise, 0, None).astype(np.uint8)
-        self._ramp = {
-            n: np.linspace(0.0, 1.0, n, dtype=np.float32)[:, None] for n in {self.height, self.width}
-        }
+        self._ramp = {n: np.linspace(0.0, 1.0, n, dtype=np.float32)[:, None] for n in {self.height, self.width}}
 
     @property
     def num_classes(self) -> int:
@@ -159,9 +152,7 @@ class SyntheticScenes:
         try:
             return self._index_of[cls]
         except (KeyError, TypeError):
-            raise ConfigError(
-                f"unknown synthetic class {cls!r}; known classes: {list(self.classes)}"
-            ) from None
+            raise ConfigError(f"unknown synthetic class {cls!r}; known classes: {list(self.classes)}") from None
 
     def style(self, cls: str | int) -> SceneStyle:
         """The fixed look of a class."""

@@ -94,7 +94,9 @@ def data_from_dataset(
     )
 
 
-def _image_batches(paths: Sequence[Path], cfg: PreprocessConfig, batch: int = BATCH) -> Iterator[tuple[np.ndarray, list[int]]]:
+def _image_batches(
+    paths: Sequence[Path], cfg: PreprocessConfig, batch: int = BATCH
+) -> Iterator[tuple[np.ndarray, list[int]]]:
     """Preprocessed batches of the readable images, with the positions (in ``paths``) they hold."""
     from dli_perception.core.training import read_rgb
 
@@ -135,7 +137,8 @@ class _Checker:
             to_output = [meta.classes.index(c) for c in data.classes]  # dataset label -> model output index
             paths = [p for p, _ in data.validation]
             self.batches = [
-                (b, [to_output[data.validation[i][1]] for i in idx]) for b, idx in _image_batches(paths, meta.preprocess)
+                (b, [to_output[data.validation[i][1]] for i in idx])
+                for b, idx in _image_batches(paths, meta.preprocess)
             ]
             if not self.batches:
                 raise DatasetError("no validation image could be read")
@@ -209,7 +212,9 @@ def _build_one(name: str, out_dir: Path, fp32: Path, meta: ModelMetadata, data, 
     extra: dict[str, Any] = {"threshold": threshold}
     if name == V.INT8_QDQ:
         if data is None or not data.calibration:
-            raise _Skip("no training images to calibrate on; pass the dataset (dli-perception export MODEL_DIR --dataset DIR)")
+            raise _Skip(
+                "no training images to calibrate on; pass the dataset (dli-perception export MODEL_DIR --dataset DIR)"
+            )
         batches = _calibration_batches(data.calibration, meta.preprocess)
         quantize_qdq(fp32, batches, path, input_name=meta.input_name)
         extra.update(calibration_images=sum(b.shape[0] for b in batches), quantization=dict(QUANT_SETTINGS))
@@ -232,9 +237,7 @@ def _build_one(name: str, out_dir: Path, fp32: Path, meta: ModelMetadata, data, 
         log.warning("%s variant refused: %s", name, reason)
         return _entry(name, status=V.REFUSED, reason=reason, **extra)
     log.info("%s variant accepted: %s", name, where)
-    return _entry(
-        name, status=V.ACCEPTED, reason=where, sha256=sha256_file(path), bytes=path.stat().st_size, **extra
-    )
+    return _entry(name, status=V.ACCEPTED, reason=where, sha256=sha256_file(path), bytes=path.stat().st_size, **extra)
 
 
 def build_variants(

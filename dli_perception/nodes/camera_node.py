@@ -38,22 +38,42 @@ PARAMS = [
     Param("sensor_id", 0, "CSI sensor id for nvarguscamerasrc (source=csi).", min=0, max=7, read_only=True),
     Param("path", "", "Video file (source=video) or image folder (source=folder).", read_only=True),
     Param("loop", True, "Restart a video or folder at its end (false: stop publishing).", read_only=True),
-    Param("width", 640, "Published image width in pixels (frames are resized to it).", min=16, max=7680, read_only=True),
+    Param(
+        "width", 640, "Published image width in pixels (frames are resized to it).", min=16, max=7680, read_only=True
+    ),
     Param("height", 480, "Published image height in pixels.", min=16, max=4320, read_only=True),
     Param("fps", 30.0, "Publishing rate in frames per second.", min=0.1, max=240.0),
     Param("encoding", "rgb8", "Encoding of published images.", choices=("rgb8", "bgr8")),
     Param("flip", "none", "Mirror frames.", choices=("none", "horizontal", "vertical", "both")),
     Param("rotate", 0, "Rotate frames clockwise, degrees.", choices=(0, 90, 180, 270), min=0, max=270, step=90),
     Param("frame_id", "camera", "frame_id of published headers (the camera's optical frame)."),
-    Param("camera_info_file", "", "camera_calibration YAML; empty: ideal pinhole from horizontal_fov_deg.", read_only=True),
-    Param("horizontal_fov_deg", 62.2, "Horizontal field of view, degrees, when no calibration file.", min=1.0, max=179.0),
+    Param(
+        "camera_info_file", "", "camera_calibration YAML; empty: ideal pinhole from horizontal_fov_deg.", read_only=True
+    ),
+    Param(
+        "horizontal_fov_deg", 62.2, "Horizontal field of view, degrees, when no calibration file.", min=1.0, max=179.0
+    ),
     Param("synthetic.classes", ["free", "blocked"], "Scene classes the synthetic source draws.", read_only=True),
-    Param("synthetic.scene_period_s", 3.0, "Seconds each synthetic scene class is shown.", min=0.05, max=3600.0,
-          read_only=True),
+    Param(
+        "synthetic.scene_period_s",
+        3.0,
+        "Seconds each synthetic scene class is shown.",
+        min=0.05,
+        max=3600.0,
+        read_only=True,
+    ),
     Param("synthetic.seed", 0, "Seed of the synthetic scenes.", min=0, max=2**31 - 1, read_only=True),
-    Param("reconnect.initial_s", 0.5, "First wait before reopening a failed camera, seconds.", min=0.01, max=60.0,
-          read_only=True),
-    Param("reconnect.max_s", 10.0, "Longest wait between reopen attempts, seconds.", min=0.1, max=600.0, read_only=True),
+    Param(
+        "reconnect.initial_s",
+        0.5,
+        "First wait before reopening a failed camera, seconds.",
+        min=0.01,
+        max=60.0,
+        read_only=True,
+    ),
+    Param(
+        "reconnect.max_s", 10.0, "Longest wait between reopen attempts, seconds.", min=0.1, max=600.0, read_only=True
+    ),
 ]
 
 
@@ -170,8 +190,14 @@ class CameraNode(Node):
             self._info_cache = ((width, height), scaled(base, width, height))
         intr = self._info_cache[1]
         return CameraInfo(
-            header=header, width=width, height=height, distortion_model=intr.distortion_model,
-            d=intr.d, k=intr.k, r=intr.r, p=intr.p,
+            header=header,
+            width=width,
+            height=height,
+            distortion_model=intr.distortion_model,
+            d=intr.d,
+            k=intr.k,
+            r=intr.r,
+            p=intr.p,
         )
 
     # -- health ---------------------------------------------------------------------------------

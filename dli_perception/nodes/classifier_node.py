@@ -114,8 +114,7 @@ PARAMS = [
     Param(
         "threads",
         0,
-        "CPU threads for inference (onnxruntime intra-op; torch: its thread pool); "
-        "0 = the library's default.",
+        "CPU threads for inference (onnxruntime intra-op; torch: its thread pool); 0 = the library's default.",
         min=0,
         max=256,
     ),
@@ -130,8 +129,7 @@ PARAMS = [
     Param(
         "engine_cache_dir",
         "",
-        "Directory of cached TensorRT engines; empty: "
-        "$DLI_PERCEPTION_ENGINE_CACHE or ~/.cache/dli_perception/engines.",
+        "Directory of cached TensorRT engines; empty: $DLI_PERCEPTION_ENGINE_CACHE or ~/.cache/dli_perception/engines.",
     ),
     Param(
         "calibration_dir",
@@ -337,11 +335,7 @@ class ClassifierNode(Node):
                 self._gate.close()  # the worker takes every frame itself
             except Exception as exc:  # noqa: BLE001 - an rclpy without this wait-set API: the executor delivers
                 self.get_logger().info(f"frames delivered by the executor ({type(exc).__name__}: {exc})")
-        images = (
-            self.image_sub.topic_name
-            if self.image_sub is not None
-            else f"{self._local_images.name} (in-process)"
-        )
+        images = self.image_sub.topic_name if self.image_sub is not None else f"{self._local_images.name} (in-process)"
         self.model_sub = self.create_subscription(String, "model_updated", self.on_model_updated, EVENTS)
         self.diagnostics = DiagnosticsPublisher(self, self._diagnostics, hardware_id="classifier")
 
@@ -356,9 +350,7 @@ class ClassifierNode(Node):
                 "no model_dir set: waiting for a model directory on "
                 f"{self.model_sub.topic_name} (or set the model_dir parameter)"
             )
-        self.get_logger().info(
-            f"classifying {images} -> {self.label_pub.topic_name}, {self.scores_pub.topic_name}"
-        )
+        self.get_logger().info(f"classifying {images} -> {self.label_pub.topic_name}, {self.scores_pub.topic_name}")
 
     # -- parameters -----------------------------------------------------------------------------
     def _check_decision(self, changes) -> SetParametersResult:
@@ -553,9 +545,7 @@ class ClassifierNode(Node):
         finally:
             self._restoring = None
         if result.successful:
-            self.get_logger().warning(
-                f"model_dir set back to {quoted(back)}: {quoted(req.param_value)} did not load"
-            )
+            self.get_logger().warning(f"model_dir set back to {quoted(back)}: {quoted(req.param_value)} did not load")
         else:
             self.get_logger().error(f"model_dir could not be set back to {quoted(back)}: {result.reason}")
 
@@ -589,9 +579,7 @@ class ClassifierNode(Node):
             except Exception as exc:  # never let one frame end the worker
                 self.errors += 1
                 self.last_error = f"{type(exc).__name__}: {printable(exc)}"
-                self.get_logger().error(
-                    f"classification failed: {self.last_error}", throttle_duration_sec=5.0
-                )
+                self.get_logger().error(f"classification failed: {self.last_error}", throttle_duration_sec=5.0)
             if self._max_rate > 0:
                 next_due = max(next_due + 1.0 / self._max_rate, time.monotonic())
                 if self._stop.wait(max(0.0, next_due - time.monotonic())):

@@ -56,9 +56,7 @@ class LocalTopic:
             except Exception as exc:  # noqa: BLE001 - one subscriber must not stop the publisher
                 self.errors += 1
                 if self.errors == 1:
-                    log.error(
-                        "in-process subscriber of %s failed: %s: %s", self.name, type(exc).__name__, exc
-                    )
+                    log.error("in-process subscriber of %s failed: %s: %s", self.name, type(exc).__name__, exc)
         self.delivered += taken
         return taken
 

@@ -50,10 +50,14 @@ class Param:
             if isinstance(self.default, bool):
                 pass
             elif isinstance(self.default, int):
-                d.integer_range = [IntegerRange(from_value=int(self.min), to_value=int(self.max), step=int(self.step or 0))]
+                d.integer_range = [
+                    IntegerRange(from_value=int(self.min), to_value=int(self.max), step=int(self.step or 0))
+                ]
             elif isinstance(self.default, float):
                 d.floating_point_range = [
-                    FloatingPointRange(from_value=float(self.min), to_value=float(self.max), step=float(self.step or 0.0))
+                    FloatingPointRange(
+                        from_value=float(self.min), to_value=float(self.max), step=float(self.step or 0.0)
+                    )
                 ]
         return d
 
@@ -65,7 +69,9 @@ class Param:
         return None
 
 
-def declare(node: Node, params: Iterable[Param], on_change: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+def declare(
+    node: Node, params: Iterable[Param], on_change: Callable[[dict[str, Any]], None] | None = None
+) -> dict[str, Any]:
     """Register validation (and an optional post-change hook), declare ``params``, return their values.
 
     ``on_change`` receives ``{name: new_value}`` after a run-time change was accepted,

@@ -92,7 +92,9 @@ def check_qos_overrides(values: dict[str, Any]) -> None:
         elif policy in OVERRIDE_CHOICES and (
             not isinstance(value, str) or value.lower() not in OVERRIDE_CHOICES[policy]
         ):
-            raise ConfigError(f"{name}: {value!r} is no {policy} policy; use one of {', '.join(OVERRIDE_CHOICES[policy])}")
+            raise ConfigError(
+                f"{name}: {value!r} is no {policy} policy; use one of {', '.join(OVERRIDE_CHOICES[policy])}"
+            )
 
 
 def unused_qos_overrides(node: Node) -> list[str]:

@@ -157,8 +157,7 @@ PARAMS = [
     Param(
         "stamped",
         False,
-        "Publish geometry_msgs/TwistStamped (ros2_control diff_drive_controller on "
-        "Jazzy and later) instead of Twist.",
+        "Publish geometry_msgs/TwistStamped (ros2_control diff_drive_controller on Jazzy and later) instead of Twist.",
         read_only=True,
     ),
 ]
@@ -201,9 +200,7 @@ class ReactionNode(Node):
         self._rate_hz = p["rate_hz"]
         self._stamped = p["stamped"]
         self._actions_source = (
-            str(resolve_actions_file(p["actions_file"]))
-            if p["actions_file"]
-            else "<built-in collision avoidance>"
+            str(resolve_actions_file(p["actions_file"])) if p["actions_file"] else "<built-in collision avoidance>"
         )
         config = PolicyConfig(max_step_s=2.0 / self._rate_hz, **{name: p[name] for name in POLICY_PARAMS})
         self._policy = ReactionPolicy(load_table(p["actions_file"]), config, enabled=p["start_enabled"])
@@ -229,9 +226,7 @@ class ReactionNode(Node):
             self.scores_sub = self.create_subscription(
                 String, f"{p['classifier']}/scores", self._on_scores, **overridable(self, EVENTS)
             )
-            self.classes_sub = self.create_subscription(
-                String, f"{p['classifier']}/classes", self._on_classes, LATCHED
-            )
+            self.classes_sub = self.create_subscription(String, f"{p['classifier']}/classes", self._on_classes, LATCHED)
         self.enable_srv = self.create_service(SetBool, "~/enable", self._on_enable)
         self.diagnostics = DiagnosticsPublisher(self, self._diagnostics)
         self.timer = self.create_timer(1.0 / self._rate_hz, self._on_timer)
@@ -458,9 +453,7 @@ class ReactionNode(Node):
         try:
             acked = self.cmd_pub.wait_for_all_acked(Duration(seconds=SHUTDOWN_ACK_TIMEOUT_S))
             if not acked and self.cmd_pub.get_subscription_count() > 0:
-                self.get_logger().warning(
-                    f"final zero Twist not acknowledged within {SHUTDOWN_ACK_TIMEOUT_S:g} s"
-                )
+                self.get_logger().warning(f"final zero Twist not acknowledged within {SHUTDOWN_ACK_TIMEOUT_S:g} s")
         except Exception as exc:
             self.get_logger().warning(f"could not confirm delivery of the final zero Twist: {exc}")
         super().destroy_node()

@@ -80,8 +80,7 @@ PARAMS = [
     Param(
         "dataset_dir",
         "~/dli_datasets/default",
-        "Dataset directory ('~' is expanded; created if needed). "
-        "Only one process writes a dataset at a time.",
+        "Dataset directory ('~' is expanded; created if needed). Only one process writes a dataset at a time.",
         read_only=True,
     ),
     Param(
@@ -114,9 +113,7 @@ PARAMS = [
         read_only=True,
     ),
     Param("jpeg_quality", 95, "JPEG quality, 1-100 (image_format jpg).", min=1, max=100, read_only=True),
-    Param(
-        "dedupe", True, "Refuse an image whose file would be identical to one already saved.", read_only=True
-    ),
+    Param("dedupe", True, "Refuse an image whose file would be identical to one already saved.", read_only=True),
     Param(
         "queue_size",
         4,

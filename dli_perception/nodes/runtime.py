@@ -233,4 +233,3 @@ def node_main(node_cls: NodeFactory, *, multithreaded: bool = False) -> Callable
 
     main.__doc__ = f"Run {getattr(node_cls, '__name__', node_cls)} until SIGINT/SIGTERM; returns the exit code."
     return main
-

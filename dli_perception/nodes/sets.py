@@ -70,9 +70,7 @@ class NodeSet:
         raise ConfigError(f"set {self.name!r} has no argument {name!r}; its arguments: {known}")
 
 
-_CAMERA = tuple(
-    Argument(name, "camera_node") for name in ("source", "device", "path", "width", "height", "fps")
-)
+_CAMERA = tuple(Argument(name, "camera_node") for name in ("source", "device", "path", "width", "height", "fps"))
 
 SETS: dict[str, NodeSet] = {
     s.name: s
@@ -88,10 +86,7 @@ SETS: dict[str, NodeSet] = {
             "train",
             "trainer_node, idle until ~/train: fine-tunes on dataset_dir and exports to model_dir.",
             ("trainer_node",),
-            tuple(
-                Argument(name, "trainer_node")
-                for name in ("dataset_dir", "model_dir", "mode", "epochs", "weights")
-            ),
+            tuple(Argument(name, "trainer_node") for name in ("dataset_dir", "model_dir", "mode", "epochs", "weights")),
         ),
         NodeSet(
             "teach",
@@ -300,9 +295,7 @@ def load_params_file(path: Path, nodes: Iterable[str]) -> dict[str, dict[str, An
         raise ConfigError(f"cannot read parameter file {path}: {exc.strerror or exc}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path} is not valid YAML: {exc}") from None
-    if not isinstance(data, dict) or not all(
-        isinstance(v, dict) and "ros__parameters" in v for v in data.values()
-    ):
+    if not isinstance(data, dict) or not all(isinstance(v, dict) and "ros__parameters" in v for v in data.values()):
         raise ConfigError(
             f"{path} is not a ROS 2 parameter file: expected '<node_name>: ros__parameters: ...' sections"
         )

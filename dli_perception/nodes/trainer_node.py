@@ -253,9 +253,8 @@ class TrainerNode(Node):
         }
         if not outcome.exported:
             summary["status"] = "cancelled"
-            summary["message"] = (
-                f"cancelled after {len(result.history)} epoch(s); {job.model_dir} was not replaced"
-                + (f"; the best epoch is in {result.checkpoint_path}" if result.checkpoint_path else "")
+            summary["message"] = f"cancelled after {len(result.history)} epoch(s); {job.model_dir} was not replaced" + (
+                f"; the best epoch is in {result.checkpoint_path}" if result.checkpoint_path else ""
             )
             return summary
         summary.update(exported=True, model_dir=str(job.model_dir))

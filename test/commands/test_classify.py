@@ -57,9 +57,7 @@ def test_folder_prints_label_and_score_per_file(model, images, capsys):
 
 
 def test_recursive_top_k_and_json(model, images, capsys):
-    assert (
-        classify.run(_parse(str(model), str(images), "-r", "--top-k", "3", "--json", "--threads", "1")) == 0
-    )
+    assert classify.run(_parse(str(model), str(images), "-r", "--top-k", "3", "--json", "--threads", "1")) == 0
     results = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["file"].split("/")[-1] for r in results] == [
         "a_red.png",
@@ -90,9 +88,7 @@ def test_missing_path_no_images_and_bad_model(model, images, tmp_path):
     with pytest.raises(ConfigError, match="no images found"):
         classify.run(_parse(str(model), str(tmp_path / "empty")))
     with pytest.raises(ModelError):
-        classify.run(
-            _parse(str(corrupt_copy(model, tmp_path / "bad")), str(images), "--backend", "onnxruntime")
-        )
+        classify.run(_parse(str(corrupt_copy(model, tmp_path / "bad")), str(images), "--backend", "onnxruntime"))
 
 
 def test_through_the_cli_entry_point(model, images, capsys, monkeypatch):

@@ -57,10 +57,7 @@ def test_ros_parameters_keep_types_including_empty_lists():
 
 def test_dry_run_prints_a_parameter_file_with_namespaced_nodes(capsys):
     assert (
-        up.main(
-            ["collect", "dataset_dir:=/data/set", "--namespace", "robot1", "--dry-run", "-p", "camera.fps:=5"]
-        )
-        == 0
+        up.main(["collect", "dataset_dir:=/data/set", "--namespace", "robot1", "--dry-run", "-p", "camera.fps:=5"]) == 0
     )
     data = yaml.safe_load(capsys.readouterr().out)
     assert list(data) == ["/robot1/camera_node", "/robot1/recorder_node"]

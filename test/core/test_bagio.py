@@ -216,9 +216,7 @@ def test_label_topic_counts_and_pixels(tmp_path, storage, distro):
     bag, expected = labelled_bag(tmp_path, storage, distro)
     seen = []
     with DatasetStore(tmp_path / "ds", image_format="png") as store:
-        stats = bag_to_dataset(
-            bag, store, "/image_raw", "/teach_label", progress=lambda d, t: seen.append((d, t))
-        )
+        stats = bag_to_dataset(bag, store, "/image_raw", "/teach_label", progress=lambda d, t: seen.append((d, t)))
         assert stats.counts == {"cup": 8, "pen": 5}
         assert (stats.images, stats.saved, stats.duplicates, stats.skipped_bad) == (21, 13, 1, 1)
         assert (stats.skipped_no_label, stats.skipped_unknown, stats.skipped_invalid_label) == (2, 3, 1)
@@ -376,9 +374,7 @@ def test_stop_event_cancels_and_keeps_what_was_saved(tmp_path, small_bag):
 
     root = tmp_path / "ds"
     with DatasetStore(root) as store:
-        stats = bag_to_dataset(
-            small_bag, store, "/image_raw", "/teach_label", progress=progress, stop_event=stop
-        )
+        stats = bag_to_dataset(small_bag, store, "/image_raw", "/teach_label", progress=progress, stop_event=stop)
         assert stats.cancelled and stats.images == 3 and stats.counts == {"cup": 3}
     with DatasetStore(root) as store:
         assert store.repair_report.clean and store.counts() == {"cup": 3}

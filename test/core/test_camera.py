@@ -88,9 +88,7 @@ def image_folder(tmp_path: Path) -> Path:
     for i, rgb in enumerate(COLOURS_RGB[:4]):
         ext = ".png" if i % 2 == 0 else ".JPG"
         assert cv2.imwrite(str(folder / f"img_{i:02d}{ext}"), _solid_bgr(rgb))
-    (folder / "img_01b.jpg").write_bytes(
-        b"\xff\xd8 this is not really a jpeg " * 20
-    )  # sorts between 01 and 02
+    (folder / "img_01b.jpg").write_bytes(b"\xff\xd8 this is not really a jpeg " * 20)  # sorts between 01 and 02
     (folder / "notes.txt").write_text("not an image")
     (folder / "sub").mkdir()
     assert cv2.imwrite(str(folder / "sub" / "ignored.png"), _solid_bgr((9, 9, 9)))
@@ -222,9 +220,7 @@ def test_v4l2_bad_arguments_are_config_errors() -> None:
 
 def test_gstreamer_unavailable_or_pipeline_fails_with_camera_error() -> None:
     info = cv2.getBuildInformation()
-    built_with = any(
-        line.strip().startswith("GStreamer:") and "YES" in line.upper() for line in info.splitlines()
-    )
+    built_with = any(line.strip().startswith("GStreamer:") and "YES" in line.upper() for line in info.splitlines())
     assert gstreamer_available() == built_with
     source = GStreamerSource(csi_pipeline())
     if built_with:
@@ -250,9 +246,7 @@ def test_csi_pipeline_string() -> None:
     assert "nvvidconv flip-method=2 ! video/x-raw, width=960, height=540, format=BGRx" in text
     assert text.endswith("videoconvert ! video/x-raw, format=BGR ! appsink drop=true max-buffers=1")
     assert "framerate=2997/100" in csi_pipeline(fps=29.97)
-    assert "width=1920, height=1080" in csi_pipeline(
-        width=640, height=360, capture_width=1920, capture_height=1080
-    )
+    assert "width=1920, height=1080" in csi_pipeline(width=640, height=360, capture_width=1920, capture_height=1080)
     for kwargs in ({"flip_method": 8}, {"sensor_id": -1}, {"fps": 0}):
         with pytest.raises(ConfigError):
             csi_pipeline(**kwargs)

@@ -624,9 +624,7 @@ def _mount_tmpfs(path: Path, size: str) -> bool:
     path.mkdir(parents=True, exist_ok=True)
     if os.geteuid() != 0:
         return False
-    proc = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True
-    )
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True)
     return proc.returncode == 0
 
 
@@ -687,9 +685,7 @@ def test_read_only_directory_fails_cleanly(readonly_switch):
 def test_disk_full_fails_cleanly(tmp_path):
     mnt = tmp_path / "small"
     if not _mount_tmpfs(mnt, "160k"):
-        pytest.skip(
-            "needs root and permission to mount a 160 kB tmpfs; the file size limit test covers EFBIG"
-        )
+        pytest.skip("needs root and permission to mount a 160 kB tmpfs; the file size limit test covers EFBIG")
     try:
         root = mnt / "ds"
         saved = 0

@@ -31,9 +31,7 @@ def test_no_smoothing_follows_the_top_class():
 
 
 def test_ema_averages_frames():
-    filt = DecisionFilter(
-        CLASSES, DecisionConfig(smoothing="ema", ema_alpha=0.5, threshold=0.6, hysteresis=0.1)
-    )
+    filt = DecisionFilter(CLASSES, DecisionConfig(smoothing="ema", ema_alpha=0.5, threshold=0.6, hysteresis=0.1))
     d = run(filt, [[1, 0, 0], [0, 1, 0], [0, 1, 0]])
     np.testing.assert_allclose(d[1].probs, [0.5, 0.5, 0.0], atol=1e-6)
     np.testing.assert_allclose(d[2].probs, [0.25, 0.75, 0.0], atol=1e-6)
@@ -43,9 +41,7 @@ def test_ema_averages_frames():
 
 
 def test_ema_ignores_a_single_outlier_frame():
-    filt = DecisionFilter(
-        CLASSES, DecisionConfig(smoothing="ema", ema_alpha=0.3, threshold=0.5, hysteresis=0.1)
-    )
+    filt = DecisionFilter(CLASSES, DecisionConfig(smoothing="ema", ema_alpha=0.3, threshold=0.5, hysteresis=0.1))
     d = run(filt, [[0.98, 0.01, 0.01]] * 5 + [[0.0, 1.0, 0.0]])
     assert d[-1].raw_label == "b" and d[-1].label == "a" and not d[-1].changed
 
@@ -77,9 +73,7 @@ def test_hysteresis_prevents_flicker_on_alternating_noisy_frames():
 
 def test_hysteresis_band_around_the_threshold():
     filt = DecisionFilter(CLASSES, DecisionConfig(smoothing="none", threshold=0.5, hysteresis=0.1))
-    d = run(
-        filt, [[0.55, 0.25, 0.2], [0.45, 0.3, 0.25], [0.41, 0.3, 0.29], [0.35, 0.33, 0.32], [0.45, 0.3, 0.25]]
-    )
+    d = run(filt, [[0.55, 0.25, 0.2], [0.45, 0.3, 0.25], [0.41, 0.3, 0.29], [0.35, 0.33, 0.32], [0.45, 0.3, 0.25]])
     # enters at >= 0.5, holds down to 0.4, leaves below it, and needs >= 0.5 to come back
     assert labels(d) == ["a", "a", "a", "unknown", "unknown"]
 

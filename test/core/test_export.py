@@ -79,12 +79,8 @@ def test_exported_directory_is_complete_and_self_describing(trained):
     assert meta.preprocess == PreprocessConfig(size=64) and meta.input_shape == [-1, 3, 64, 64]
     assert (meta.backbone, meta.weights_source, meta.opset) == ("resnet18", "none", 18)
     assert meta.onnx_sha256 == hashlib.sha256((out / "model.onnx").read_bytes()).hexdigest()
-    assert meta.dataset["sha256"] == result.dataset.sha256 and meta.dataset["counts"] == {
-        c: 10 for c in CLASSES
-    }
-    assert meta.metrics["best_val_acc"] == result.best_val_acc and set(meta.metrics["per_class"]) == set(
-        CLASSES
-    )
+    assert meta.dataset["sha256"] == result.dataset.sha256 and meta.dataset["counts"] == {c: 10 for c in CLASSES}
+    assert meta.metrics["best_val_acc"] == result.best_val_acc and set(meta.metrics["per_class"]) == set(CLASSES)
     assert meta.training["config"]["mode"] == "head" and len(meta.training["history"]) == 12
     assert {"torch", "torchvision", "onnx", "onnxruntime", "dli_perception"} <= set(meta.versions)
     assert dt.datetime.fromisoformat(meta.created).tzinfo is not None
@@ -100,9 +96,7 @@ def test_onnx_passes_checker_and_matches_torch_on_real_images(trained):
     result, out, root = trained
     proto = onnx.load(str(out / "model.onnx"))
     onnx.checker.check_model(proto, full_check=True)
-    assert [i.name for i in proto.graph.input] == ["input"] and [o.name for o in proto.graph.output] == [
-        "logits"
-    ]
+    assert [i.name for i in proto.graph.input] == ["input"] and [o.name for o in proto.graph.output] == ["logits"]
     assert {o.domain or "ai.onnx": o.version for o in proto.opset_import}["ai.onnx"] == 18
 
     images = [T.read_rgb(p) for p in sorted(root.rglob("*.jpg"))]
@@ -140,9 +134,7 @@ def test_report_functions_refuse_bad_input(tmp_path):
         R.plot_training_curves([], tmp_path / "c.png")
     with pytest.raises(ConfigError, match="3 classes"):
         R.plot_confusion_matrix([[1, 0], [0, 1]], ["a", "b", "c"], tmp_path / "m.png")
-    path = R.plot_confusion_matrix(
-        [[5, 1], [0, 0]], ["a", "b"], tmp_path / "m.png"
-    )  # a class without support
+    path = R.plot_confusion_matrix([[5, 1], [0, 0]], ["a", "b"], tmp_path / "m.png")  # a class without support
     assert cv2.imread(str(path)) is not None
 
 
@@ -250,7 +242,9 @@ def test_export_writes_precision_variants_checked_on_the_validation_split(traine
     assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in proto.graph.initializer)
     images = [T.read_rgb(p) for p in sorted(root.rglob("*.jpg"))]
     batch = preprocess_batch(images, result.preprocess)
-    fp32 = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"]).run(None, {"input": batch})[0]
+    fp32 = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"]).run(
+        None, {"input": batch}
+    )[0]
     fp16 = ort.InferenceSession(str(out / "model.fp16.onnx"), providers=["CPUExecutionProvider"]).run(
         None, {"input": batch}
     )[0]
@@ -259,8 +253,14 @@ def test_export_writes_precision_variants_checked_on_the_validation_split(traine
 
 def _export_small(result, out, **kwargs):
     return E.export_model_dir(
-        result.model, out, classes=list(CLASSES), preprocess=result.preprocess, backbone="resnet18",
-        report=False, variants=(), **kwargs,
+        result.model,
+        out,
+        classes=list(CLASSES),
+        preprocess=result.preprocess,
+        backbone="resnet18",
+        report=False,
+        variants=(),
+        **kwargs,
     )
 
 

@@ -110,9 +110,7 @@ def test_encoding_table_covers_the_documented_encodings():
 
 def test_every_conversion_names_a_real_opencv_code():
     names = {step for steps in conversion._CONVERSIONS.values() for step in steps if step != conversion._DEPTH}
-    assert names and all(hasattr(cv2, name) for name in names), sorted(
-        n for n in names if not hasattr(cv2, n)
-    )
+    assert names and all(hasattr(cv2, name) for name in names), sorted(n for n in names if not hasattr(cv2, n))
 
 
 @pytest.mark.parametrize("bad", ["rgb9", "jpeg", "", None, 3, b"rgb8"])
@@ -285,9 +283,7 @@ def test_bayer_demosaics_to_the_right_colours(pattern, bits):
     inner = (slice(2, 6), slice(2, 6))
     np.testing.assert_array_equal(imgmsg_to_cv2(msg, f"bgr{bits}")[inner], bgr[inner])
     np.testing.assert_array_equal(imgmsg_to_cv2(msg, f"rgb{bits}")[inner], bgr[inner][..., ::-1])
-    np.testing.assert_array_equal(
-        imgmsg_to_cv2(msg, "rgb8")[inner], np.broadcast_to([200, 100, 50], (4, 4, 3))
-    )
+    np.testing.assert_array_equal(imgmsg_to_cv2(msg, "rgb8")[inner], np.broadcast_to([200, 100, 50], (4, 4, 3)))
     mono = imgmsg_to_cv2(msg, f"mono{bits}")
     assert mono.shape == (8, 8) and mono.dtype == dtype
     with pytest.raises(ImageConversionError):
@@ -321,9 +317,7 @@ def test_bit_depth_is_scaled_like_cv_bridge():
     assert out.dtype == np.uint8
     np.testing.assert_array_equal(out, np.rint(mono16 / 257.0).astype(np.uint8))
     mono8 = random_image("mono8")
-    np.testing.assert_array_equal(
-        imgmsg_to_cv2(cv2_to_imgmsg(mono8, "mono8"), "mono16"), mono8.astype(np.uint16) * 257
-    )
+    np.testing.assert_array_equal(imgmsg_to_cv2(cv2_to_imgmsg(mono8, "mono8"), "mono16"), mono8.astype(np.uint16) * 257)
     rgb16 = random_image("rgb16")
     np.testing.assert_array_equal(
         imgmsg_to_cv2(cv2_to_imgmsg(rgb16, "rgb16"), "bgr8"),
@@ -498,9 +492,7 @@ def test_compressed_desired_encodings():
     bgr = random_image("bgr8")
     msg = cv2_to_compressed_imgmsg(bgr, "png")
     np.testing.assert_array_equal(compressed_imgmsg_to_cv2(msg, "rgb8"), bgr[..., ::-1])
-    np.testing.assert_array_equal(
-        compressed_imgmsg_to_cv2(msg, "mono8"), cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
-    )
+    np.testing.assert_array_equal(compressed_imgmsg_to_cv2(msg, "mono8"), cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY))
 
 
 def compressed(fmt: str, payload: np.ndarray):
@@ -555,9 +547,7 @@ def test_compressed_depth_32fc1_inverse_depth():
     depth = rng.uniform(0.5, 9.0, size=(H, W)).astype(np.float32)
     depth[0, 0] = 12.0  # beyond depth_max: sent as 0, read back as NaN
     inv = np.where(depth < depth_max, quant_a / depth + quant_b, 0).astype(np.uint16)
-    msg = compressed(
-        "32FC1; compressedDepth png", depth_payload(cv2.imencode(".png", inv)[1], quant_a, quant_b)
-    )
+    msg = compressed("32FC1; compressedDepth png", depth_payload(cv2.imencode(".png", inv)[1], quant_a, quant_b))
     out = compressed_imgmsg_to_cv2(msg)
     assert out.dtype == np.float32 and out.shape == (H, W)
     assert np.isnan(out[0, 0])
@@ -756,9 +746,7 @@ def test_cv_bridge_class_is_a_drop_in():
     bgr = random_image("bgr8")
     msg = bridge.cv2_to_imgmsg(bgr, "bgr8")
     np.testing.assert_array_equal(bridge.imgmsg_to_cv2(msg, "rgb8"), bgr[..., ::-1])
-    np.testing.assert_array_equal(
-        bridge.compressed_imgmsg_to_cv2(bridge.cv2_to_compressed_imgmsg(bgr, "png")), bgr
-    )
+    np.testing.assert_array_equal(bridge.compressed_imgmsg_to_cv2(bridge.cv2_to_compressed_imgmsg(bgr, "png")), bgr)
     assert bridge.encoding_to_dtype_with_channels("mono16") == (np.dtype(np.uint16), 1)
     assert bridge.encoding_to_cvtype2("bgr8") == cv2.CV_8UC3
     assert bridge.encoding_to_cvtype2("32FC1") == cv2.CV_32FC1
@@ -871,9 +859,7 @@ def image_fields(draw):
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     fields=image_fields(),
-    desired=st.sampled_from(
-        ["passthrough", "rgb8", "bgr8", "mono8", "mono16", "8UC1", "32FC1", "bgra16", "x"]
-    ),
+    desired=st.sampled_from(["passthrough", "rgb8", "bgr8", "mono8", "mono16", "8UC1", "32FC1", "bgra16", "x"]),
 )
 def test_any_image_fields_give_an_image_or_image_conversion_error(fields, desired):
     msg = SimpleNamespace(**fields)
@@ -890,14 +876,10 @@ def test_any_image_fields_give_an_image_or_image_conversion_error(fields, desire
 
 @settings(max_examples=150, deadline=None)
 @given(
-    fmt=st.sampled_from(
-        ["jpeg", "png", "rgb8; jpeg compressed bgr8", "16UC1; compressedDepth png", "", "x; y"]
-    ),
+    fmt=st.sampled_from(["jpeg", "png", "rgb8; jpeg compressed bgr8", "16UC1; compressedDepth png", "", "x; y"]),
     data=st.one_of(
         st.binary(max_size=300),
-        st.binary(max_size=300).map(
-            lambda b: cv2.imencode(".png", np.zeros((2, 3), np.uint8))[1].tobytes()[:-5] + b
-        ),
+        st.binary(max_size=300).map(lambda b: cv2.imencode(".png", np.zeros((2, 3), np.uint8))[1].tobytes()[:-5] + b),
     ),
     desired=st.sampled_from(["passthrough", "rgb8", "mono16", "8UC3"]),
 )

@@ -93,8 +93,13 @@ def test_unknown_metadata_keys_are_refused():
 
 @pytest.mark.parametrize(
     "bad",
-    [np.zeros((10, 10), np.uint8), np.zeros((10, 10, 4), np.uint8), np.zeros((10, 10, 3), np.float32),
-     np.zeros((0, 10, 3), np.uint8), [[1, 2, 3]]],
+    [
+        np.zeros((10, 10), np.uint8),
+        np.zeros((10, 10, 4), np.uint8),
+        np.zeros((10, 10, 3), np.float32),
+        np.zeros((0, 10, 3), np.uint8),
+        [[1, 2, 3]],
+    ],
 )
 def test_wrong_images_are_refused_with_a_clear_error(bad):
     with pytest.raises(ConfigError):

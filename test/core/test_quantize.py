@@ -92,7 +92,11 @@ def test_qdq_model_has_quantize_dequantize_pairs_and_per_channel_weights(colour_
 
 def test_add_variants_writes_checked_int8_and_fp16_and_auto_serves_int8(colour_dir, colour_dataset):
     entries = VB.add_variants(colour_dir, dataset=colour_dataset)
-    assert {k: e["status"] for k, e in entries.items()} == {"fp32": "accepted", "int8_qdq": "accepted", "fp16": "accepted"}
+    assert {k: e["status"] for k, e in entries.items()} == {
+        "fp32": "accepted",
+        "int8_qdq": "accepted",
+        "fp16": "accepted",
+    }
     meta = load_metadata(colour_dir)
     for name in (V.INT8_QDQ, V.FP16):
         info = meta.variants[name]

@@ -37,9 +37,7 @@ def table(**actions) -> ActionTable:
     return load_action_table({"actions": actions})
 
 
-def policy(
-    tbl: ActionTable | None = None, config: PolicyConfig = NO_RAMP, enabled: bool = True
-) -> ReactionPolicy:
+def policy(tbl: ActionTable | None = None, config: PolicyConfig = NO_RAMP, enabled: bool = True) -> ReactionPolicy:
     return ReactionPolicy(tbl or load_action_table(COLLISION_AVOIDANCE), config, enabled=enabled)
 
 
@@ -272,9 +270,7 @@ def test_velocity_limits_clip_and_warn(caplog):
 
 
 def test_ramp_limits_speeding_up_exactly():
-    cfg = PolicyConfig(
-        max_linear_accel=1.0, max_angular_accel=4.0, max_linear=2.0, max_angular=4.0, max_step_s=1.0
-    )
+    cfg = PolicyConfig(max_linear_accel=1.0, max_angular_accel=4.0, max_linear=2.0, max_angular=4.0, max_step_s=1.0)
     p = policy(table(go={"linear_x": 0.75, "angular_z": 1.5}), cfg)
     assert p.command(0.0).is_zero  # no label yet
     p.on_label("go", 0.125)
@@ -343,9 +339,7 @@ def test_min_score_threshold():
 
 
 def test_low_score_follows_the_unknown_labels_action_and_never_latches():
-    searching = load_action_table(
-        {"actions": {"free": {"linear_x": 0.15}, "unknown": {"angular_z": 0.5}}}
-    )
+    searching = load_action_table({"actions": {"free": {"linear_x": 0.15}, "unknown": {"angular_z": 0.5}}})
     p = policy(searching, config=PolicyConfig(min_score=0.6, max_linear_accel=0.0, max_angular_accel=0.0))
     p.on_label("free", 0.0, score=0.3)
     cmd = p.command(0.0)

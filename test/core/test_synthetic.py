@@ -99,8 +99,7 @@ def test_nearest_centroid_on_colour_histograms_separates_fresh_frames(classes) -
 def test_mean_colours_of_classes_are_far_apart() -> None:
     scenes = SyntheticScenes(MAX_CLASSES, 96, 72, seed=11)
     means = {
-        cls: np.array([scenes.render(cls, i).reshape(-1, 3).mean(axis=0) for i in range(12)])
-        for cls in scenes.classes
+        cls: np.array([scenes.render(cls, i).reshape(-1, 3).mean(axis=0) for i in range(12)]) for cls in scenes.classes
     }
     for a, b in itertools.combinations(scenes.classes, 2):
         between = np.linalg.norm(means[a].mean(axis=0) - means[b].mean(axis=0))

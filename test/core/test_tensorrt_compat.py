@@ -102,7 +102,10 @@ def trt86():
 
 def trt10():
     return fake_tensorrt(
-        "10.3.0.26", ["FP16", "INT8", "BF16"], ["EXPLICIT_BATCH", "STRONGLY_TYPED"], calibrators=True,
+        "10.3.0.26",
+        ["FP16", "INT8", "BF16"],
+        ["EXPLICIT_BATCH", "STRONGLY_TYPED"],
+        calibrators=True,
         calibration_profile=True,
     )
 
@@ -118,7 +121,10 @@ def trt11(strongly_typed_flag: bool = True):
     [
         (trt86, dict(fp16_flag=True, int8_flag=True, strongly_typed=False, explicit_batch_flag=True, calibrator=True)),
         (trt10, dict(fp16_flag=True, int8_flag=True, strongly_typed=True, explicit_batch_flag=False, calibrator=True)),
-        (trt11, dict(fp16_flag=False, int8_flag=False, strongly_typed=True, explicit_batch_flag=False, calibrator=False)),
+        (
+            trt11,
+            dict(fp16_flag=False, int8_flag=False, strongly_typed=True, explicit_batch_flag=False, calibrator=False),
+        ),
         (lambda: trt11(False), dict(fp16_flag=False, strongly_typed=True, calibrator=False)),
     ],
 )
@@ -183,8 +189,13 @@ def test_explicit_precisions():
 # -- builder configuration --------------------------------------------------------------------------
 META = ModelMetadata(classes=["a", "b"], preprocess=PreprocessConfig(size=32))
 KEY = EngineKey(
-    onnx_sha256="a" * 64, tensorrt_version="x", gpu_name="g", compute_capability="8.7", precision="int8",
-    max_batch=4, workspace_bytes=64 << 20,
+    onnx_sha256="a" * 64,
+    tensorrt_version="x",
+    gpu_name="g",
+    compute_capability="8.7",
+    precision="int8",
+    max_batch=4,
+    workspace_bytes=64 << 20,
 )
 
 
@@ -225,8 +236,14 @@ def test_a_calibrated_plan_on_11_would_fail_loudly_not_silently(tmp_path):
     # plan_builds never plans it on 11.x; were it forced, the missing API raises instead of building fp32
     trt = trt11()
     with pytest.raises(AttributeError):
-        build_engine(trt, None, tmp_path / "m.onnx", META, KEY, BuildPlan("int8-calibrated", V.FP32, "int8",
-                                                                           flags=("INT8",), calibrator=True))
+        build_engine(
+            trt,
+            None,
+            tmp_path / "m.onnx",
+            META,
+            KEY,
+            BuildPlan("int8-calibrated", V.FP32, "int8", flags=("INT8",), calibrator=True),
+        )
 
 
 def test_a_failed_build_raises_backend_unavailable(tmp_path):

@@ -298,9 +298,7 @@ def test_augmented_feature_views_sampler_sgd_and_step_schedule(dataset):
 def test_max_images_per_class_subsamples_deterministically(dataset):
     a = T.load_data(dataset, cfg(max_images_per_class=5))
     b = T.load_data(dataset, cfg(max_images_per_class=5))
-    assert {c: a.summary.train_counts[c] + a.summary.val_counts[c] for c in CLASSES} == dict.fromkeys(
-        CLASSES, 5
-    )
+    assert {c: a.summary.train_counts[c] + a.summary.val_counts[c] for c in CLASSES} == dict.fromkeys(CLASSES, 5)
     assert (a.train, a.val) == (b.train, b.val)
     assert a.summary.counts == dict.fromkeys(CLASSES, PER_CLASS)  # what the folder holds
 
@@ -358,9 +356,7 @@ def test_cancel_keeps_best_checkpoint_and_resume_matches_an_uninterrupted_run(da
     for a, b in zip(cut.history, full.history, strict=False):  # same seed, same epochs
         assert (a.train_loss, a.val_loss, a.val_acc) == (b.train_loss, b.val_loss, b.val_acc)
 
-    resumed = T.train(
-        dataset, config, checkpoint_dir=tmp_path / "cut", resume=tmp_path / "cut" / T.LAST_CHECKPOINT
-    )
+    resumed = T.train(dataset, config, checkpoint_dir=tmp_path / "cut", resume=tmp_path / "cut" / T.LAST_CHECKPOINT)
     assert resumed.status == full.status and resumed.best_epoch == full.best_epoch
     assert [h.stage for h in resumed.history] == ["head", "finetune", "finetune"]
     for a, b in zip(resumed.history, full.history, strict=True):

@@ -47,7 +47,9 @@ def _ros_args(**values) -> list[str]:
 
 def test_in_process_frames_have_size_encoding_stamps_and_camera_info(ros_context):
     t_start = time.time_ns()
-    camera = CameraNode(context=ros_context, parameter_overrides=_params(width=96, height=64, fps=20.0, frame_id="cam_optical"))
+    camera = CameraNode(
+        context=ros_context, parameter_overrides=_params(width=96, height=64, fps=20.0, frame_id="cam_optical")
+    )
     images = Collector(ros_context, Image, "image_raw", SENSOR_DATA, name="images")
     infos = Collector(ros_context, CameraInfo, "camera_info", SENSOR_DATA, name="infos")
     with Spinner(ros_context, camera, images, infos):

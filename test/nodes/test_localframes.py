@@ -42,21 +42,15 @@ def red_scene(tmp_path_factory):
 
 def _camera(context, folder, **kw) -> CameraNode:
     values = {"source": "folder", "path": str(folder), "width": 64, "height": 48, "fps": 30.0}
-    return CameraNode(
-        context=context, parameter_overrides=[Parameter(k, value=v) for k, v in values.items()], **kw
-    )
+    return CameraNode(context=context, parameter_overrides=[Parameter(k, value=v) for k, v in values.items()], **kw)
 
 
 def _classifier(context, model, **kw) -> ClassifierNode:
     values = {"model_dir": str(model), "backend": "onnxruntime", "threads": 1}
-    return ClassifierNode(
-        context=context, parameter_overrides=[Parameter(k, value=v) for k, v in values.items()], **kw
-    )
+    return ClassifierNode(context=context, parameter_overrides=[Parameter(k, value=v) for k, v in values.items()], **kw)
 
 
-def test_classifier_takes_camera_frames_in_process_and_ros_subscribers_still_get_them(
-    ros_context, red_scene, hand_off
-):
+def test_classifier_takes_camera_frames_in_process_and_ros_subscribers_still_get_them(ros_context, red_scene, hand_off):
     model, folder = red_scene
     camera = _camera(ros_context, folder)
     classifier = _classifier(ros_context, model)
@@ -71,9 +65,7 @@ def test_classifier_takes_camera_frames_in_process_and_ros_subscribers_still_get
             assert wait_for(lambda: images.count() >= 3, DEADLINE_S)
             ros_stamps = {(m.header.stamp.sec, m.header.stamp.nanosec) for m in list(images.msgs)}
             assert wait_for(
-                lambda: any(
-                    divmod(r.stamp_ns, 1_000_000_000) in ros_stamps for r in _results(scores)
-                ),
+                lambda: any(divmod(r.stamp_ns, 1_000_000_000) in ros_stamps for r in _results(scores)),
                 DEADLINE_S,
             )
     results = _results(scores)

@@ -86,9 +86,7 @@ def test_right_twist_per_class_only_after_enable_and_zero_on_every_stop(ros_cont
     states = Collector(ros_context, String, f"{ns}/reaction_node/state", LATCHED, name="states")
     with Spinner(ros_context, node, driver, cmds, states, threads=3) as spinner:
         # disabled at start: labels arrive, every command is zero
-        assert wait_for(
-            lambda: (driver.send("free"), node._policy.counters.labels_received >= 5)[1], DISCOVERY_S, 0.05
-        )
+        assert wait_for(lambda: (driver.send("free"), node._policy.counters.labels_received >= 5)[1], DISCOVERY_S, 0.05)
         assert wait_for(lambda: cmds.count() >= 5, DEADLINE_S)
         assert all(_velocity(m) == (0.0, 0.0) for m in list(cmds.msgs))
         assert wait_for(lambda: states.count() > 0, DEADLINE_S)
@@ -224,9 +222,7 @@ def test_watchdog_stops_at_the_stale_deadline_not_at_the_next_periodic_command(r
             n = cmds.count()
             sent_ns = time.time_ns()
             driver.send("free")  # the last label
-            assert wait_for(
-                lambda n=n: any(_velocity(m) == (0.0, 0.0) for m in list(cmds.msgs)[n:]), DEADLINE_S
-            )
+            assert wait_for(lambda n=n: any(_velocity(m) == (0.0, 0.0) for m in list(cmds.msgs)[n:]), DEADLINE_S)
             stop = next(m for m in list(cmds.msgs)[n:] if _velocity(m) == (0.0, 0.0))
             lateness_s.append((_stamp_ns(stop) - sent_ns) / 1e9 - stale_s)
             assert node._policy.last_command.reason == "stale"
@@ -278,9 +274,7 @@ def test_process_stops_with_a_final_zero_twist(node_process, ros_context, mode):
             ok = wait_for(lambda: _last_is(cmds, (0.15, 0.0)), DISCOVERY_S)
             assert ok, f"never moving; node output:\n{proc.output()}"
             assert stop_and_check(proc, mode) == 0  # labels keep coming while it stops
-            assert wait_for(lambda: _last_is(cmds, (0.0, 0.0)), DEADLINE_S), [
-                _velocity(m) for m in cmds.msgs[-5:]
-            ]
+            assert wait_for(lambda: _last_is(cmds, (0.0, 0.0)), DEADLINE_S), [_velocity(m) for m in cmds.msgs[-5:]]
         finally:
             stop_labels.set()
             sender.join(timeout=5.0)

@@ -115,9 +115,7 @@ def _state(collector: Collector) -> ReactionState | None:
 
 def test_scores_drive_the_robot_and_min_score_stops_only_while_the_model_is_unsure(ros_context, models):
     ns = _ns()
-    classifier = _classifier(
-        ros_context, ns, models["collision"], smoothing="none", threshold=0.0, hysteresis=0.0
-    )
+    classifier = _classifier(ros_context, ns, models["collision"], smoothing="none", threshold=0.0, hysteresis=0.0)
     reaction = ReactionNode(
         context=ros_context,
         namespace=ns,

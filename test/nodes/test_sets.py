@@ -53,9 +53,7 @@ def test_argument_overrides_keep_only_changed_values_for_launch():
         "reaction_node": {},
     }
     every = sets.argument_overrides(classify, texts, only_changed=False)
-    assert every["camera_node"] == {"fps": 30.0, "width": 320} and every["reaction_node"] == {
-        "start_enabled": False
-    }
+    assert every["camera_node"] == {"fps": 30.0, "width": 320} and every["reaction_node"] == {"start_enabled": False}
     with pytest.raises(ConfigError, match="has no argument 'modeldir'"):
         sets.argument_overrides(classify, {"modeldir": "/m"}, only_changed=False)
     with pytest.raises(ConfigError, match="choose one of"):
@@ -94,9 +92,7 @@ def test_load_params_file_errors_say_what_is_wrong(tmp_path, content, match):
 
 
 def test_checked_parameters_catch_typos_types_and_refused_values():
-    ok = sets.checked_parameters(
-        "camera_node", {"fps": 15, "use_sim_time": True, "qos_overrides./x.depth": 2}
-    )
+    ok = sets.checked_parameters("camera_node", {"fps": 15, "use_sim_time": True, "qos_overrides./x.depth": 2})
     assert ok == {"fps": 15.0, "use_sim_time": True, "qos_overrides./x.depth": 2} and type(ok["fps"]) is float
     with pytest.raises(ConfigError, match="did you mean 'fps'"):
         sets.checked_parameters("camera_node", {"fsp": 15})

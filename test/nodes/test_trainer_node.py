@@ -166,9 +166,7 @@ def test_train_publishes_progress_status_and_the_exported_model(ros_context, dat
         # diagnostics: idle again, with the last result
         assert wait_for(lambda: op.diags and op.diags[-1][2].get("last_status") == "completed", timeout=10)
         level, message, values = op.diags[-1]
-        assert (
-            level == _level(DiagnosticStatus.OK) and values["state"] == "idle" and message.startswith("idle")
-        )
+        assert level == _level(DiagnosticStatus.OK) and values["state"] == "idle" and message.startswith("idle")
         assert values["runs_completed"] == "1" and values["last_model_dir"] == str(model_dir)
         # a subscriber that starts later with transient-local durability still gets the latest model
         late = spinner.add(Node("late_classifier", context=ros_context, namespace=ns))
@@ -206,9 +204,7 @@ def test_second_train_is_refused_and_cancel_keeps_the_previous_model(ros_context
     assert _leftovers(model_dir) == []
 
 
-def test_missing_imagenet_weights_fail_the_run_with_the_explanation(
-    ros_context, dataset, tmp_path, monkeypatch
-):
+def test_missing_imagenet_weights_fail_the_run_with_the_explanation(ros_context, dataset, tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_torch_home"))
     ns, model_dir = _ns(), tmp_path / "m"
     params = {**FAST, "weights": "imagenet"}
@@ -238,9 +234,7 @@ def test_missing_imagenet_weights_fail_the_run_with_the_explanation(
 
 def test_refusals_before_starting_and_parameter_checks(ros_context, dataset, tmp_path):
     ns = _ns()
-    trainer = _trainer(
-        ros_context, ns, dataset_dir=str(tmp_path / "nowhere"), model_dir=str(tmp_path / "m"), **FAST
-    )
+    trainer = _trainer(ros_context, ns, dataset_dir=str(tmp_path / "nowhere"), model_dir=str(tmp_path / "m"), **FAST)
     op = Operator(ros_context, ns)
     with Spinner(ros_context, trainer, op, threads=3):
         r = op.train()
@@ -268,9 +262,7 @@ def test_refusals_before_starting_and_parameter_checks(ros_context, dataset, tmp
         r = op.train()
         assert not r.success and "must not be inside dataset_dir" in r.message
     assert op.status == [] and trainer.runs["started"] == 0
-    common = (
-        "dataset_dir model_dir mode epochs batch_size lr weights backbone image_size val_fraction seed device"
-    )
+    common = "dataset_dir model_dir mode epochs batch_size lr weights backbone image_size val_fraction seed device"
     assert {p.name for p in PARAMS} >= {*common.split(), "num_workers"}
 
 
@@ -294,9 +286,7 @@ def test_idle_process_exits_0_on_signals(node_process, ros_context, tmp_path, mo
     assert "Traceback" not in proc.stderr(), proc.stderr()
 
 
-def test_sigint_while_training_stops_the_run_and_keeps_the_previous_model(
-    node_process, ros_context, dataset, tmp_path
-):
+def test_sigint_while_training_stops_the_run_and_keeps_the_previous_model(node_process, ros_context, dataset, tmp_path):
     ns, model_dir = _ns(), tmp_path / "m"
     before = _previous_model(model_dir)
     params = {**LONG, "dataset_dir": str(dataset), "model_dir": str(model_dir)}

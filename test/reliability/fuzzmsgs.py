@@ -79,9 +79,7 @@ def image_msg(
 @st.composite
 def image_fields(draw, good_fraction: int = 4) -> dict[str, Any]:
     """Image fields: about 1 in ``good_fraction`` consistent, the rest malformed in one or more ways."""
-    consistent = (
-        draw(st.integers(0, good_fraction - 1)) == good_fraction - 1
-    )  # malformed is the simplest case
+    consistent = draw(st.integers(0, good_fraction - 1)) == good_fraction - 1  # malformed is the simplest case
     encoding = draw(st.sampled_from(GOOD_ENCODINGS))
     info = encoding_info(encoding)
     height = draw(st.integers(1, 48))
@@ -187,9 +185,7 @@ def compressed_fields(draw, max_declared: int = 2048) -> dict[str, Any]:
         data = bytes(buf)
     elif kind == "declare":
         dw, dh = draw(st.integers(1, max_declared)), draw(st.integers(1, max_declared))
-        data = (
-            jpeg_bytes(dw, dh) if draw(st.booleans()) else png_bytes(dw, dh, b"\0" * draw(st.integers(0, 64)))
-        )
+        data = jpeg_bytes(dw, dh) if draw(st.booleans()) else png_bytes(dw, dh, b"\0" * draw(st.integers(0, 64)))
     elif kind == "random":
         data = draw(st.binary(max_size=512))
     else:

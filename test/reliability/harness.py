@@ -68,19 +68,13 @@ class ClassifierRig:
 
         values = {"backend": "onnxruntime", "threads": 1, "smoothing": "none", **params}
         self.node = spinner.add(
-            ClassifierNode(
-                context=context, parameter_overrides=[Parameter(k, value=v) for k, v in values.items()]
-            )
+            ClassifierNode(context=context, parameter_overrides=[Parameter(k, value=v) for k, v in values.items()])
         )
         self.source = spinner.add(Node("frame_source", context=context))
         self.image_pub = self.source.create_publisher(Image, "image_raw", SENSOR_DATA)
         self.model_pub = self.source.create_publisher(String, "model_updated", EVENTS)
-        self.scores = spinner.add(
-            Collector(context, String, "/classifier_node/scores", EVENTS, name="scores")
-        )
-        self.classes = spinner.add(
-            Collector(context, String, "/classifier_node/classes", LATCHED, name="classes")
-        )
+        self.scores = spinner.add(Collector(context, String, "/classifier_node/scores", EVENTS, name="scores"))
+        self.classes = spinner.add(Collector(context, String, "/classifier_node/classes", LATCHED, name="classes"))
         self.diags = spinner.add(Collector(context, DiagnosticArray, "/diagnostics", EVENTS, name="diags"))
         self.sent = 0
 
@@ -149,9 +143,7 @@ class Teacher(Node):
         self.counts: list[dict] = []
         self.diags: list[dict] = []
         self._diag_name = f"{ns.strip('/')}/recorder_node".lstrip("/")
-        self.create_subscription(
-            String, f"{prefix}/counts", lambda m: self.counts.append(json.loads(m.data)), LATCHED
-        )
+        self.create_subscription(String, f"{prefix}/counts", lambda m: self.counts.append(json.loads(m.data)), LATCHED)
         self.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, EVENTS)
 
     def _on_diag(self, msg: DiagnosticArray) -> None:
@@ -191,9 +183,7 @@ class Teacher(Node):
             self.label_pub.publish(String(data=label))
             return bool(self.diags) and self.diag("label") == want
 
-        assert wait_for(step, DISCOVERY_S, interval=0.05), (
-            f"recorder never reported label {want!r}: {self.diags[-1:]}"
-        )
+        assert wait_for(step, DISCOVERY_S, interval=0.05), f"recorder never reported label {want!r}: {self.diags[-1:]}"
 
 
 def recorder_node(context, root: Path, ns: str = "", **params: Any):
@@ -226,16 +216,12 @@ def deliver_frame(recorder, teacher: Teacher, msg: Image) -> None:
 
 def disk_images(root: Path) -> Counter:
     """Image files per class directory, as ImageFolder sees them."""
-    return Counter(
-        p.parent.name for p in root.glob("*/*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
-    )
+    return Counter(p.parent.name for p in root.glob("*/*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
 
 
 def manifest(root: Path) -> list[dict]:
     path = root / MANIFEST_NAME
-    return (
-        [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
-    )
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
 def assert_manifest_matches_files(root: Path) -> Counter:

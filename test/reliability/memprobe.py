@@ -18,26 +18,14 @@ from typing import Any
 import numpy as np
 
 
-def png_bytes(
-    width: int, height: int, payload: bytes = b"", colour_type: int = 2, bit_depth: int = 8
-) -> bytes:
+def png_bytes(width: int, height: int, payload: bytes = b"", colour_type: int = 2, bit_depth: int = 8) -> bytes:
     """A PNG whose IHDR declares ``width`` x ``height``; its IDAT holds ``payload`` (usually too little)."""
 
     def chunk(kind: bytes, body: bytes) -> bytes:
-        return (
-            struct.pack(">I", len(body))
-            + kind
-            + body
-            + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
-        )
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
 
     ihdr = struct.pack(">IIBBBBB", width, height, bit_depth, colour_type, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", ihdr)
-        + chunk(b"IDAT", zlib.compress(payload))
-        + chunk(b"IEND", b"")
-    )
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(payload)) + chunk(b"IEND", b"")
 
 
 def jpeg_bytes(width: int, height: int, quality: int = 90) -> bytes:

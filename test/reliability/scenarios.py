@@ -100,9 +100,9 @@ def fuzz_classifier(context, model_dir: Path, examples: int, input_size: int = 3
             assert result["label"] == colour, result
         total_good = tally["good"] + 3
         assert (node.received, node.dropped, node.errors) == (rig.sent, 0, 0)
-        assert wait_for(
-            lambda: (rig.diagnostics() or {}).get("frames_classified") == str(total_good), DEADLINE_S
-        ), rig.diagnostics()
+        assert wait_for(lambda: (rig.diagnostics() or {}).get("frames_classified") == str(total_good), DEADLINE_S), (
+            rig.diagnostics()
+        )
         diag = rig.diagnostics()
         assert diag["frames_bad"] == str(tally["bad"]) and diag["frames_received"] == str(rig.sent), diag
         assert diag["errors"] == "0" and diag["status"] == "serving", diag
@@ -151,9 +151,7 @@ def fuzz_recorder(context, root: Path, examples: int) -> dict[str, Any]:
         saved = tally["good"] + 1
         assert recorder.refused == Counter({"bad_frame": tally["bad"]}), recorder.refused
         assert wait_for(
-            lambda: (
-                teacher.diag("saved") == str(saved) and teacher.diag("refused_bad_frame") == str(tally["bad"])
-            ),
+            lambda: teacher.diag("saved") == str(saved) and teacher.diag("refused_bad_frame") == str(tally["bad"]),
             DEADLINE_S,
         ), teacher.diags[-1:]
         assert wait_for(lambda: bool(teacher.counts) and teacher.counts[-1] == {"fuzz": saved, "_total": saved},
@@ -253,9 +251,7 @@ def soak(
             elapsed = time.monotonic() - t0
             stop_labels.set()
             teacher.join(timeout=5)
-            ended = {
-                p.cmd[0].rsplit("/", 1)[-1]: p.proc.returncode for p in procs if p.proc.poll() is not None
-            }
+            ended = {p.cmd[0].rsplit("/", 1)[-1]: p.proc.returncode for p in procs if p.proc.poll() is not None}
             assert not ended, (
                 f"a node process ended during the soak: {ended}",
                 [p.output()[-1500:] for p in procs],
@@ -264,8 +260,7 @@ def soak(
             future = recording.call_async(SetBool.Request(data=False))
             assert wait_for(future.done, DEADLINE_S)
             results = [
-                (Scores.decode(m.data), t)
-                for m, t in zip(list(scores.msgs), list(scores.received_ns), strict=True)
+                (Scores.decode(m.data), t) for m, t in zip(list(scores.msgs), list(scores.received_ns), strict=True)
             ]
             codes = {"camera_node": _stop(camera)}  # the stream ends; the last frames are worked off
             n_diags = len(diags.msgs)
@@ -370,8 +365,7 @@ def overload(
                 time.sleep(seconds)  # a measurement window, not a wait for an event
             d0 = diagnostics_of(diags, "overload/classifier_node") or {}
             results = [
-                (Scores.decode(m.data), t)
-                for m, t in zip(list(scores.msgs), list(scores.received_ns), strict=True)
+                (Scores.decode(m.data), t) for m, t in zip(list(scores.msgs), list(scores.received_ns), strict=True)
             ]
             assert wait_for(lambda: len(diags.msgs) > 0, DEADLINE_S)
             diag = diagnostics_of(diags, "overload/classifier_node") or d0
@@ -511,9 +505,7 @@ def trainer_crash_and_resume(
     }
     if full is not None:
         state, full_state = resumed.model.state_dict(), full.model.state_dict()
-        figures["weights_identical_to_uninterrupted_run"] = all(
-            torch.equal(state[k], full_state[k]) for k in state
-        )
+        figures["weights_identical_to_uninterrupted_run"] = all(torch.equal(state[k], full_state[k]) for k in state)
         figures["history_identical_to_uninterrupted_run"] = all(
             (a.train_loss, a.val_loss, a.val_acc, a.lr) == (b.train_loss, b.val_loss, b.val_acc, b.lr)
             for a, b in zip(resumed.history, full.history, strict=True)

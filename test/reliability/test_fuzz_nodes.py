@@ -58,15 +58,11 @@ def _conversions(msg):
         yield lambda desired=desired: imgmsg_to_cv2(msg, desired)
 
 
-@settings(
-    max_examples=4 * EXAMPLES, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow]
-)
+@settings(max_examples=4 * EXAMPLES, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 @given(msg=images())
 def test_converter_gives_an_image_or_image_conversion_error_with_memory_bounded_by_the_data(msg):
     _warm_up()
-    budget = (
-        16 * len(msg.data) + 256 * 1024
-    )  # conversions make a few copies of the pixels, never of the header's claim
+    budget = 16 * len(msg.data) + 256 * 1024  # conversions make a few copies of the pixels, never of the header's claim
     for convert in _conversions(msg):
         tracemalloc.start()
         try:
@@ -114,9 +110,7 @@ def test_a_60000x60000_image_with_10_bytes_allocates_nothing(encoding):
     assert peak < 64 * 1024, peak
 
 
-@settings(
-    max_examples=3 * EXAMPLES, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow]
-)
+@settings(max_examples=3 * EXAMPLES, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 @given(msg=compressed_images(max_declared=1024))
 def test_compressed_converter_gives_an_image_or_image_conversion_error(msg):
     for desired in ("passthrough", "rgb8", "mono16"):
@@ -182,7 +176,6 @@ BOMB_CHILD = textwrap.dedent(
 )
 
 
-
 @pytest.mark.parametrize(
     ("kind", "width", "height"),
     [
@@ -216,17 +209,13 @@ def colour_model(tmp_path_factory) -> Path:
 
 @pytest.mark.graph
 def test_classifier_node_survives_and_counts_every_malformed_frame(ros_context, colour_model):
-    figures = fuzz_classifier(
-        ros_context, colour_model, EXAMPLES
-    )  # checks every frame's bookkeeping as it goes
+    figures = fuzz_classifier(ros_context, colour_model, EXAMPLES)  # checks every frame's bookkeeping as it goes
     assert figures["bad"] >= EXAMPLES // 2 and figures["good"] > 3, figures  # the strategy covered both
     assert figures["counted_bad"] == figures["bad"] and figures["errors"] == 0
 
 
 @pytest.mark.graph
 def test_recorder_node_survives_refuses_and_counts_every_malformed_frame(ros_context, tmp_path):
-    figures = fuzz_recorder(
-        ros_context, tmp_path / "ds", EXAMPLES
-    )  # checks every capture's outcome as it goes
+    figures = fuzz_recorder(ros_context, tmp_path / "ds", EXAMPLES)  # checks every capture's outcome as it goes
     assert figures["bad"] >= EXAMPLES // 3 and figures["saved"] > 1, figures
     assert figures["refused_bad_frame"] == figures["bad"] and figures["frames_received"] == figures["sent"]

@@ -89,9 +89,7 @@ def _sandbox(tmp_path: Path) -> tuple[Path, Path, dict[str, bytes]]:
     return top, top / "data" / "ds", _tree(canary)
 
 
-def _assert_inside(
-    top: Path, root: Path, canary_before: dict[str, bytes], planted: tuple[Path, ...] = ()
-) -> None:
+def _assert_inside(top: Path, root: Path, canary_before: dict[str, bytes], planted: tuple[Path, ...] = ()) -> None:
     """Nothing under ``top`` but ``root`` (and what the test ``planted`` itself) holds a file or link."""
     assert _tree(top / "canary") == canary_before
     outside = [p for p in files_outside(top, root) if p != top / "canary" / "keep.txt" and p not in planted]
@@ -164,9 +162,7 @@ def _bag(path: Path, labels: list[str]) -> Path:
         teach = writer.add_connection("/teach_label", "std_msgs/msg/String", typestore=ts)
         t = 1_700_000_000 * 10**9
         for i, label in enumerate(labels):
-            writer.write(
-                teach, t, ts.serialize_cdr(ts.types["std_msgs/msg/String"](data=label), "std_msgs/msg/String")
-            )
+            writer.write(teach, t, ts.serialize_cdr(ts.types["std_msgs/msg/String"](data=label), "std_msgs/msg/String"))
             t += 10**7
             image = to_rosbags_image(solid((i * 7 % 256, 100, 200), 8, 8), "rgb8", typestore=ts)
             image.header.stamp.sec, image.header.stamp.nanosec = divmod(t, 10**9)
@@ -283,8 +279,6 @@ def test_dataset_dir_symlink_tricks(ros_context, tmp_path):
         recorder_node(ros_context, loop)
 
 
-
-
 def test_a_class_directory_swapped_for_a_symlink_after_a_capture_is_not_followed(tmp_path):
     top, root, canary = _sandbox(tmp_path)
     with DatasetStore(root, image_format="png") as store:
@@ -296,8 +290,6 @@ def test_a_class_directory_swapped_for_a_symlink_after_a_capture_is_not_followed
         with pytest.raises(DatasetError, match="symbolic link"):
             store.add(solid("green", 8, 8), "cup")
     _assert_inside(top, root, canary)
-
-
 
 
 @pytest.mark.parametrize("where", ["model_dir_through_a_symlink", "checkpoint_dir_inside"])
@@ -313,9 +305,7 @@ def test_trainer_paths_never_point_into_the_dataset(ros_context, tmp_path, where
         params["model_dir"] = str(tmp_path / "link" / "model")
     else:
         params["checkpoint_dir"] = str(ds / "checkpoints")
-    node = TrainerNode(
-        context=ros_context, parameter_overrides=[Parameter(k, value=v) for k, v in params.items()]
-    )
+    node = TrainerNode(context=ros_context, parameter_overrides=[Parameter(k, value=v) for k, v in params.items()])
     try:
         ok, message = node.start_training()
         if ok:
@@ -384,9 +374,7 @@ def torch_files(tmp_path_factory) -> dict[str, Path]:
         + [["weights", str(files["control"]), str(control_marker)]],
         "control": str(files["control"]),
     }
-    out = subprocess.run(
-        [sys.executable, "-c", PAYLOAD, json.dumps(jobs)], capture_output=True, text=True, timeout=120
-    )
+    out = subprocess.run([sys.executable, "-c", PAYLOAD, json.dumps(jobs)], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert control_marker.exists(), "the payload must be live for these tests to mean anything"
     assert not marker.exists()
@@ -423,9 +411,7 @@ def test_pickled_code_in_training_checkpoints_and_weights_never_runs(torch_files
 
 
 @pytest.mark.graph
-def test_classifier_node_refuses_a_model_dir_with_pickled_code_and_keeps_serving(
-    ros_context, torch_files, tmp_path
-):
+def test_classifier_node_refuses_a_model_dir_with_pickled_code_and_keeps_serving(ros_context, torch_files, tmp_path):
     good = build_colour_model_dir(tmp_path / "good", ("red", "green", "blue"))
     with Spinner(ros_context, threads=3) as spinner:
         rig = ClassifierRig(ros_context, spinner, model_dir=str(good))
@@ -458,9 +444,7 @@ def test_trainer_node_refuses_a_weights_file_with_pickled_code(ros_context, torc
         "epochs": 1,
         "mode": "head",
     }
-    node = TrainerNode(
-        context=ros_context, parameter_overrides=[Parameter(k, value=v) for k, v in params.items()]
-    )
+    node = TrainerNode(context=ros_context, parameter_overrides=[Parameter(k, value=v) for k, v in params.items()])
     try:
         ok, message = node.start_training()
         assert ok, message

@@ -22,9 +22,7 @@ FRAMES = environ_int("DLI_SOAK_FRAMES", 1000)
 GROWTH_LIMIT_MB = 50.0
 
 
-def test_classifier_and_recorder_on_a_live_stream_keep_memory_flat_and_the_dataset_consistent(
-    ros_context, tmp_path
-):
+def test_classifier_and_recorder_on_a_live_stream_keep_memory_flat_and_the_dataset_consistent(ros_context, tmp_path):
     model = build_colour_model_dir(
         tmp_path / "model", ("free", "blocked"), {"free": (90, 160, 90), "blocked": (140, 90, 70)}
     )

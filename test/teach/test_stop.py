@@ -143,6 +143,6 @@ def test_in_process_stop_while_serving_sends_the_zero_twist(node_process, ros_co
         assert wait_for(lambda: cmds.count() > 0 or proc.proc.poll() is not None, START_S), proc.output()[-4000:]
         before = cmds.count()
         _assert_clean(proc, stop_and_check(proc, mode, timeout=STOP_S))
-        assert wait_seen(
-            cmds, lambda m: (m.linear.x, m.angular.z) == (0.0, 0.0), timeout=STOP_S, start=before
-        ), proc.output()[-4000:]
+        assert wait_seen(cmds, lambda m: (m.linear.x, m.angular.z) == (0.0, 0.0), timeout=STOP_S, start=before), (
+            proc.output()[-4000:]
+        )

@@ -75,9 +75,7 @@ def check_onnx_integrity(model_dir: Path, meta: ModelMetadata) -> Path:
     return path
 
 
-def check_io_shape(
-    where: str, input_shape: Sequence[Any], output_shape: Sequence[Any], meta: ModelMetadata
-) -> None:
+def check_io_shape(where: str, input_shape: Sequence[Any], output_shape: Sequence[Any], meta: ModelMetadata) -> None:
     """Check a model's declared input ``(N, 3, S, S)`` and output ``(N, C)`` against the metadata.
 
     Dimensions given as strings or ``None``/``-1`` are dynamic and accepted; a fixed

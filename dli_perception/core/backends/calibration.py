@@ -23,7 +23,6 @@ from dli_perception.errors import ConfigError
 log = logging.getLogger(__name__)
 
 
-
 def calibration_images(dataset_dir: str | os.PathLike, max_images: int = 256) -> list[Path]:
     """Up to ``max_images`` images from an ImageFolder dataset, taken round-robin across classes.
 
@@ -47,9 +46,7 @@ def calibration_images(dataset_dir: str | os.PathLike, max_images: int = 256) ->
                 chosen.append(files[depth])
         depth += 1
     if not chosen:
-        raise ConfigError(
-            f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {root}/<class>/; cannot calibrate INT8"
-        )
+        raise ConfigError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {root}/<class>/; cannot calibrate INT8")
     return chosen
 
 
@@ -61,9 +58,7 @@ def calibration_fingerprint(paths: Sequence[Path]) -> str:
     return h.hexdigest()
 
 
-def calibration_batches(
-    paths: Sequence[Path], cfg: PreprocessConfig, batch_size: int
-) -> Iterator[np.ndarray]:
+def calibration_batches(paths: Sequence[Path], cfg: PreprocessConfig, batch_size: int) -> Iterator[np.ndarray]:
     """Float32 ``(batch_size, 3, S, S)`` batches of the images, preprocessed exactly like inference.
 
     Unreadable images are skipped with a warning; a last partial batch is dropped

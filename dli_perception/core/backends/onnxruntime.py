@@ -50,9 +50,7 @@ def available_providers() -> list[str]:
         return []
 
 
-def plan_providers(
-    available: Sequence[str], device: str = "auto", providers: Sequence[str] | None = None
-) -> list[str]:
+def plan_providers(available: Sequence[str], device: str = "auto", providers: Sequence[str] | None = None) -> list[str]:
     """Provider list to ask ONNX Runtime for, fastest first.
 
     ``providers`` forces an exact list (each must be available); otherwise ``device``
@@ -97,9 +95,7 @@ def _provider_options(provider: str, options: dict[str, Any]) -> dict[str, Any]:
         try:
             cache_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            log.warning(
-                "no TensorRT EP engine cache (%s: %s); engines are rebuilt every start", cache_dir, exc
-            )
+            log.warning("no TensorRT EP engine cache (%s: %s); engines are rebuilt every start", cache_dir, exc)
         else:
             opts.update(trt_engine_cache_enable=True, trt_engine_cache_path=str(cache_dir))
         return opts
@@ -272,12 +268,9 @@ class OnnxRuntimeBackend(Backend):
         if dropped and len(notes) == noted:
             if forced and not any(p in GPU_PROVIDERS for p in started):
                 raise BackendUnavailableError(
-                    f"onnxruntime did not start {dropped} (CUDA/cuDNN libraries missing or no GPU); "
-                    f"{INSTALL_HINT}"
+                    f"onnxruntime did not start {dropped} (CUDA/cuDNN libraries missing or no GPU); {INSTALL_HINT}"
                 )
-            notes.append(
-                f"providers {dropped} did not start (missing CUDA/TensorRT libraries?); using {started}"
-            )
+            notes.append(f"providers {dropped} did not start (missing CUDA/TensorRT libraries?); using {started}")
             log.warning("onnxruntime: %s", notes[-1])
 
         return session

@@ -120,9 +120,7 @@ def split_options(backend: str, opts: dict[str, Any]) -> dict[str, dict[str, Any
     if backend != "auto":
         unknown = sorted(set(opts) - known[backend])
         if unknown:
-            raise ConfigError(
-                f"unknown option(s) {unknown} for the {backend} backend; known: {sorted(known[backend])}"
-            )
+            raise ConfigError(f"unknown option(s) {unknown} for the {backend} backend; known: {sorted(known[backend])}")
         return {backend: dict(opts)}
     everything = set().union(*known.values())
     unknown = sorted(set(opts) - everything)
@@ -170,7 +168,9 @@ def create_backend(
         report.attempts.append(attempt)
         report.chosen, report.device, report.precision = name, instance.device, instance.precision
         report.variant = instance.variant
-        report.variant_reason = instance.variant_reason or f"serving {instance.variant} (the {name} backend runs it only)"
+        report.variant_reason = (
+            instance.variant_reason or f"serving {instance.variant} (the {name} backend runs it only)"
+        )
         report.notes.extend(getattr(instance, "notes", []))
         log.info("inference %s", report.summary())
         return instance, report

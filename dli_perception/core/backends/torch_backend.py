@@ -20,9 +20,7 @@ from dli_perception.errors import BackendUnavailableError, ConfigError, DliPerce
 log = logging.getLogger(__name__)
 
 DEVICES = ("auto", "cpu", "cuda")
-INSTALL_HINT = (
-    "install PyTorch and torchvision (`pip install torch torchvision`; on a Jetson, NVIDIA's JetPack wheels)"
-)
+INSTALL_HINT = "install PyTorch and torchvision (`pip install torch torchvision`; on a Jetson, NVIDIA's JetPack wheels)"
 
 
 def import_torch():
@@ -119,9 +117,7 @@ class TorchBackend(Backend):
         try:
             out = backend._logits(probe)
         except RuntimeError as exc:
-            raise ModelError(
-                f"{meta.backbone} rejects input {probe.shape} from metadata.json: {_short(exc)}"
-            ) from exc
+            raise ModelError(f"{meta.backbone} rejects input {probe.shape} from metadata.json: {_short(exc)}") from exc
         if out.shape != (1, meta.num_classes):
             raise ModelError(
                 f"{ckpt_path}: network outputs {out.shape[1:]} classes, metadata.json lists {meta.num_classes}"

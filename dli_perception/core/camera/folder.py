@@ -17,7 +17,6 @@ from dli_perception.errors import CameraError, ConfigError
 _LOG = logging.getLogger(__name__)
 
 
-
 class ImageFolderSource(FrameSource):
     """A slideshow of the images in one folder (not recursive), in sorted file-name order.
 

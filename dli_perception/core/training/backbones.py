@@ -134,11 +134,7 @@ def _extract_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
     if isinstance(obj, Mapping):
         for key in ("state_dict", "model"):
             inner = obj.get(key)
-            if (
-                isinstance(inner, Mapping)
-                and inner
-                and all(isinstance(v, torch.Tensor) for v in inner.values())
-            ):
+            if isinstance(inner, Mapping) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
                 obj = inner
                 break
     if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
@@ -186,9 +182,7 @@ def _apply_weights(
             f"weights from {origin} do not fit backbone {backbone!r}: {exc}; pass weights saved from a "
             f"{backbone} model or choose the matching backbone"
         ) from exc
-    missing = [
-        k for k in missing if not (adapted and k in head_keys) and not k.endswith("num_batches_tracked")
-    ]
+    missing = [k for k in missing if not (adapted and k in head_keys) and not k.endswith("num_batches_tracked")]
     if missing or unexpected:
         raise TrainingError(
             f"weights from {origin} do not fit backbone {backbone!r}: missing {missing[:5]}, "
@@ -196,9 +190,7 @@ def _apply_weights(
             "or choose the matching backbone"
         )
     if adapted:
-        logger.info(
-            "%s adapted %s -> %d", spec.head, head_from if head_from is not None else "none", num_classes
-        )
+        logger.info("%s adapted %s -> %d", spec.head, head_from if head_from is not None else "none", num_classes)
     else:
         logger.info("%s loaded with %d classes from %s", spec.head, num_classes, origin)
     return adapted, head_from
@@ -235,9 +227,7 @@ def build_model(
     model = getattr(torchvision.models, spec.constructor)(weights=None)
     head = model.get_submodule(spec.head)
     if not isinstance(head, torch.nn.Linear) or head.in_features != spec.feature_dim:
-        raise TrainingError(
-            f"torchvision's {backbone} has no Linear({spec.feature_dim}, ...) at {spec.head!r}"
-        )
+        raise TrainingError(f"torchvision's {backbone} has no Linear({spec.feature_dim}, ...) at {spec.head!r}")
     _set_head(model, spec.head, torch.nn.Linear(spec.feature_dim, num_classes))
     info = WeightsInfo(source="none", backbone=backbone)
     if weights.lower() == "none":
@@ -281,9 +271,7 @@ def build_model(
             f"'imagenet' to use torchvision's cache ({imagenet_weights_path(backbone)}) or 'none'"
         )
     state = _load_weights_file(path)
-    info = WeightsInfo(
-        source="file", backbone=backbone, path=str(path.resolve()), sha256=fsutil.sha256_file(path)
-    )
+    info = WeightsInfo(source="file", backbone=backbone, path=str(path.resolve()), sha256=fsutil.sha256_file(path))
     info.head_adapted, info.head_from = _apply_weights(model, backbone, state, num_classes, str(path))
     logger.info("%s weights loaded from %s", backbone, path)
     return model, info

@@ -50,9 +50,7 @@ def load_training_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 
     path = Path(path).expanduser()
     if not path.is_file():
-        raise TrainingError(
-            f"checkpoint {path} does not exist; pass the best.pt or last.pt of an earlier run"
-        )
+        raise TrainingError(f"checkpoint {path} does not exist; pass the best.pt or last.pt of an earlier run")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
@@ -80,9 +78,7 @@ def result_from_checkpoint(path: str | os.PathLike) -> TrainResult:
     config = TrainConfig.from_dict(ckpt["config"])
     weights = WeightsInfo(**ckpt["weights"])
     history = [EpochStats(**h) for h in ckpt["history"]]
-    dataset = DatasetSummary(
-        **{k: v for k, v in ckpt["dataset"].items() if k not in ("num_images", "num_skipped")}
-    )
+    dataset = DatasetSummary(**{k: v for k, v in ckpt["dataset"].items() if k not in ("num_images", "num_skipped")})
     confusion = ckpt.get("best_confusion") or []
     return TrainResult(
         model=model_from_checkpoint(ckpt),
@@ -100,7 +96,6 @@ def result_from_checkpoint(path: str | os.PathLike) -> TrainResult:
         dataset=dataset,
         checkpoint_path=str(Path(path).resolve()),
     )
-
 
 
 def _copy_if(state: dict[str, Any], copy: bool) -> dict[str, Any]:
@@ -238,7 +233,6 @@ def _checkpoint_dict(
     }
 
 
-
 def _restore(
     ckpt: Mapping[str, Any], data: TrainData, config: TrainConfig, resume: Any, run: _Run
 ) -> tuple[torch.nn.Module, WeightsInfo, list[EpochStats], _Best, int]:
@@ -249,17 +243,13 @@ def _restore(
             f"{data.classes}; resume needs the same classes (start a new run instead)"
         )
     if ckpt["backbone"] != config.backbone:
-        raise TrainingError(
-            f"checkpoint {resume} is a {ckpt['backbone']} but the config asks for {config.backbone}"
-        )
+        raise TrainingError(f"checkpoint {resume} is a {ckpt['backbone']} but the config asks for {config.backbone}")
     if ckpt["dataset"].get("sha256") != data.summary.sha256:
         logger.warning("the dataset changed since checkpoint %s was written; resuming anyway", resume)
     old = ckpt["config"]
     changed = sorted(k for k, v in config.to_dict().items() if k in old and old[k] != v)
     if changed:
-        logger.warning(
-            "resuming %s with changed options %s: results differ from an uninterrupted run", resume, changed
-        )
+        logger.warning("resuming %s with changed options %s: results differ from an uninterrupted run", resume, changed)
     model, _ = build_model(config.backbone, num_classes=len(data.classes), weights="none")
     model.load_state_dict(ckpt["model"])
     run.finetune_start = int(ckpt["finetune_start"])

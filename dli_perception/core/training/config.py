@@ -115,9 +115,7 @@ class TrainConfig:
             raise ConfigError(f"early_stop_patience must be >= 0 (0 = off), got {self.early_stop_patience}")
         lo, hi = self.crop_scale
         if len(self.crop_scale) != 2 or not 0 < lo <= hi <= 1:
-            raise ConfigError(
-                f"crop_scale must be (min, max) with 0 < min <= max <= 1, got {self.crop_scale}"
-            )
+            raise ConfigError(f"crop_scale must be (min, max) with 0 < min <= max <= 1, got {self.crop_scale}")
         lo, hi = self.crop_ratio
         if len(self.crop_ratio) != 2 or not 0 < lo <= hi:
             raise ConfigError(f"crop_ratio must be (min, max) with 0 < min <= max, got {self.crop_ratio}")

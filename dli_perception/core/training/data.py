@@ -69,8 +69,6 @@ class TrainData:
     summary: DatasetSummary
 
 
-
-
 def _visible(path: Path) -> bool:
     return not path.name.startswith(".")
 
@@ -193,7 +191,6 @@ def load_data(
         len(val),
     )
     return TrainData(classes=classes, train=train, val=val, summary=summary)
-
 
 
 def augment_image(

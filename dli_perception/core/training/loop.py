@@ -101,9 +101,7 @@ def _epoch(
     )
     stop = bool(config.early_stop_patience) and best.bad_epochs >= config.early_stop_patience
     if stop and stage == "head" and config.mode == "head-then-finetune":
-        logger.info(
-            "no better accuracy for %d epochs: the head stage ends, fine-tuning starts", best.bad_epochs
-        )
+        logger.info("no better accuracy for %d epochs: the head stage ends, fine-tuning starts", best.bad_epochs)
         run.finetune_start, best.bad_epochs, stop = epoch + 1, 0, False
     return stats, stop
 

@@ -107,8 +107,7 @@ TRAIN_OPTIONS: tuple[TrainOption, ...] = (
     TrainOption(
         "model_dir",
         "~/dli_models/default",
-        "Model directory written after a successful run (replaced atomically); its path is published on "
-        "model_updated.",
+        "Model directory written after a successful run (replaced atomically); its path is published on model_updated.",
         cli=False,
         check=non_empty,
     ),
@@ -128,7 +127,11 @@ TRAIN_OPTIONS: tuple[TrainOption, ...] = (
     ),
     TrainOption("epochs", _DEFAULTS.epochs, "Epochs in all.", min=1, max=100_000),
     TrainOption(
-        "head_epochs", _DEFAULTS.head_epochs, "Head epochs of head-then-finetune; 0: half of epochs.", min=0, max=100_000
+        "head_epochs",
+        _DEFAULTS.head_epochs,
+        "Head epochs of head-then-finetune; 0: half of epochs.",
+        min=0,
+        max=100_000,
     ),
     TrainOption(
         "batch_size", _DEFAULTS.batch_size, "Images per batch (16 fits a 4 GB Jetson at 224 px).", min=1, max=4096
@@ -161,16 +164,14 @@ TRAIN_OPTIONS: tuple[TrainOption, ...] = (
         _DEFAULTS.download_weights,
         "Download the ImageNet weights when they are not cached (needs network).",
     ),
-    TrainOption("backbone", _DEFAULTS.backbone, "Network whose last layer is replaced.", choices=tuple(sorted(BACKBONES))),
+    TrainOption(
+        "backbone", _DEFAULTS.backbone, "Network whose last layer is replaced.", choices=tuple(sorted(BACKBONES))
+    ),
     TrainOption(
         "image_size", _DEFAULTS.preprocess.size, "Model input size, pixels (square).", min=8, max=4096, flag="--size"
     ),
-    TrainOption(
-        "val_fraction", _DEFAULTS.val_fraction, "Share of each class kept for validation.", min=0.01, max=0.99
-    ),
-    TrainOption(
-        "seed", _DEFAULTS.seed, "Seed of the split, initialisation and augmentation.", min=0, max=2**31 - 1
-    ),
+    TrainOption("val_fraction", _DEFAULTS.val_fraction, "Share of each class kept for validation.", min=0.01, max=0.99),
+    TrainOption("seed", _DEFAULTS.seed, "Seed of the split, initialisation and augmentation.", min=0, max=2**31 - 1),
     TrainOption(
         "early_stop_patience",
         _DEFAULTS.early_stop_patience,

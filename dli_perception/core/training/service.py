@@ -185,7 +185,5 @@ def train_and_export(
     """:func:`train_job` then :func:`export_job`, with torch limited to ``job.torch_threads`` CPU threads."""
     with torch_threads(job.torch_threads):
         result = train_job(job, on_progress=on_progress)
-        exported = export_job(
-            job, result, on_progress=on_progress, export_cancelled=export_cancelled, **export_options
-        )
+        exported = export_job(job, result, on_progress=on_progress, export_cancelled=export_cancelled, **export_options)
     return TrainOutcome(result, exported)
