@@ -121,9 +121,7 @@ def tensorrt_availability(
     try:
         trt = import_module("tensorrt")
     except (ImportError, OSError) as exc:
-        return TensorRTAvailability(
-            False, f"TensorRT is not installed (import tensorrt: {exc}); {INSTALL_HINT}"
-        )
+        return TensorRTAvailability(False, f"TensorRT is not installed (import tensorrt: {exc}); {INSTALL_HINT}")
     version = str(getattr(trt, "__version__", ""))
     missing = [n for n in ("Builder", "OnnxParser", "Runtime") if not hasattr(trt, n)]
     if missing or not version:
@@ -137,9 +135,7 @@ def tensorrt_availability(
         try:
             torch = import_module("torch")
         except (ImportError, OSError) as exc:
-            return TensorRTAvailability(
-                False, f"PyTorch is needed for CUDA buffers ({exc}); {INSTALL_HINT}", version
-            )
+            return TensorRTAvailability(False, f"PyTorch is needed for CUDA buffers ({exc}); {INSTALL_HINT}", version)
         cuda_available = torch.cuda.is_available
     try:
         has_cuda = bool(cuda_available())
@@ -178,9 +174,7 @@ def _cuda_index(device: str) -> int:
     if device.startswith("cuda:") and device[5:].isdigit():
         return int(device[5:])
     if device == "cpu":
-        raise BackendUnavailableError(
-            "TensorRT runs on an NVIDIA GPU only; use onnxruntime or torch for device='cpu'"
-        )
+        raise BackendUnavailableError("TensorRT runs on an NVIDIA GPU only; use onnxruntime or torch for device='cpu'")
     raise ConfigError(f"tensorrt device must be 'auto', 'cuda' or 'cuda:N', got {device!r}")
 
 
@@ -223,9 +217,7 @@ class TensorRTBackend(Backend):
         with torch.cuda.device(self._torch_device):
             self._context = engine.create_execution_context()
             if self._context is None:
-                raise BackendUnavailableError(
-                    "TensorRT could not create an execution context (out of GPU memory?)"
-                )
+                raise BackendUnavailableError("TensorRT could not create an execution context (out of GPU memory?)")
             io_cls = TensorIO if hasattr(engine, "num_io_tensors") else BindingIO
             self._io = io_cls(trt, engine, self._context, metadata.input_name, metadata.output_name)
             self._check_io(trt)
@@ -235,9 +227,7 @@ class TensorRTBackend(Backend):
                 (key.max_batch, metadata.num_classes), dtype=torch.float32, device=self._torch_device
             )
             self._host_in = torch.empty(shape, dtype=torch.float32).pin_memory()
-            self._host_out = torch.empty(
-                (key.max_batch, metadata.num_classes), dtype=torch.float32
-            ).pin_memory()
+            self._host_out = torch.empty((key.max_batch, metadata.num_classes), dtype=torch.float32).pin_memory()
             self._stream = torch.cuda.Stream(device=self._torch_device)
             self._io.bind(self._dev_in.data_ptr(), self._dev_out.data_ptr(), metadata.output_name)
 
@@ -289,9 +279,7 @@ class TensorRTBackend(Backend):
         import torch
 
         if index >= torch.cuda.device_count():
-            raise BackendUnavailableError(
-                f"device cuda:{index} does not exist ({torch.cuda.device_count()} GPUs)"
-            )
+            raise BackendUnavailableError(f"device cuda:{index} does not exist ({torch.cuda.device_count()} GPUs)")
         meta = cls.read_metadata(model_dir)
         check_onnx_integrity(Path(model_dir), meta)
         resolution = V.resolve(model_dir, meta, [V.INT8_QDQ, V.FP16, V.FP32])

@@ -282,14 +282,9 @@ def load_or_build_engine(
         store_engine(cache_dir, key, bytes(data))
     except OSError as exc:
         cached = False
-        log.warning(
-            "cannot cache the TensorRT engine in %s (%s); it will be rebuilt next start", cache_dir, exc
-        )
+        log.warning("cannot cache the TensorRT engine in %s (%s); it will be rebuilt next start", cache_dir, exc)
     engine = deserialize(bytes(data))
     if engine is None:
         evict_engine(cache_dir, key.digest)
-        raise BackendUnavailableError(
-            "TensorRT built an engine it cannot deserialize; check the TensorRT log"
-        )
+        raise BackendUnavailableError("TensorRT built an engine it cannot deserialize; check the TensorRT log")
     return engine, EngineCacheResult(True, engine_path, reason, cached)
-

@@ -136,7 +136,9 @@ def plan_builds(
 
     def int8_qdq() -> None:
         if V.INT8_QDQ not in have:
-            out.skipped.append(f"int8-qdq: {missing.get(V.INT8_QDQ, 'the model directory has no usable INT8 Q/DQ variant')}")
+            out.skipped.append(
+                f"int8-qdq: {missing.get(V.INT8_QDQ, 'the model directory has no usable INT8 Q/DQ variant')}"
+            )
         elif f.int8_flag:
             flags = ("INT8", "FP16") if f.fp16_flag else ("INT8",)
             out.builds.append(BuildPlan("int8-qdq", V.INT8_QDQ, "int8", flags=flags))
