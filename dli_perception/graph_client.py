@@ -2,14 +2,16 @@
 
 :class:`Teacher` talks to ``recorder_node``, ``trainer_node``, ``classifier_node`` and
 ``reaction_node`` over their topics and services only, so it works as well with the nodes in
-another process or on another machine as in this one. It owns a private rclpy ``Context``, one
-node and an executor spinning on a thread of its own: call its methods from any
-thread but that one (they block for at most their deadline).
+another process or on another machine as in this one. It owns a private rclpy ``Context``
+(initialised without signal handlers by :func:`~dli_perception.nodes.runtime.init_rclpy`), one
+node and an executor spinning on a thread of its own (:class:`~dli_perception.nodes.runtime.BackgroundSpin`):
+call its methods from any thread but that one (they block for at most their deadline).
 
 Every action returns a :class:`Reply` whose :class:`Result` tells the caller what happened
 (``SUCCEEDED``, ``REFUSED`` by the node with its reason, ``UNAVAILABLE`` when the node is not on
-the graph, ``TIMED_OUT``, ``INVALID`` input refused before anything was sent); the last failure is
-kept in :attr:`Teacher.last_error`. What the nodes publish is decoded into the typed results of
+the graph, ``TIMED_OUT``, ``INVALID`` input refused before anything was sent; these values live in
+:mod:`dli_perception.graph_client_types` and are re-exported here); the last failure is kept in
+:attr:`Teacher.last_error`. What the nodes publish is decoded into the typed results of
 :mod:`dli_perception.core.contracts` and kept, newest only; ``on_update(kind, value)`` is called
 (on an executor thread) whenever one arrives.
 
@@ -23,99 +25,25 @@ kept in :attr:`Teacher.last_error`. What the nodes publish is decoded into the t
 
 from __future__ import annotations
 
-import enum
-import inspect
 import re
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import Any
 
 from dli_perception.core.contracts import ClassList, Counts, ReactionState, Scores, TrainProgress, TrainStatus
 from dli_perception.errors import BadMessageError, InvalidLabelError
+from dli_perception.graph_client_types import HEALTH_STALE_S, LEVELS, NodeHealth, NodeNames, Reply, Result
+from dli_perception.nodes.runtime import BackgroundSpin, init_rclpy
 
-SPIN_SLICE_S = 0.05
-HEALTH_STALE_S = 3.0
-"""A node whose last ``/diagnostics`` status is older than this is reported stale (it publishes every 1 s)."""
+__all__ = ["HEALTH_STALE_S", "LABEL_REPEAT_S", "LEVELS", "NodeHealth", "NodeNames", "Reply", "Result", "Teacher"]
+
 LABEL_REPEAT_S = 0.3
 """How often :meth:`Teacher.set_label` publishes again until the recorder confirms the label."""
-
-LEVELS = {0: "ok", 1: "warn", 2: "error", 3: "stale"}
-
-
-class Result(enum.Enum):
-    """What became of one request."""
-
-    SUCCEEDED = "succeeded"
-    REFUSED = "refused"  # the node answered no; the message says why
-    UNAVAILABLE = "unavailable"  # the node or its service is not on the graph
-    TIMED_OUT = "timed_out"  # no answer within the deadline
-    INVALID = "invalid"  # refused here before anything was sent (bad input)
-
-
-@dataclass(frozen=True)
-class Reply:
-    """A :class:`Result`, the node's (or our) message, and the file a capture or undo touched."""
-
-    result: Result
-    message: str
-    path: str = ""
-
-    @property
-    def ok(self) -> bool:
-        return self.result is Result.SUCCEEDED
-
-
-@dataclass(frozen=True)
-class NodeHealth:
-    """A node's latest ``/diagnostics`` status: level ``ok``/``warn``/``error``/``stale``, message, values."""
-
-    name: str
-    level: str
-    message: str
-    values: dict[str, str]
-    received: float  # time.monotonic()
-
-    def age_s(self, now: float | None = None) -> float:
-        return (time.monotonic() if now is None else now) - self.received
-
-    def current_level(self, now: float | None = None) -> str:
-        """``level``, or ``gone`` when nothing came for :data:`HEALTH_STALE_S` seconds."""
-        return "gone" if self.age_s(now) > HEALTH_STALE_S else self.level
-
-
-@dataclass(frozen=True)
-class NodeNames:
-    """Names of the nodes the client talks to (change them when the nodes were renamed at launch)."""
-
-    recorder: str = "recorder_node"
-    trainer: str = "trainer_node"
-    classifier: str = "classifier_node"
-    reaction: str = "reaction_node"
-    camera: str = "camera_node"
-
-    def all(self) -> tuple[str, ...]:
-        return (self.camera, self.recorder, self.trainer, self.classifier, self.reaction)
 
 
 _SAVED = re.compile(r"^saved (?P<path>.+) as ['\"]")
 _REMOVED = re.compile(r"^removed (?P<path>.+?) \(")
-
-
-def _init_context():
-    """A private, initialised Context that installs no signal handlers (the caller's process owns them)."""
-    import rclpy
-    from rclpy.context import Context
-
-    ctx = Context()
-    kwargs: dict[str, Any] = {"context": ctx, "args": []}
-    if "signal_handler_options" in inspect.signature(rclpy.init).parameters:
-        from rclpy.signals import SignalHandlerOptions
-
-        kwargs["signal_handler_options"] = SignalHandlerOptions.NO
-    rclpy.init(**kwargs)
-    return ctx
 
 
 class Teacher:
@@ -155,7 +83,12 @@ class Teacher:
 
         # A caller's initialised Context (nodes of the same process then share its participant); else a private one.
         self._owns_context = context is None
-        self.context = _init_context() if context is None else context
+        if context is None:
+            from rclpy.context import Context
+
+            context = Context()
+            init_rclpy([], context=context)  # no signal handlers: the caller's process owns them
+        self.context = context
         from rclpy.node import Node
 
         self.node = Node(node_name, namespace=self.namespace or None, context=self.context)
@@ -199,18 +132,9 @@ class Teacher:
         self._executor.add_node(node)
         self._stop = threading.Event()
         self._interrupted = threading.Event()  # interrupt(): waits end now, spinning goes on
-        self._thread = threading.Thread(target=self._spin, name="dli_teacher_spin", daemon=True)
-        self._thread.start()
+        self._spin = BackgroundSpin(self._executor, self.context, name="dli_teacher_spin")
 
     # -- plumbing -------------------------------------------------------------------------------
-    def _spin(self) -> None:
-        while not self._stop.is_set() and self.context.ok():
-            try:
-                self._executor.spin_once(timeout_sec=SPIN_SLICE_S)
-            except Exception:  # noqa: BLE001 - shutdown races end the loop; anything else is retried
-                if self._stop.is_set() or not self.context.ok():
-                    return
-
     def _decoder(self, kind: str, decode: Callable[[str], Any]) -> Callable[[Any], None]:
         def on_msg(msg: Any) -> None:
             try:
@@ -574,7 +498,7 @@ class Teacher:
         if self._stop.is_set():
             return
         self._stop.set()
-        self._thread.join(timeout=5.0)
+        self._spin.stop(timeout_s=5.0)
         try:
             self._executor.remove_node(self.node)
             self.node.destroy_node()

@@ -1,76 +1,100 @@
 """TensorRT backend: ``model.onnx`` -> serialized engine (FP32/FP16/INT8), cached on disk, run on CUDA streams.
 
-Building an engine takes seconds on a desktop GPU and minutes on a Jetson, so the
-serialized engine is cached as ``<cache_dir>/<key>.engine`` with a JSON sidecar.
-The key is a sha256 over everything that makes an engine valid: the ONNX bytes,
-the TensorRT version, the GPU (name and compute capability), the precision and the
-engine variant (which ONNX variant, built how: see :mod:`.trt_compat`), the batch profile
-and the workspace limit. A start with the same inputs reuses the
-engine; a change in any of them gives a new key and a rebuild; a corrupt or
-mismatching cache entry is evicted and rebuilt. Writes are atomic.
+This module holds whether TensorRT can run here (:func:`tensorrt_availability`) and
+:class:`TensorRTBackend` (load, infer, release). The engine cache (keys, paths,
+sidecars, atomic stores) is :mod:`.trt_cache`; the TensorRT API differences between
+versions (features, build plans, building, running) are :mod:`.trt_compat`. The cache
+names are re-exported here, so ``dli_perception.core.backends.tensorrt`` stays the one
+import for callers.
 
 Everything around the engine (availability, keys, sidecars, lookup, eviction,
 calibration data) is plain Python testable without a GPU; only
-:class:`TensorRTBackend` and :func:`build_engine` need ``tensorrt`` and CUDA.
+:class:`TensorRTBackend` and :func:`~.trt_compat.build_engine` need ``tensorrt`` and CUDA.
 Device buffers are PyTorch CUDA tensors (no pycuda needed), allocated once for
 ``max_batch`` frames.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import importlib
-import json
 import logging
 import os
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 
 from dli_perception.core import variants as V
 from dli_perception.core.backends import calibration as _calibration
-from dli_perception.core.backends.base import (
-    PRECISIONS,
-    Backend,
-    check_io_shape,
-    check_onnx_integrity,
-    check_options,
-)
+from dli_perception.core.backends.base import Backend, check_io_shape, check_onnx_integrity, check_options
 from dli_perception.core.backends.calibration import calibration_batches, calibration_fingerprint
+from dli_perception.core.backends.trt_cache import (
+    CACHE_ENV,
+    CACHE_FORMAT,
+    CALIB_SUFFIX,
+    ENGINE_SUFFIX,
+    SIDECAR_SUFFIX,
+    CacheLookup,
+    EngineCacheResult,
+    EngineKey,
+    default_engine_cache_dir,
+    engine_paths,
+    evict_engine,
+    load_or_build_engine,
+    lookup_engine,
+    onnx_fingerprint,
+    prune_engine_cache,
+    store_engine,
+    validate_sidecar,
+)
 from dli_perception.core.backends.trt_compat import (
-    ENGINE_VARIANTS,
+    BindingIO,
     BuildPlan,
+    TensorIO,
     build_engine,
     features,
     first_that_loads,
     make_calibrator,
+    make_logger,
     plan_builds,
+    tensorrt_major,
 )
-from dli_perception.core.fsutil import atomic_write_bytes, atomic_write_text, sha256_file
 from dli_perception.errors import BackendUnavailableError, ConfigError, DliPerceptionError, ModelError
 
+__all__ = [
+    "CACHE_ENV",
+    "CACHE_FORMAT",
+    "CALIB_SUFFIX",
+    "ENGINE_SUFFIX",
+    "INSTALL_HINT",
+    "SIDECAR_SUFFIX",
+    "CacheLookup",
+    "EngineCacheResult",
+    "EngineKey",
+    "TensorRTAvailability",
+    "TensorRTBackend",
+    "default_engine_cache_dir",
+    "engine_paths",
+    "evict_engine",
+    "load_or_build_engine",
+    "lookup_engine",
+    "onnx_fingerprint",
+    "prune_engine_cache",
+    "store_engine",
+    "tensorrt_availability",
+    "tensorrt_major",
+    "validate_sidecar",
+]
+
 log = logging.getLogger(__name__)
-
-CACHE_FORMAT = 2
-"""Version of the cache layout and key; bump it to invalidate every cached engine."""
-
-ENGINE_SUFFIX = ".engine"
-SIDECAR_SUFFIX = ".json"
-CALIB_SUFFIX = ".calib"
-CACHE_ENV = "DLI_PERCEPTION_ENGINE_CACHE"
 
 INSTALL_HINT = (
     "on a Jetson TensorRT comes with JetPack (apt install python3-libnvinfer, then use the system Python "
     "or a venv with --system-site-packages); on a desktop with an NVIDIA GPU `pip install tensorrt`; "
     "PyTorch with CUDA is needed too (device buffers)"
 )
-
-T = TypeVar("T")
 
 
 # --------------------------------------------------------------------------------------
@@ -127,263 +151,6 @@ def tensorrt_availability(
     return TensorRTAvailability(True, f"TensorRT {version} with a CUDA GPU", version)
 
 
-def tensorrt_major(version: str) -> int:
-    """Major number of a TensorRT version string ("10.3.0.30" -> 10); 0 when unparsable."""
-    try:
-        return int(str(version).split(".")[0])
-    except ValueError:
-        return 0
-
-
-# --------------------------------------------------------------------------------------
-# Cache keys and sidecars
-# --------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class EngineKey:
-    """Everything an engine's validity depends on; :attr:`digest` names its cache file."""
-
-    onnx_sha256: str
-    tensorrt_version: str
-    gpu_name: str
-    compute_capability: str
-    precision: str
-    max_batch: int
-    workspace_bytes: int
-    opt_batch: int = 1
-    calibration_sha256: str = ""
-    variant: str = "fp32"
-    cache_format: int = CACHE_FORMAT
-
-    def __post_init__(self) -> None:
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
-        if self.variant not in ENGINE_VARIANTS:
-            raise ConfigError(f"engine variant must be one of {ENGINE_VARIANTS}, got {self.variant!r}")
-        if not isinstance(self.max_batch, int) or self.max_batch < 1:
-            raise ConfigError(f"max_batch must be an integer >= 1, got {self.max_batch!r}")
-        if not isinstance(self.opt_batch, int) or not 1 <= self.opt_batch <= self.max_batch:
-            raise ConfigError(f"opt_batch must be in [1, max_batch={self.max_batch}], got {self.opt_batch!r}")
-        if not isinstance(self.workspace_bytes, int) or self.workspace_bytes < 1 << 20:
-            raise ConfigError(f"workspace must be at least 1 MiB, got {self.workspace_bytes!r} bytes")
-        if not self.onnx_sha256:
-            raise ConfigError("EngineKey needs the ONNX model's sha256")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> EngineKey:
-        """Inverse of :meth:`to_dict`; :class:`ConfigError` for missing or unknown fields."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        if not isinstance(data, dict) or set(data) != names:
-            got = sorted(data) if isinstance(data, dict) else type(data).__name__
-            raise ConfigError(f"engine key must have exactly the fields {sorted(names)}, got {got}")
-        return cls(**data)
-
-    @property
-    def digest(self) -> str:
-        """sha256 over the canonical JSON of all fields (hex, 64 chars)."""
-        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
-
-
-def onnx_fingerprint(onnx_path: str | os.PathLike) -> str:
-    """sha256 of ``model.onnx``, extended with its external-data file (``model.onnx.data``) when present."""
-    onnx_path = Path(onnx_path)
-    digest = sha256_file(onnx_path)
-    data = onnx_path.with_name(onnx_path.name + ".data")
-    if data.is_file():
-        digest = hashlib.sha256(f"{digest}:{sha256_file(data)}".encode()).hexdigest()
-    return digest
-
-
-def default_engine_cache_dir() -> Path:
-    """``$DLI_PERCEPTION_ENGINE_CACHE``, else ``$XDG_CACHE_HOME/dli_perception/engines`` (``~/.cache`` default)."""
-    env = os.environ.get(CACHE_ENV)
-    if env:
-        return Path(env).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "dli_perception" / "engines"
-
-
-def engine_paths(cache_dir: str | os.PathLike, key: EngineKey) -> tuple[Path, Path]:
-    """``(<cache_dir>/<digest>.engine, <cache_dir>/<digest>.json)``."""
-    cache_dir = Path(cache_dir)
-    return cache_dir / f"{key.digest}{ENGINE_SUFFIX}", cache_dir / f"{key.digest}{SIDECAR_SUFFIX}"
-
-
-def validate_sidecar(sidecar_path: Path, key: EngineKey, engine_path: Path) -> str | None:
-    """Why the cached engine for ``key`` must not be used, or ``None`` when sidecar and engine check out.
-
-    Checks: sidecar present and valid JSON, every key field equal, engine present
-    with the recorded size and sha256 (a truncated or altered engine is never loaded).
-    """
-    try:
-        data = json.loads(sidecar_path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return "no sidecar beside the engine"
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        return f"sidecar is unreadable ({exc})"
-    if not isinstance(data, dict) or not isinstance(data.get("key"), dict):
-        return "sidecar has no 'key' object"
-    expected = key.to_dict()
-    diffs = [
-        f"{name}: cached {data['key'].get(name)!r} != wanted {value!r}"
-        for name, value in expected.items()
-        if data["key"].get(name) != value
-    ]
-    extra = sorted(set(data["key"]) - set(expected))
-    if diffs or extra:
-        return "sidecar does not match (" + "; ".join(diffs + [f"unexpected field {e}" for e in extra]) + ")"
-    if data.get("digest") != key.digest:
-        return "sidecar digest does not match its key"
-    try:
-        size = engine_path.stat().st_size
-    except FileNotFoundError:
-        return "engine file is missing"
-    if size != data.get("engine_bytes"):
-        return f"engine file has {size} bytes, sidecar recorded {data.get('engine_bytes')} (truncated?)"
-    if sha256_file(engine_path) != data.get("engine_sha256"):
-        return "engine file content differs from the sidecar's sha256 (corrupt)"
-    return None
-
-
-@dataclass(frozen=True)
-class CacheLookup:
-    """Result of :func:`lookup_engine`: ``hit`` or the ``reason`` it missed."""
-
-    hit: bool
-    engine_path: Path
-    sidecar_path: Path
-    reason: str
-
-
-def evict_engine(cache_dir: str | os.PathLike, digest: str) -> list[Path]:
-    """Delete the engine, sidecar and calibration cache named ``digest``; returns what was removed."""
-    removed = []
-    for suffix in (SIDECAR_SUFFIX, ENGINE_SUFFIX, CALIB_SUFFIX):
-        path = Path(cache_dir) / f"{digest}{suffix}"
-        try:
-            path.unlink()
-            removed.append(path)
-        except FileNotFoundError:
-            pass
-    return removed
-
-
-def lookup_engine(cache_dir: str | os.PathLike, key: EngineKey) -> CacheLookup:
-    """Find a valid cached engine for ``key``; an invalid entry is evicted so it gets rebuilt."""
-    engine_path, sidecar_path = engine_paths(cache_dir, key)
-    if not engine_path.exists() and not sidecar_path.exists():
-        return CacheLookup(False, engine_path, sidecar_path, "no cached engine for this key")
-    reason = validate_sidecar(sidecar_path, key, engine_path)
-    if reason is None:
-        try:
-            os.utime(engine_path)  # mark as recently used for prune_engine_cache
-        except OSError:
-            pass
-        return CacheLookup(True, engine_path, sidecar_path, "cached engine is valid")
-    log.warning("evicting cached TensorRT engine %s: %s", engine_path.name, reason)
-    evict_engine(cache_dir, key.digest)
-    return CacheLookup(False, engine_path, sidecar_path, reason)
-
-
-def store_engine(cache_dir: str | os.PathLike, key: EngineKey, engine: bytes) -> Path:
-    """Write the engine, then its sidecar, each atomically; returns the engine path.
-
-    The sidecar goes last, so a crash in between leaves an engine without sidecar,
-    which :func:`lookup_engine` treats as a miss.
-    """
-    if not engine:
-        raise ConfigError("refusing to cache an empty engine")
-    cache_dir = Path(cache_dir)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    engine_path, sidecar_path = engine_paths(cache_dir, key)
-    atomic_write_bytes(engine_path, engine)
-    sidecar = {
-        "key": key.to_dict(),
-        "digest": key.digest,
-        "engine_sha256": hashlib.sha256(engine).hexdigest(),
-        "engine_bytes": len(engine),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-    atomic_write_text(sidecar_path, json.dumps(sidecar, indent=2, sort_keys=True) + "\n")
-    return engine_path
-
-
-def prune_engine_cache(cache_dir: str | os.PathLike, keep: int = 8) -> list[Path]:
-    """Keep the ``keep`` most recently used engines, delete older ones and orphan sidecars; returns removed."""
-    cache_dir = Path(cache_dir)
-    if keep < 0:
-        raise ConfigError(f"keep must be >= 0, got {keep}")
-    if not cache_dir.is_dir():
-        return []
-    engines = sorted(cache_dir.glob(f"*{ENGINE_SUFFIX}"), key=lambda p: p.stat().st_mtime, reverse=True)
-    removed: list[Path] = []
-    for old in engines[keep:]:
-        removed += evict_engine(cache_dir, old.name[: -len(ENGINE_SUFFIX)])
-    for sidecar in cache_dir.glob(f"*{SIDECAR_SUFFIX}"):
-        if not sidecar.with_suffix(ENGINE_SUFFIX).exists():
-            removed += evict_engine(cache_dir, sidecar.name[: -len(SIDECAR_SUFFIX)])
-    return removed
-
-
-@dataclass(frozen=True)
-class EngineCacheResult:
-    """How :func:`load_or_build_engine` got its engine: from the cache or ``built``, and why."""
-
-    built: bool
-    engine_path: Path
-    reason: str
-    cached: bool = True
-
-
-def load_or_build_engine(
-    cache_dir: str | os.PathLike,
-    key: EngineKey,
-    build: Callable[[], bytes],
-    deserialize: Callable[[bytes], T | None],
-    *,
-    rebuild: bool = False,
-) -> tuple[T, EngineCacheResult]:
-    """Deserialize the cached engine for ``key``, or ``build()`` one, store it and deserialize that.
-
-    ``build`` runs exactly when there is no valid cache entry (or ``rebuild``), and
-    again when a cached engine fails to deserialize. An unwritable cache directory
-    only costs the cache (logged). Raises :class:`BackendUnavailableError` when the
-    build returns nothing or its engine cannot be deserialized.
-    """
-    engine_path, _ = engine_paths(cache_dir, key)
-    if rebuild:
-        evict_engine(cache_dir, key.digest)
-        reason = "rebuild requested"
-    else:
-        lookup = lookup_engine(cache_dir, key)
-        reason = lookup.reason
-        if lookup.hit:
-            engine = deserialize(engine_path.read_bytes())
-            if engine is not None:
-                return engine, EngineCacheResult(False, engine_path, reason)
-            reason = "cached engine could not be deserialized"
-            log.warning("evicting %s: %s", engine_path.name, reason)
-            evict_engine(cache_dir, key.digest)
-    log.info("building TensorRT engine %s (%s); this takes minutes on a Jetson", engine_path.name, reason)
-    data = build()
-    if not data:
-        raise BackendUnavailableError("TensorRT returned no engine; see the TensorRT log messages above")
-    cached = True
-    try:
-        store_engine(cache_dir, key, bytes(data))
-    except OSError as exc:
-        cached = False
-        log.warning("cannot cache the TensorRT engine in %s (%s); it will be rebuilt next start", cache_dir, exc)
-    engine = deserialize(bytes(data))
-    if engine is None:
-        evict_engine(cache_dir, key.digest)
-        raise BackendUnavailableError("TensorRT built an engine it cannot deserialize; check the TensorRT log")
-    return engine, EngineCacheResult(True, engine_path, reason, cached)
-
-
 # --------------------------------------------------------------------------------------
 # TensorRT proper (needs tensorrt + CUDA)
 # --------------------------------------------------------------------------------------
@@ -394,73 +161,6 @@ def _import_tensorrt():
     import tensorrt
 
     return tensorrt
-
-
-def _make_logger(trt):
-    """A TensorRT logger that forwards to Python logging (so ROS nodes see build messages)."""
-    sev = trt.ILogger.Severity
-    levels = {
-        sev.INTERNAL_ERROR: logging.CRITICAL,
-        sev.ERROR: logging.ERROR,
-        sev.WARNING: logging.WARNING,
-        sev.INFO: logging.DEBUG,
-        sev.VERBOSE: logging.DEBUG,
-    }
-
-    class _Bridge(trt.ILogger):
-        def __init__(self) -> None:
-            trt.ILogger.__init__(self)
-
-        def log(self, severity, msg) -> None:
-            log.log(levels.get(severity, logging.INFO), "TensorRT: %s", msg)
-
-    return _Bridge()
-
-
-class _TensorIO:
-    """Named-tensor execution (TensorRT >= 8.5): set_input_shape / set_tensor_address / execute_async_v3."""
-
-    def __init__(self, trt, engine, context, in_name: str, out_name: str) -> None:
-        self.context, self.in_name = context, in_name
-        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
-        mode = trt.TensorIOMode.INPUT
-        self.inputs = [n for n in names if engine.get_tensor_mode(n) == mode]
-        self.outputs = [n for n in names if engine.get_tensor_mode(n) != mode]
-        self.in_shape = tuple(engine.get_tensor_shape(in_name)) if in_name in self.inputs else ()
-        self.out_shape = tuple(engine.get_tensor_shape(out_name)) if out_name in self.outputs else ()
-        self.dtypes = {n: engine.get_tensor_dtype(n) for n in names}
-
-    def bind(self, in_ptr: int, out_ptr: int, out_name: str) -> None:
-        self.context.set_tensor_address(self.in_name, in_ptr)
-        self.context.set_tensor_address(out_name, out_ptr)
-
-    def run(self, shape: tuple[int, ...], stream_handle: int) -> bool:
-        self.context.set_input_shape(self.in_name, shape)
-        return bool(self.context.execute_async_v3(stream_handle))
-
-
-class _BindingIO:
-    """Binding-index execution for TensorRT 8.0-8.4: set_binding_shape / execute_async_v2."""
-
-    def __init__(self, trt, engine, context, in_name: str, out_name: str) -> None:
-        self.context = context
-        names = [engine.get_binding_name(i) for i in range(engine.num_bindings)]
-        self.inputs = [n for i, n in enumerate(names) if engine.binding_is_input(i)]
-        self.outputs = [n for i, n in enumerate(names) if not engine.binding_is_input(i)]
-        self.in_index = names.index(in_name) if in_name in names else -1
-        self.out_index = names.index(out_name) if out_name in names else -1
-        self.in_shape = tuple(engine.get_binding_shape(self.in_index)) if self.in_index >= 0 else ()
-        self.out_shape = tuple(engine.get_binding_shape(self.out_index)) if self.out_index >= 0 else ()
-        self.dtypes = {n: engine.get_binding_dtype(i) for i, n in enumerate(names)}
-        self.bindings = [0] * len(names)
-
-    def bind(self, in_ptr: int, out_ptr: int, out_name: str) -> None:
-        self.bindings[self.in_index] = in_ptr
-        self.bindings[self.out_index] = out_ptr
-
-    def run(self, shape: tuple[int, ...], stream_handle: int) -> bool:
-        self.context.set_binding_shape(self.in_index, shape)
-        return bool(self.context.execute_async_v2(self.bindings, stream_handle))
 
 
 def _fatal_for(plan: BuildPlan, exc: Exception) -> bool:
@@ -518,7 +218,7 @@ class TensorRTBackend(Backend):
             self._context = engine.create_execution_context()
             if self._context is None:
                 raise BackendUnavailableError("TensorRT could not create an execution context (out of GPU memory?)")
-            io_cls = _TensorIO if hasattr(engine, "num_io_tensors") else _BindingIO
+            io_cls = TensorIO if hasattr(engine, "num_io_tensors") else BindingIO
             self._io = io_cls(trt, engine, self._context, metadata.input_name, metadata.output_name)
             self._check_io(trt)
             shape = (key.max_batch, *metadata.preprocess.input_shape)
@@ -646,7 +346,7 @@ class TensorRTBackend(Backend):
                 variant=plan.engine_variant,
             )
             cache = settings["cache"]
-            logger = _make_logger(trt)
+            logger = make_logger(trt)
             runtime = trt.Runtime(logger)
             tdev = torch.device("cuda", index)
 

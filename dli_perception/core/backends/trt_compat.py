@@ -18,7 +18,9 @@ variants into engines to try, best first:
 - fp32.
 
 The backend builds them in that order and serves the first that builds, saying why the
-others were passed over.
+others were passed over. Running an engine differs too: :class:`TensorIO` (named tensors,
+8.5 and newer) and :class:`BindingIO` (binding indices, 8.0-8.4) give the backend one
+interface to both.
 """
 
 from __future__ import annotations
@@ -43,7 +45,8 @@ ENGINE_VARIANTS = ("int8-qdq", "fp16", "fp16-onnx", "int8-calibrated", "fp32")
 """Engine kinds: part of the engine cache key."""
 
 
-def _major(version: str) -> int:
+def tensorrt_major(version: str) -> int:
+    """Major number of a TensorRT version string ("10.3.0.30" -> 10); 0 when unparsable."""
     try:
         return int(str(version).split(".")[0])
     except ValueError:
@@ -65,7 +68,7 @@ class TrtFeatures:
 
     @property
     def major(self) -> int:
-        return _major(self.version)
+        return tensorrt_major(self.version)
 
 
 def features(trt: Any) -> TrtFeatures:
@@ -80,8 +83,8 @@ def features(trt: Any) -> TrtFeatures:
         fp16_flag=hasattr(flags, "FP16"),
         int8_flag=int8_flag,
         # 11.x networks are strongly typed whether or not the flag is still spelled out
-        strongly_typed=hasattr(ndcf, "STRONGLY_TYPED") or _major(version) >= 11,
-        explicit_batch_flag=hasattr(ndcf, "EXPLICIT_BATCH") and _major(version) < 10,
+        strongly_typed=hasattr(ndcf, "STRONGLY_TYPED") or tensorrt_major(version) >= 11,
+        explicit_batch_flag=hasattr(ndcf, "EXPLICIT_BATCH") and tensorrt_major(version) < 10,
         calibrator=int8_flag and hasattr(trt, "IInt8EntropyCalibrator2"),
         calibration_profile=hasattr(config_cls, "set_calibration_profile"),
         memory_pool_limit=hasattr(config_cls, "set_memory_pool_limit"),
@@ -297,3 +300,70 @@ def build_engine(
         )
     log.info("built TensorRT %s in %.1f s", plan.describe(), time.monotonic() - started)
     return bytes(serialized)
+
+
+def make_logger(trt):
+    """A TensorRT logger that forwards to Python logging (so ROS nodes see build messages)."""
+    sev = trt.ILogger.Severity
+    levels = {
+        sev.INTERNAL_ERROR: logging.CRITICAL,
+        sev.ERROR: logging.ERROR,
+        sev.WARNING: logging.WARNING,
+        sev.INFO: logging.DEBUG,
+        sev.VERBOSE: logging.DEBUG,
+    }
+
+    class _Bridge(trt.ILogger):
+        def __init__(self) -> None:
+            trt.ILogger.__init__(self)
+
+        def log(self, severity, msg) -> None:
+            log.log(levels.get(severity, logging.INFO), "TensorRT: %s", msg)
+
+    return _Bridge()
+
+
+class TensorIO:
+    """Named-tensor execution (TensorRT >= 8.5): set_input_shape / set_tensor_address / execute_async_v3."""
+
+    def __init__(self, trt, engine, context, in_name: str, out_name: str) -> None:
+        self.context, self.in_name = context, in_name
+        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+        mode = trt.TensorIOMode.INPUT
+        self.inputs = [n for n in names if engine.get_tensor_mode(n) == mode]
+        self.outputs = [n for n in names if engine.get_tensor_mode(n) != mode]
+        self.in_shape = tuple(engine.get_tensor_shape(in_name)) if in_name in self.inputs else ()
+        self.out_shape = tuple(engine.get_tensor_shape(out_name)) if out_name in self.outputs else ()
+        self.dtypes = {n: engine.get_tensor_dtype(n) for n in names}
+
+    def bind(self, in_ptr: int, out_ptr: int, out_name: str) -> None:
+        self.context.set_tensor_address(self.in_name, in_ptr)
+        self.context.set_tensor_address(out_name, out_ptr)
+
+    def run(self, shape: tuple[int, ...], stream_handle: int) -> bool:
+        self.context.set_input_shape(self.in_name, shape)
+        return bool(self.context.execute_async_v3(stream_handle))
+
+
+class BindingIO:
+    """Binding-index execution for TensorRT 8.0-8.4: set_binding_shape / execute_async_v2."""
+
+    def __init__(self, trt, engine, context, in_name: str, out_name: str) -> None:
+        self.context = context
+        names = [engine.get_binding_name(i) for i in range(engine.num_bindings)]
+        self.inputs = [n for i, n in enumerate(names) if engine.binding_is_input(i)]
+        self.outputs = [n for i, n in enumerate(names) if not engine.binding_is_input(i)]
+        self.in_index = names.index(in_name) if in_name in names else -1
+        self.out_index = names.index(out_name) if out_name in names else -1
+        self.in_shape = tuple(engine.get_binding_shape(self.in_index)) if self.in_index >= 0 else ()
+        self.out_shape = tuple(engine.get_binding_shape(self.out_index)) if self.out_index >= 0 else ()
+        self.dtypes = {n: engine.get_binding_dtype(i) for i, n in enumerate(names)}
+        self.bindings = [0] * len(names)
+
+    def bind(self, in_ptr: int, out_ptr: int, out_name: str) -> None:
+        self.bindings[self.in_index] = in_ptr
+        self.bindings[self.out_index] = out_ptr
+
+    def run(self, shape: tuple[int, ...], stream_handle: int) -> bool:
+        self.context.set_binding_shape(self.in_index, shape)
+        return bool(self.context.execute_async_v2(self.bindings, stream_handle))
