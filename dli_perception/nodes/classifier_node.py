@@ -1,10 +1,11 @@
 """classifier_node: classifies the newest camera frame and says what it sees.
 
-Threads: the executor only runs callbacks that store things (the newest frame, a model
-request, parameter changes) and the diagnostics timer; a **worker** thread classifies the
-newest stored frame (``to_rgb8`` -> the model's own preprocessing -> backend -> decision
-filter) and publishes; a **loader** thread loads models, so a model load (seconds; minutes for
-a TensorRT engine build) never stops classification.
+The work is :class:`~dli_perception.core.live_classifier.LiveClassifier`'s; this node wires
+parameters, topics and diagnostics to it. Threads: the executor only runs callbacks that store
+things (a model request, parameter changes) and the diagnostics timer; the core's **worker**
+thread classifies the newest stored frame (``to_rgb8`` -> the model's own preprocessing ->
+backend -> decision filter) and publishes through this node; its **loader** thread loads models,
+so a model load (seconds; minutes for a TensorRT engine build) never stops classification.
 
 Frames are never queued: the subscription (sensor-data QoS, depth 1) stores the newest frame
 in a single slot; a frame replaced before the worker took it is counted as dropped. The worker
