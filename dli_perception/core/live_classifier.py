@@ -210,9 +210,14 @@ class LiveClassifier:
         """Frames stored and not yet taken by the worker: 0 or 1, never more."""
         return 0 if self._pending is None else 1
 
+    @property
+    def load_pending(self) -> bool:
+        """A load is asked for and not finished (the loader is at it, or has yet to start it)."""
+        return self.loading or self._load_request is not None
+
     def status(self) -> str:
         """``serving``, ``loading``, ``waiting for a model`` or ``load failed`` (plus what still serves)."""
-        busy = self.loading or self._load_request is not None or self._staged is not None
+        busy = self.load_pending or self._staged is not None
         if self.model is None:
             if busy:
                 return "loading"

@@ -115,7 +115,7 @@ def test_hot_swap_keeps_serving_when_a_model_is_refused(rig, models):
     assert rig.classes[-1].names == ("red", "green", "blue")
     assert rig.classify("red", 1).scores.label == "red"
     rig.core.request_load(str(models["corrupt"]), ONNX, "test", context="mine")
-    assert wait_until(lambda: rig.core.stats.load_failures == 1 and not rig.core.loading)
+    assert wait_until(lambda: rig.core.stats.load_failures == 1 and not rig.core.load_pending)
     assert [r.context for r in rig.failed] == ["mine"]  # the requester hears of it, with its own context
     assert "ModelError" in rig.core.last_load_error and str(models["corrupt"]) in rig.core.last_error
     assert rig.core.status() == "load failed; previous model serving"
