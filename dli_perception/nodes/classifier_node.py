@@ -103,8 +103,7 @@ PARAMS = [
     Param(
         "threads",
         0,
-        "CPU threads for inference (onnxruntime intra-op; torch: its thread pool); "
-        "0 = the library's default.",
+        "CPU threads for inference (onnxruntime intra-op; torch: its thread pool); 0 = the library's default.",
         min=0,
         max=256,
     ),
@@ -253,11 +252,7 @@ class ClassifierNode(Node):
             except Exception as exc:  # noqa: BLE001 - an rclpy without this wait-set API: the executor delivers
                 self.get_logger().info(f"frames delivered by the executor ({type(exc).__name__}: {exc})")
         self._feed = self.core.feed = SubscriptionFeed(gate, self.image_sub, self.on_image, waiter)
-        images = (
-            self.image_sub.topic_name
-            if self.image_sub is not None
-            else f"{self._local_images.name} (in-process)"
-        )
+        images = self.image_sub.topic_name if self.image_sub is not None else f"{self._local_images.name} (in-process)"
         self.model_sub = self.create_subscription(String, "model_updated", self.on_model_updated, EVENTS)
         self.diagnostics = DiagnosticsPublisher(self, self._diagnostics, hardware_id="classifier")
 
@@ -269,9 +264,7 @@ class ClassifierNode(Node):
                 "no model_dir set: waiting for a model directory on "
                 f"{self.model_sub.topic_name} (or set the model_dir parameter)"
             )
-        self.get_logger().info(
-            f"classifying {images} -> {self.label_pub.topic_name}, {self.scores_pub.topic_name}"
-        )
+        self.get_logger().info(f"classifying {images} -> {self.label_pub.topic_name}, {self.scores_pub.topic_name}")
 
     # -- what the core holds, as node attributes (diagnostics and tests read them) ---------------
     @property

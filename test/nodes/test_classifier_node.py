@@ -67,21 +67,15 @@ class Graph:
     """The classifier node, a frame/model publisher and collectors, all in one private context."""
 
     def __init__(self, context, spinner: Spinner, **params) -> None:
-        overrides = [
-            Parameter(k, value=v) for k, v in {"backend": "onnxruntime", "threads": 1, **params}.items()
-        ]
+        overrides = [Parameter(k, value=v) for k, v in {"backend": "onnxruntime", "threads": 1, **params}.items()]
         self.spinner = spinner
         self.node = spinner.add(ClassifierNode(context=context, parameter_overrides=overrides))
         self.source = spinner.add(Node("frame_source", context=context))
         self.image_pub = self.source.create_publisher(Image, "image_raw", SENSOR_DATA)
         self.model_pub = self.source.create_publisher(String, "model_updated", EVENTS)
         self.labels = spinner.add(Collector(context, String, "label", EVENTS, name="labels"))
-        self.scores = spinner.add(
-            Collector(context, String, "/classifier_node/scores", EVENTS, name="scores")
-        )
-        self.classes = spinner.add(
-            Collector(context, String, "/classifier_node/classes", LATCHED, name="classes")
-        )
+        self.scores = spinner.add(Collector(context, String, "/classifier_node/scores", EVENTS, name="scores"))
+        self.classes = spinner.add(Collector(context, String, "/classifier_node/classes", LATCHED, name="classes"))
         self.diags = spinner.add(Collector(context, DiagnosticArray, "/diagnostics", EVENTS, name="diags"))
 
     def ready(self) -> None:
@@ -186,9 +180,7 @@ def test_labels_scores_stamps_and_frame_ids(graph, models):
     assert wait_for(lambda: g.labels.count() == len(frames), DEADLINE)
     assert [m.data for m in g.labels.msgs] == [c for c, _, _ in frames]
     assert g.node.classified == len(frames) and g.node.bad == 0
-    assert wait_for(
-        lambda: (g.latest_diagnostics() or {}).get("frames_classified") == str(len(frames)), DEADLINE
-    )
+    assert wait_for(lambda: (g.latest_diagnostics() or {}).get("frames_classified") == str(len(frames)), DEADLINE)
     diag = g.latest_diagnostics()
     assert diag["status"] == "serving" and diag["backend"] == "onnxruntime" and diag["device"] == "cpu"
     assert diag["model_dir"] == str(models["a"]) and diag["classes"] == ",".join(CLASSES_A)
@@ -209,9 +201,7 @@ def test_smoothing_threshold_and_hysteresis(graph, models, hysteresis, expected)
         unknown_label="nothing",
     )
     g.ready()
-    labels = [
-        g.classify(solid(c), 10 + i)["label"] for i, c in enumerate(["red", "red", "green", "green", "green"])
-    ]
+    labels = [g.classify(solid(c), 10 + i)["label"] for i, c in enumerate(["red", "red", "green", "green", "green"])]
     # EMA 0.5: after two red frames the first green frame leaves red and green at 0.5 each: below the
     # threshold, but not below threshold - hysteresis when hysteresis is 0.2.
     assert labels == expected
@@ -222,9 +212,7 @@ def test_overlay_only_when_subscribed(graph, models, ros_context):
     g.ready()
     g.classify(solid("red"), 1)
     assert g.node.overlays == 0  # nobody subscribed: nothing drawn
-    overlays = g.spinner.add(
-        Collector(ros_context, Image, "/classifier_node/overlay", SENSOR_DATA, name="overlays")
-    )
+    overlays = g.spinner.add(Collector(ros_context, Image, "/classifier_node/overlay", SENSOR_DATA, name="overlays"))
     assert wait_for(lambda: g.node.overlay_pub.get_subscription_count() > 0, DEADLINE)
     stamp = 2_000_000_007
     g.classify(solid("blue", 60, 80), stamp, frame_id="overlay_cam")
@@ -286,15 +274,9 @@ def test_hot_reload_by_topic_and_parameter(graph, models):
     assert wait_for(lambda: g.node.load_failures == 1 and not g.node.loading, DEADLINE)
     assert g.classify(solid("magenta"), 3)["label"] == "magenta"
     assert g.node.status() == "load failed; previous model serving"
-    assert wait_for(
-        lambda: str(models["corrupt"]) in (g.latest_diagnostics() or {}).get("last_error", ""), DEADLINE
-    )
+    assert wait_for(lambda: str(models["corrupt"]) in (g.latest_diagnostics() or {}).get("last_error", ""), DEADLINE)
     diag = g.latest_diagnostics()
-    assert (
-        diag["level"] == b"\x01"
-        and "ModelError" in diag["last_error"]
-        and diag["model_dir"] == str(models["b"])
-    )
+    assert diag["level"] == b"\x01" and "ModelError" in diag["last_error"] and diag["model_dir"] == str(models["b"])
 
     # A parameter change (through the node's parameter services, as `ros2 param set` does) loads in
     # the background; a successful load clears the error, in the node and in diagnostics.
@@ -476,9 +458,7 @@ def best_schedule_agreement(stamps_s: list[float], labels: list[str]) -> float:
     t0 = min(stamps_s)
     best = 0.0
     for start in np.arange(t0 - cycle, t0, 0.01):
-        expected = [
-            CAMERA_CLASSES[math.floor((t - start) / SCENE_PERIOD_S) % len(CAMERA_CLASSES)] for t in stamps_s
-        ]
+        expected = [CAMERA_CLASSES[math.floor((t - start) / SCENE_PERIOD_S) % len(CAMERA_CLASSES)] for t in stamps_s]
         best = max(best, float(np.mean([e == lab for e, lab in zip(expected, labels, strict=True)])))
     return best
 
@@ -519,9 +499,7 @@ def test_camera_to_classifier_across_processes(node_process, ros_context, traine
             return len(stamps) > 10 and (max(stamps) - min(stamps)) / 1e9 >= 3 * 2 * SCENE_PERIOD_S
 
         ok = wait_for(enough, 90.0, interval=0.2)
-        assert ok, (
-            f"{scores.count()} results\n--- camera:\n{camera.output()}\n--- classifier:\n{classifier.output()}"
-        )
+        assert ok, f"{scores.count()} results\n--- camera:\n{camera.output()}\n--- classifier:\n{classifier.output()}"
     results = [json.loads(m.data) for m in list(scores.msgs)]
     for proc in (classifier, camera):
         assert stop_and_check(proc, "int") == 0, proc.output()

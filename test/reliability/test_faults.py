@@ -101,9 +101,7 @@ def test_camera_source_vanishing_and_returning_is_reported_and_frames_resume(ros
         "reconnect.initial_s": 0.05,
         "reconnect.max_s": 0.2,
     }
-    camera = CameraNode(
-        context=ros_context, parameter_overrides=[Parameter(k, value=v) for k, v in params.items()]
-    )
+    camera = CameraNode(context=ros_context, parameter_overrides=[Parameter(k, value=v) for k, v in params.items()])
     images = Collector(ros_context, Image, "image_raw", SENSOR_DATA, name="images")
     diags = Collector(ros_context, DiagnosticArray, "/diagnostics", EVENTS, name="diags")
     source = camera._source
@@ -193,9 +191,7 @@ CORRUPTIONS = [
 ]
 
 
-def test_serving_model_dir_corrupted_in_place_is_refused_and_the_old_model_keeps_serving(
-    ros_context, tmp_path, models
-):
+def test_serving_model_dir_corrupted_in_place_is_refused_and_the_old_model_keeps_serving(ros_context, tmp_path, models):
     serving = tmp_path / "serving"
     _install(models["a"], serving)
     with Spinner(ros_context, threads=3) as spinner:
@@ -217,9 +213,7 @@ def test_serving_model_dir_corrupted_in_place_is_refused_and_the_old_model_keeps
             result = rig.classify(solid(colour), next(stamp))
             assert result["label"] == colour and set(result["scores"]) == set(serving_classes), (kind, result)
             if n == 1:  # reported: WARN, the error, the model still serving
-                assert wait_for(
-                    lambda: (rig.diagnostics() or {}).get("model_load_failures") == "1", DEADLINE_S
-                )
+                assert wait_for(lambda: (rig.diagnostics() or {}).get("model_load_failures") == "1", DEADLINE_S)
                 diag = rig.diagnostics()
                 assert diag["level"] == b"\x01" and str(serving) in diag["last_error"], (kind, diag)
                 assert diag["classes"] == ",".join(serving_classes)
@@ -320,9 +314,7 @@ def train_dataset(tmp_path_factory) -> Path:
 
 def test_trainer_sigkilled_mid_epoch_resumes_from_its_checkpoint(ros_context, train_dataset, tmp_path):
     pytest.importorskip("torch")
-    figures = trainer_crash_and_resume(
-        ros_context, tmp_path, train_dataset, TRAIN_PARAMS, kill_epoch=2, ns=_ns()
-    )
+    figures = trainer_crash_and_resume(ros_context, tmp_path, train_dataset, TRAIN_PARAMS, kill_epoch=2, ns=_ns())
     assert figures["completed_before_kill"] >= 1, figures
     # benchmarks/reliability.py also trains the uninterrupted twin: the resumed weights are bit-identical.
 
@@ -361,16 +353,16 @@ def test_disk_full_while_recording_refuses_reports_stays_up_and_recovers(ros_con
         stamp = iter(range(1_000_000_000, 2_000_000_000))
 
         def noise_frame() -> None:  # incompressible 48x64 frames: ~9 kB each as PNG
-            teacher.image_pub.publish(
-                frame_msg(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8), next(stamp))
-            )
+            teacher.image_pub.publish(frame_msg(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8), next(stamp)))
 
         with Spinner(ros_context, recorder, teacher, threads=4):
             teacher.teach("road")
             assert teacher.set_recording(True).success
-            assert wait_for(
-                lambda: (noise_frame(), recorder.refused["dataset_error"] >= 3)[1], 60.0, interval=0.02
-            ), (recorder.saved, recorder.refused, recorder.last_error)
+            assert wait_for(lambda: (noise_frame(), recorder.refused["dataset_error"] >= 3)[1], 60.0, interval=0.02), (
+                recorder.saved,
+                recorder.refused,
+                recorder.last_error,
+            )
             saved_when_full = recorder.saved
             assert saved_when_full >= 3 and "disk is full" in recorder.last_error
             # Still up: frames are received, a manual capture is answered with the reason.
@@ -381,7 +373,9 @@ def test_disk_full_while_recording_refuses_reports_stays_up_and_recovers(ros_con
             assert wait_for(lambda: "disk is full" in teacher.diag("message"), DEADLINE_S), teacher.diags[-1:]
             full = [d for d in list(teacher.diags) if "disk is full" in d.get("message", "")]
             assert all(d["level"] == b"\x01" for d in full), full[-3:]  # every report of it is a warning
-            assert wait_for(lambda: int(teacher.diag("refused_dataset_error", "0")) >= 3, DEADLINE_S), teacher.diags[-1:]
+            assert wait_for(lambda: int(teacher.diag("refused_dataset_error", "0")) >= 3, DEADLINE_S), teacher.diags[
+                -1:
+            ]
             assert teacher.set_recording(False).success
             assert wait_for(lambda: recorder._queue.qsize() == 0, DEADLINE_S)
             assert assert_manifest_matches_files(root) == Counter({"road": recorder.saved})
@@ -447,9 +441,7 @@ def test_sigterm_to_every_node_of_a_running_pipeline_exits_cleanly_with_a_final_
 
     with Spinner(ros_context, driver, cmds, counts, progress):
         for client in (recording, train):
-            assert client.wait_for_service(timeout_sec=DISCOVERY_S), {
-                k: p.output()[-2000:] for k, p in procs.items()
-            }
+            assert client.wait_for_service(timeout_sec=DISCOVERY_S), {k: p.output()[-2000:] for k, p in procs.items()}
         recording.call_async(SetBool.Request(data=True))
         train.call_async(Trigger.Request())
         # Everything is busy: the robot drives on the labels, frames are recorded, a model trains.
