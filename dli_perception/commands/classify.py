@@ -88,22 +88,15 @@ def _batches(files: Sequence[Path], size: int) -> Iterator[Sequence[Path]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dli_perception.core.backends.select import create_backend
+    from dli_perception.core.backend_options import BackendOptions
     from dli_perception.core.imagefiles import decode_rgb
 
     if args.batch_size < 1 or args.top_k < 1 or args.threads < 0:
         raise ConfigError("--batch-size and --top-k must be >= 1 and --threads >= 0")
     files = find_images(args.paths, args.recursive)
-    options: dict = {"device": args.device}
-    if args.backend != "torch":  # the torch backend runs the fp32 checkpoint only
-        options["precision"] = args.precision
-    if args.threads and args.backend in ("auto", "onnxruntime"):
-        options["intra_op_threads"] = args.threads
-    backend, selection = create_backend(args.model_dir, args.backend, **options)
-    if args.threads and selection.chosen == "torch":
-        import torch
-
-        torch.set_num_threads(args.threads)
+    precision = args.precision if args.backend != "torch" else ""  # the torch backend runs the fp32 checkpoint only
+    options = BackendOptions(backend=args.backend, device=args.device, threads=args.threads, precision=precision)
+    backend, selection = options.load(args.model_dir)
     classes = backend.classes
     top_k = min(args.top_k, len(classes))
     print(f"model {args.model_dir}: {len(classes)} classes; {selection.summary()}", file=sys.stderr)

@@ -6,8 +6,10 @@ executor take and convert every frame a camera sends: each take costs millisecon
 frame to the worker costs a thread wake-up. With :class:`FrameWaiter` the idle worker sleeps in
 its own wait set on the subscription and takes each frame itself as it arrives; while it is busy,
 Fast DDS keeps the newest frame (depth-1 history) and the worker takes it with :func:`take_newest`
-when done. Where that wait set cannot be built, :class:`FrameGate` keeps the subscription in the
-executor's wait set only while the worker is idle. Frames replaced in the history were never seen
+when done (:class:`SubscriptionFeed` is this, as the frame feed of a
+:class:`~dli_perception.core.live_classifier.LiveClassifier`). Where that wait set cannot be
+built, :class:`FrameGate` keeps the subscription in the executor's wait set only while the
+worker is idle. Frames replaced in the history were never seen
 by Python; :class:`DropCounter` counts them from the publishers' sequence numbers, so
 ``frames_dropped`` still counts every frame not classified.
 """
@@ -18,6 +20,8 @@ import contextlib
 from typing import Any
 
 from rclpy.callback_groups import CallbackGroup
+
+from dli_perception.core.live_classifier import FrameFeed
 
 
 class FrameGate(CallbackGroup):
@@ -128,3 +132,45 @@ class FrameWaiter:
 
     def close(self) -> None:
         self._guard.destroy()
+
+
+class SubscriptionFeed(FrameFeed):
+    """Frames of an image subscription (or of a direct hand-off) for a :class:`LiveClassifier` worker.
+
+    With a :class:`FrameWaiter` the feed pulls: the idle worker sleeps in the waiter and takes
+    frames itself (``poll``: :func:`take_newest`, handed to ``deliver``); without one, the executor
+    delivers frames through ``gate``, which is open only while the worker is idle.
+    """
+
+    def __init__(self, gate: FrameGate, subscription: Any, deliver: Any, waiter: FrameWaiter | None = None) -> None:
+        self._gate = gate
+        self._sub = subscription
+        self._deliver = deliver
+        self._waiter = waiter
+        self.pulls = waiter is not None
+        if waiter is not None:
+            gate.close()  # the worker takes every frame itself
+
+    def wait(self, timeout_s: float) -> None:
+        self._waiter.wait(timeout_s)
+
+    def poll(self) -> None:
+        if self._sub is None:
+            return
+        got = take_newest(self._sub)
+        if got is not None:
+            self._deliver(got[0], got[1])
+
+    def wake(self) -> None:
+        if self._waiter is not None:
+            self._waiter.wake()
+
+    def hold(self) -> None:
+        self._gate.close()
+
+    def release(self) -> None:
+        self._gate.open()
+
+    def close(self) -> None:
+        if self._waiter is not None:
+            self._waiter.close()

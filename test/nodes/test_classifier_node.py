@@ -26,8 +26,9 @@ from rclpy.parameter import Parameter, parameter_value_to_python
 from sensor_msgs.msg import Image
 from std_msgs.msg import String
 
+from dli_perception.core.backend_options import BackendOptions
 from dli_perception.core.imaging import cv2_to_imgmsg
-from dli_perception.nodes.classifier_node import PARAMS, ClassifierNode, backend_options
+from dli_perception.nodes.classifier_node import PARAMS, ClassifierNode
 from dli_perception.nodes.qos import EVENTS, LATCHED, SENSOR_DATA
 
 pytestmark = pytest.mark.graph
@@ -524,12 +525,16 @@ def test_schedule_fit_rejects_labels_that_ignore_the_scenes():
 def test_backend_options_go_only_to_backends_that_know_them():
     from dli_perception.core.backends.select import backend_class
 
-    ort = backend_options("onnxruntime", device="cpu", threads=2, engine_cache_dir="/tmp/e")
+    ort = BackendOptions("onnxruntime", device="cpu", threads=2, engine_cache_dir="/tmp/e").kwargs()
     assert ort["device"] == "cpu" and ort["intra_op_threads"] == 2 and ort["trt_cache_dir"] == "/tmp/e"
     assert "cache_dir" not in ort  # TensorRT's own option
     assert set(ort) <= set(backend_class("onnxruntime").OPTIONS)
-    assert backend_options("torch", threads=2, engine_cache_dir="/tmp/e", calibration_dir="/d") == {"device": "auto"}
-    auto = backend_options("auto", device="cuda", precision="int8", engine_cache_dir="/tmp/e", calibration_dir="/d")
+    assert BackendOptions("torch", threads=2, engine_cache_dir="/tmp/e", calibration_dir="/d").kwargs() == {
+        "device": "auto"
+    }
+    auto = BackendOptions(
+        "auto", device="cuda", precision="int8", engine_cache_dir="/tmp/e", calibration_dir="/d"
+    ).kwargs()
     assert auto["cache_dir"] == auto["trt_cache_dir"] == "/tmp/e" and auto["calibration_dir"] == "/d"
     assert auto["precision"] == "int8" and "intra_op_threads" not in auto  # threads 0: library default
 

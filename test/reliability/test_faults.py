@@ -257,7 +257,7 @@ def test_model_dir_swapped_and_corrupted_while_reloads_run_never_stops_serving(r
             for i in range(flips):
                 _install((models["a"], corrupt, models["b"])[i % 3], serving)
                 rig.model_pub.publish(String(data=""))
-                wait_for(lambda: not node.loading and node._load_request is None, DEADLINE_S, interval=0.005)
+                wait_for(lambda: not node.core.load_pending, DEADLINE_S, interval=0.005)
             _install(models["b"], serving)
             done.set()
 
