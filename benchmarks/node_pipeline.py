@@ -225,8 +225,14 @@ def main() -> int:
         for r in range(args.rounds):
             for name, source in sources.items():
                 m = measure(
-                    client, args.model_dir, params=args.param, source=source, latency_frames=args.latency_frames,
-                    flood_hz=args.flood_hz, flood_seconds=args.flood_seconds, log=logdir / f"node_pipeline_{r}.log",
+                    client,
+                    args.model_dir,
+                    params=args.param,
+                    source=source,
+                    latency_frames=args.latency_frames,
+                    flood_hz=args.flood_hz,
+                    flood_seconds=args.flood_seconds,
+                    log=logdir / f"node_pipeline_{r}.log",
                 )
                 print(report(f"round {r + 1}, {name}", m), flush=True)
     finally:

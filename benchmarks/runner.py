@@ -130,24 +130,18 @@ def _start(layout: str, params_file: Path, logdir: Path) -> list[subprocess.Pope
     procs = []
     for i, cmd in enumerate(commands):
         log = open(logdir / f"{layout.replace(' ', '_').replace(',', '')}_{i}.log", "wb")
-        procs.append(
-            subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        )
+        procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True))
     return procs
 
 
-def measure(
-    layout: str, params_file: Path, scores: Scores, seconds: float, warmup: float, logdir: Path
-) -> Result:
+def measure(layout: str, params_file: Path, scores: Scores, seconds: float, warmup: float, logdir: Path) -> Result:
     procs = _start(layout, params_file, logdir)
     try:
         t0 = time.time_ns()
         deadline = time.monotonic() + START_DEADLINE_S
         while not scores.since(t0):
             if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
-                raise RuntimeError(
-                    f"{layout}: no classification within {START_DEADLINE_S:.0f} s; logs in {logdir}"
-                )
+                raise RuntimeError(f"{layout}: no classification within {START_DEADLINE_S:.0f} s; logs in {logdir}")
             time.sleep(0.2)
         time.sleep(warmup)
         cpu0 = sum(cpu_s(p.pid) for p in procs)
@@ -213,16 +207,12 @@ def _median_result(layout: str, runs: list[Result]) -> Result:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--seconds", type=float, default=15.0, help="measurement window per layout (default 15)"
-    )
+    parser.add_argument("--seconds", type=float, default=15.0, help="measurement window per layout (default 15)")
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds after the first label (default 3)")
     parser.add_argument("--repeat", type=int, default=1, help="rounds over the layouts (default 1)")
     parser.add_argument("--size", default="640x480", help="camera frame size (default 640x480)")
     parser.add_argument("--fps", type=float, default=30.0, help="camera rate (default 30)")
-    parser.add_argument(
-        "--model-dir", type=Path, help="model directory (default: a tiny nearest-colour model)"
-    )
+    parser.add_argument("--model-dir", type=Path, help="model directory (default: a tiny nearest-colour model)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--no-local-frames", action="store_true", help=argparse.SUPPRESS)

@@ -227,9 +227,7 @@ def _check_onnx(path: Path, opset: int, num_classes: int) -> None:
         )
     batch = inputs[0].type.tensor_type.shape.dim[0]
     if not batch.dim_param:
-        raise ModelError(
-            f"exported ONNX input has a fixed batch size {batch.dim_value}; expected a dynamic one"
-        )
+        raise ModelError(f"exported ONNX input has a fixed batch size {batch.dim_value}; expected a dynamic one")
     out_dims = proto.graph.output[0].type.tensor_type.shape.dim
     if len(out_dims) != 2 or (out_dims[1].dim_value and out_dims[1].dim_value != num_classes):
         raise ModelError(f"exported ONNX output shape does not match {num_classes} classes")
@@ -340,9 +338,7 @@ def export_model_dir(
         raise ConfigError(f"opset must be >= {MIN_OPSET} (use {DEFAULT_OPSET}), got {opset}")
     if isinstance(source, TrainResult):
         if source.cancelled and not allow_cancelled:
-            raise ConfigError(
-                "training was cancelled; export its best epoch only on purpose (allow_cancelled=True)"
-            )
+            raise ConfigError("training was cancelled; export its best epoch only on purpose (allow_cancelled=True)")
         if not source.history:
             raise ConfigError("the training result has no completed epoch; there is nothing to export")
         r_dataset, r_metrics, r_training = _training_sections(source)
@@ -362,9 +358,7 @@ def export_model_dir(
     else:
         model = source
         if classes is None or preprocess is None:
-            raise ConfigError(
-                "exporting a bare model needs classes=[...] and preprocess=PreprocessConfig(...)"
-            )
+            raise ConfigError("exporting a bare model needs classes=[...] and preprocess=PreprocessConfig(...)")
         classes = list(classes)
     meta = ModelMetadata(
         classes=classes,
@@ -466,9 +460,7 @@ def _write_report(
     from dli_perception.core import report
 
     try:
-        report.write_report(
-            report_dir, classes=classes, history=history, confusion=confusion, per_class=per_class
-        )
+        report.write_report(report_dir, classes=classes, history=history, confusion=confusion, per_class=per_class)
     except ImportError as exc:  # matplotlib missing: the model is still usable
         logger.warning("no plots in the report (%s); install matplotlib for training curves", exc)
         report_dir.mkdir(parents=True, exist_ok=True)
@@ -495,6 +487,8 @@ def load_checkpoint_model(model_dir: str | os.PathLike, *, device: str = "cpu") 
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
-        raise ModelError(f"{model_dir / CHECKPOINT_FILE} does not fit a {meta.backbone} with "
-                         f"{len(meta.classes)} classes: {str(exc)[:300]}") from exc
+        raise ModelError(
+            f"{model_dir / CHECKPOINT_FILE} does not fit a {meta.backbone} with "
+            f"{len(meta.classes)} classes: {str(exc)[:300]}"
+        ) from exc
     return model.to(device).eval()

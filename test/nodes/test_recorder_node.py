@@ -257,9 +257,7 @@ def test_continuous_capture_never_blocks_frames_and_drops_when_the_writer_lags(r
         # stays bounded, and further frames are dropped and counted.
         with recorder._store._lock:
             received = recorder._frames_received
-            assert wait_for(
-                lambda: (publish_frame(), recorder.dropped >= 3)[1], timeout=DEADLINE_S, interval=0.02
-            )
+            assert wait_for(lambda: (publish_frame(), recorder.dropped >= 3)[1], timeout=DEADLINE_S, interval=0.02)
             assert recorder._frames_received > received
             assert recorder._queue.qsize() <= 2
             r = teacher.capture()
@@ -289,9 +287,7 @@ ANSWER_TIMEOUT_S = 2.5  # the client's timeout; the recorder's write_timeout_s b
 @pytest.mark.parametrize(
     ("recording", "threads"), [(False, None), (True, 1)], ids=["manual", "while_recording-one_thread"]
 )
-def test_every_capture_is_answered_in_time_while_slow_writes_hold_the_store(
-    ros_context, tmp_path, recording, threads
-):
+def test_every_capture_is_answered_in_time_while_slow_writes_hold_the_store(ros_context, tmp_path, recording, threads):
     """Writes take 150 ms and hold the store's lock; a capture call arrives every 100 ms (and, in one
     variant, continuous recording competes for the writer): every call is answered within the client's
     timeout, with the saved path or a refusal that says why, and the dataset matches the answers.
@@ -375,9 +371,7 @@ def test_second_recorder_on_the_same_dataset_exits_1_with_one_clear_line(node_pr
 
 
 def _camera_process(node_process, ns: str) -> NodeProcess:
-    return node_process(
-        "camera_node", "-r", f"__ns:={ns}", "-p", "width:=64", "-p", "height:=48", "-p", "fps:=15.0"
-    )
+    return node_process("camera_node", "-r", f"__ns:={ns}", "-p", "width:=64", "-p", "height:=48", "-p", "fps:=15.0")
 
 
 def _recorder_process(node_process, ns: str, root: Path, *params: str) -> NodeProcess:
@@ -401,9 +395,7 @@ def _capture_new(teacher: Teacher, n: int) -> None:
 def test_camera_recorder_and_client_across_processes(node_process, ros_context, tmp_path):
     ns, root = _ns(), tmp_path / "ds"
     camera = _camera_process(node_process, ns)
-    recorder = _recorder_process(
-        node_process, ns, root, "-p", "max_frame_age_s:=0.5", "-p", "capture_rate_hz:=10.0"
-    )
+    recorder = _recorder_process(node_process, ns, root, "-p", "max_frame_age_s:=0.5", "-p", "capture_rate_hz:=10.0")
     teacher = Teacher(ros_context, ns)
     with Spinner(ros_context, teacher):
         r = teacher.capture()
@@ -426,9 +418,7 @@ def test_camera_recorder_and_client_across_processes(node_process, ros_context, 
         # continuous capture under a third label, then stop
         teacher.teach("left")
         assert teacher.set_recording(True).success
-        assert wait_for(lambda: teacher.counts[-1].get("left", 0) >= 4, timeout=DEADLINE_S), teacher.counts[
-            -1
-        ]
+        assert wait_for(lambda: teacher.counts[-1].get("left", 0) >= 4, timeout=DEADLINE_S), teacher.counts[-1]
         assert teacher.set_recording(False).success
         assert wait_for(
             lambda: teacher.diag("recording") == "False" and teacher.diag("queue_depth") == "0",
@@ -450,9 +440,7 @@ def test_camera_recorder_and_client_across_processes(node_process, ros_context, 
 
 
 @pytest.mark.parametrize("mode", ["int", "int2", "term"])
-def test_recorder_process_exits_0_with_the_dataset_consistent_after_signals(
-    node_process, ros_context, tmp_path, mode
-):
+def test_recorder_process_exits_0_with_the_dataset_consistent_after_signals(node_process, ros_context, tmp_path, mode):
     ns, root = _ns(), tmp_path / "ds"
     recorder = _recorder_process(node_process, ns, root, "-p", "capture_rate_hz:=20.0")
     camera = CameraNode(

@@ -81,8 +81,7 @@ _COLOR_ENCODINGS: tuple[tuple[str, str, int, str], ...] = (
 
 def _build_encodings() -> dict[str, EncodingInfo]:
     table = {
-        name: EncodingInfo(name, DEPTHS[depth], channels, family)
-        for name, depth, channels, family in _COLOR_ENCODINGS
+        name: EncodingInfo(name, DEPTHS[depth], channels, family) for name, depth, channels, family in _COLOR_ENCODINGS
     }
     for depth, dtype in DEPTHS.items():
         for channels in (1, 2, 3, 4):

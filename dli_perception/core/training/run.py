@@ -40,9 +40,7 @@ def _resolve_device(name: str) -> torch.device:
     import torch
 
     if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(
-            "device 'cuda' was asked for but torch.cuda.is_available() is False; use 'auto' or 'cpu'"
-        )
+        raise ConfigError("device 'cuda' was asked for but torch.cuda.is_available() is False; use 'auto' or 'cpu'")
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     return torch.device(name)
@@ -203,9 +201,7 @@ class _Run:
     def loader(self, samples: Sequence[Sample], order: Sequence[int] | None, augment: bool, epoch: int):
         import torch
 
-        dataset = ImageSamples(
-            samples, self.cfg.preprocess, self.cfg if augment else None, seed=self.cfg.seed
-        )
+        dataset = ImageSamples(samples, self.cfg.preprocess, self.cfg if augment else None, seed=self.cfg.seed)
         dataset.epoch = epoch
         return torch.utils.data.DataLoader(
             dataset,
@@ -258,17 +254,13 @@ class _Run:
         if cfg.optimizer == "adamw":
             self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
         else:
-            self.optimizer = torch.optim.SGD(
-                groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
-            )
+            self.optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
         stage_epochs = max(1, stage_epochs)
         if cfg.schedule == "cosine":
             self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=stage_epochs)
         elif cfg.schedule == "step":
             step = cfg.lr_step_epochs or max(1, stage_epochs // 3)
-            self.scheduler = torch.optim.lr_scheduler.StepLR(
-                self.optimizer, step_size=step, gamma=cfg.lr_gamma
-            )
+            self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=step, gamma=cfg.lr_gamma)
         else:
             self.scheduler = None
         if ckpt is not None and ckpt.get("stage") == stage:
@@ -370,9 +362,7 @@ class _Run:
         """The module validated after training an epoch (a distributed run first syncs its buffers)."""
         return net
 
-    def run_epoch(
-        self, model: torch.nn.Module, epoch: int, best_acc: float
-    ) -> tuple[float, float, EvalResult]:
+    def run_epoch(self, model: torch.nn.Module, epoch: int, best_acc: float) -> tuple[float, float, EvalResult]:
         import torch
 
         cfg = self.cfg
@@ -404,9 +394,7 @@ class _Run:
                 state["done"] += n
                 eta = self.eta.estimate(self.remaining(epoch, phase, state["done"]))
                 self.emit(
-                    ProgressEvent(
-                        phase, epoch, cfg.epochs, i, batches, loss, acc, eta, stage, best_val_accuracy=best
-                    )
+                    ProgressEvent(phase, epoch, cfg.epochs, i, batches, loss, acc, eta, stage, best_val_accuracy=best)
                 )
 
             return on_batch
