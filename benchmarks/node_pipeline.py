@@ -22,23 +22,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
+from nodebench import SpunNode, cpu_s, stop_processes
+
 REPO = Path(__file__).resolve().parent.parent
 STAGES = ("transport", "wait", "convert", "preprocess", "inference", "publish")
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def _cpu_s(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -46,13 +39,10 @@ def _pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(q * len(values)))] if values else float("nan")
 
 
-class Client:
+class Client(SpunNode):
     """Publisher of frames and collector of ~/scores in this process (one rclpy context, spun in a thread)."""
 
     def __init__(self, frames) -> None:
-        import rclpy
-        from rclpy.executors import SingleThreadedExecutor
-        from rclpy.signals import SignalHandlerOptions
         from sensor_msgs.msg import Image
         from std_msgs.msg import String
 
@@ -61,23 +51,13 @@ class Client:
         from dli_perception.nodes.qos import EVENTS, SENSOR_DATA
 
         transport.apply_default_profile()
-        rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
-        self.node = rclpy.create_node("node_pipeline_client")
+        super().__init__("node_pipeline_client")
         self.pub = self.node.create_publisher(Image, "image_raw", SENSOR_DATA)
         self.msgs = [cv2_to_imgmsg(f, "rgb8") for f in frames]
-        self.lock = threading.Lock()
         self.results: list[tuple[int, dict]] = []  # (receive time ns, scores JSON)
         self.node.create_subscription(String, "/classifier_node/scores", self._on_scores, EVENTS)
-        self.executor = SingleThreadedExecutor()
-        self.executor.add_node(self.node)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._spin, daemon=True)
-        self._thread.start()
         self._n = 0
-
-    def _spin(self) -> None:
-        while not self._stop.is_set():
-            self.executor.spin_once(timeout_sec=0.05)
+        self.start_spinning()
 
     def _on_scores(self, msg) -> None:
         now = time.time_ns()
@@ -104,14 +84,6 @@ class Client:
         with self.lock:
             return sum(1 for got, _ in self.results if got >= t_ns)
 
-    def close(self) -> None:
-        import rclpy
-
-        self._stop.set()
-        self._thread.join()
-        self.node.destroy_node()
-        rclpy.try_shutdown()
-
 
 def _start_node(model_dir: Path, params: list[str], source: Path | None, log: Path) -> subprocess.Popen:
     env = dict(os.environ)
@@ -122,16 +94,6 @@ def _start_node(model_dir: Path, params: list[str], source: Path | None, log: Pa
     return subprocess.Popen(
         cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env, start_new_session=True, cwd=source or REPO
     )
-
-
-def _stop_node(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 def measure(
@@ -181,19 +143,19 @@ def measure(
         sent = 0
         while time.monotonic() - start < flood_seconds + 1.0:
             if counted_from is None and time.monotonic() - start >= 1.0:
-                counted_from, cpu0 = time.time_ns(), _cpu_s(proc.pid)
+                counted_from, cpu0 = time.time_ns(), cpu_s(proc.pid)
             client.publish()
             sent += 1
             next_t += period
             time.sleep(max(0.0, next_t - time.monotonic()))
         end_ns = time.time_ns()
-        cpu1 = _cpu_s(proc.pid)
+        cpu1 = cpu_s(proc.pid)
         time.sleep(0.3)
         with client.lock:
             done = sum(1 for got, _ in client.results if counted_from <= got <= end_ns)
         wall = (end_ns - counted_from) / 1e9
     finally:
-        _stop_node(proc)
+        stop_processes([proc])
     e2e = [r[0] for r in rows]
     inference = [r[1]["inference_ms"] for r in rows]
     stages = {name: [r[1].get("stages_ms", {}).get(name, float("nan")) for r in rows] for name in STAGES}

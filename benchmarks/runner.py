@@ -29,16 +29,16 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from nodebench import SpunNode, cpu_s, stop_processes
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 LAYOUTS = ("1 process, hand-off", "1 process, DDS", "2 processes")
 NODES = ("camera_node", "classifier_node")
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 START_DEADLINE_S = 90.0
 
 
@@ -74,12 +74,6 @@ def _worker(params_file: str, local_frames: bool) -> int:
 # -- measuring --------------------------------------------------------------------------------------
 
 
-def _cpu_s(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime (fields 14 and 15)
-
-
 def _memory_kib(pid: int) -> tuple[int, int]:
     values = {}
     with open(f"/proc/{pid}/smaps_rollup") as f:
@@ -90,31 +84,18 @@ def _memory_kib(pid: int) -> tuple[int, int]:
     return values["Rss"], values["Pss"]
 
 
-class Scores:
+class Scores(SpunNode):
     """Subscribes to ~/scores in this process; keeps (receive ns, stamp ns, node latency ms)."""
 
     def __init__(self) -> None:
-        import rclpy
-        from rclpy.executors import SingleThreadedExecutor
-        from rclpy.signals import SignalHandlerOptions
         from std_msgs.msg import String
 
         from dli_perception.nodes.qos import EVENTS
 
-        rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
-        self.node = rclpy.create_node("runner_bench_sink")
-        self.lock = threading.Lock()
+        super().__init__("runner_bench_sink")
         self.rows: list[tuple[int, int, float]] = []
         self.node.create_subscription(String, "/classifier_node/scores", self._on_scores, EVENTS)
-        self.executor = SingleThreadedExecutor()
-        self.executor.add_node(self.node)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._spin, daemon=True)
-        self._thread.start()
-
-    def _spin(self) -> None:
-        while not self._stop.is_set():
-            self.executor.spin_once(timeout_sec=0.05)
+        self.start_spinning()
 
     def _on_scores(self, msg) -> None:
         now = time.time_ns()
@@ -127,14 +108,6 @@ class Scores:
     def since(self, t_ns: int) -> list[tuple[int, int, float]]:
         with self.lock:
             return [row for row in self.rows if row[0] >= t_ns]
-
-    def close(self) -> None:
-        import rclpy
-
-        self._stop.set()
-        self._thread.join()
-        self.node.destroy_node()
-        rclpy.try_shutdown()
 
 
 def _start(layout: str, params_file: Path, logdir: Path) -> list[subprocess.Popen]:
@@ -161,20 +134,6 @@ def _start(layout: str, params_file: Path, logdir: Path) -> list[subprocess.Pope
     return procs
 
 
-def _stop(procs: list[subprocess.Popen]) -> None:
-    import signal
-
-    for p in procs:
-        if p.poll() is None:
-            p.send_signal(signal.SIGINT)
-    for p in procs:
-        try:
-            p.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
-
-
 def measure(layout: str, params_file: Path, scores: Scores, seconds: float, warmup: float, logdir: Path) -> Result:
     procs = _start(layout, params_file, logdir)
     try:
@@ -185,15 +144,15 @@ def measure(layout: str, params_file: Path, scores: Scores, seconds: float, warm
                 raise RuntimeError(f"{layout}: no classification within {START_DEADLINE_S:.0f} s; logs in {logdir}")
             time.sleep(0.2)
         time.sleep(warmup)
-        cpu0 = sum(_cpu_s(p.pid) for p in procs)
+        cpu0 = sum(cpu_s(p.pid) for p in procs)
         start_ns = time.time_ns()
         time.sleep(seconds)
-        cpu1 = sum(_cpu_s(p.pid) for p in procs)
+        cpu1 = sum(cpu_s(p.pid) for p in procs)
         end_ns = time.time_ns()
         memory = [_memory_kib(p.pid) for p in procs]
         rows = [r for r in scores.since(start_ns) if r[0] <= end_ns]
     finally:
-        _stop(procs)
+        stop_processes(procs)
     wall = (end_ns - start_ns) / 1e9
     latencies = [(now - stamp) / 1e6 for now, stamp, _ in rows]
     q = statistics.quantiles(latencies, n=20) if len(latencies) >= 2 else [float("nan")] * 19

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import rclpy
+from procutil import kill_group
 from rclpy.context import Context
 from rclpy.executors import MultiThreadedExecutor
 from rclpy.node import Node
@@ -171,12 +172,7 @@ class NodeProcess:
         return self.stdout() + self.stderr()
 
     def kill(self) -> None:
-        if self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            self.proc.wait(timeout=5)
+        kill_group(self.proc)
 
 
 def stop_and_check(proc: NodeProcess, mode: str, timeout: float = 15.0) -> int:

@@ -68,6 +68,20 @@ def _num(data: dict[str, Any], key: str, what: str, *, optional: bool = False, d
     return value
 
 
+def _int(data: dict[str, Any], key: str, what: str, *, optional: bool = False, default: int | None = None) -> Any:
+    """:func:`_num` as a whole number (a float is truncated); None stays None."""
+    value = _num(data, key, what, optional=optional, default=default)
+    return None if value is None else int(value)
+
+
+def _choice(data: dict[str, Any], key: str, what: str, allowed: tuple[str, ...]) -> str:
+    """A string field that must be one of ``allowed``."""
+    value = _str(data, key, what)
+    if value not in allowed:
+        raise BadMessageError(f"{what}: unknown {key} {value!r} (expected one of {', '.join(allowed)})")
+    return value
+
+
 def _str(data: dict[str, Any], key: str, what: str, default: str | None = None) -> str:
     value = data.get(key, default)
     if not isinstance(value, str):
@@ -190,15 +204,12 @@ class TrainProgress:
     def from_dict(cls, data: dict[str, Any]) -> TrainProgress:
         """The event from its dict form (the core's ``ProgressEvent.to_dict()``), checked like :meth:`decode`."""
         what = "training progress"
-        phase = _str(data, "phase", what)
-        if phase not in TRAIN_PHASES:
-            raise BadMessageError(f"{what}: unknown phase {phase!r} (expected one of {', '.join(TRAIN_PHASES)})")
         return cls(
-            phase=phase,
-            epoch=int(_num(data, "epoch", what)),
-            epochs=int(_num(data, "epochs", what)),
-            batch=int(_num(data, "batch", what, optional=True, default=0)),
-            batches=int(_num(data, "batches", what, optional=True, default=0)),
+            phase=_choice(data, "phase", what, TRAIN_PHASES),
+            epoch=_int(data, "epoch", what),
+            epochs=_int(data, "epochs", what),
+            batch=_int(data, "batch", what, optional=True, default=0),
+            batches=_int(data, "batches", what, optional=True, default=0),
             loss=_num(data, "loss", what, optional=True),
             accuracy=_num(data, "accuracy", what, optional=True),
             eta_s=_num(data, "eta_s", what, optional=True),
@@ -254,9 +265,7 @@ class TrainStatus:
     def from_dict(cls, data: dict[str, Any]) -> TrainStatus:
         """The outcome from its dict form (the trainer's outcome), checked like :meth:`decode`."""
         what = "training status"
-        status = _str(data, "status", what)
-        if status not in TRAIN_OUTCOMES:
-            raise BadMessageError(f"{what}: unknown status {status!r} (expected one of {', '.join(TRAIN_OUTCOMES)})")
+        status = _choice(data, "status", what, TRAIN_OUTCOMES)
         classes = data.get("classes", [])
         if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
             raise BadMessageError(f"{what}: 'classes' must be a list of names")
@@ -266,21 +275,20 @@ class TrainStatus:
             for row in confusion
         ):
             raise BadMessageError(f"{what}: 'confusion' must be a list of rows of whole numbers")
-        best_epoch = _num(data, "best_epoch", what, optional=True)
         return cls(
             status=status,
-            run=int(_num(data, "run", what, optional=True, default=0)),
+            run=_int(data, "run", what, optional=True, default=0),
             dataset_dir=_str(data, "dataset_dir", what, ""),
             model_dir=_str(data, "model_dir", what, ""),
             exported=_bool(data, "exported", what, False),
             error=_str(data, "error", what, ""),
             message=_str(data, "message", what, ""),
             best_val_acc=_num(data, "best_val_acc", what, optional=True),
-            best_epoch=None if best_epoch is None else int(best_epoch),
-            epochs_run=int(_num(data, "epochs_run", what, optional=True, default=0)),
+            best_epoch=_int(data, "best_epoch", what, optional=True),
+            epochs_run=_int(data, "epochs_run", what, optional=True, default=0),
             classes=tuple(classes),
             checkpoint=_str(data, "checkpoint", what, ""),
-            skipped_images=int(_num(data, "skipped_images", what, optional=True, default=0)),
+            skipped_images=_int(data, "skipped_images", what, optional=True, default=0),
             confusion=tuple(tuple(row) for row in confusion),
             duration_s=_num(data, "duration_s", what, optional=True),
             finished=_str(data, "finished", what, ""),

@@ -442,20 +442,11 @@ class DistributedRun(T._Run):
         )
 
     def feature_batches(self, order: Sequence[int], epoch: int) -> Iterator[tuple[Any, Any]]:
-        import torch
-
-        f = self.features
-        assert f is not None
-        idx = torch.as_tensor(list(order), dtype=torch.long, device=self.device)
+        assert self.features is not None
+        views = None
         if self.cfg.feature_views > 1:  # the views the single-process run draws for the same positions
-            rng = np.random.default_rng([self.cfg.seed, 5, epoch])
-            every = rng.integers(0, self.cfg.feature_views, size=self._full_len)
-            view = torch.as_tensor(every[self._positions], device=self.device)
-        else:
-            view = torch.zeros_like(idx)
-        for start in range(0, len(order), self.batch_size):
-            sl = slice(start, start + self.batch_size)
-            yield f["train"][view[sl], idx[sl]], f["train_y"][idx[sl]]
+            views = T.epoch_views(self.cfg.seed, epoch, self.cfg.feature_views, self._full_len)[self._positions]
+        return T.feature_train_batches(self.features, order, self.batch_size, self.device, views)
 
     def val_feature_batches(self) -> Iterator[tuple[Any, Any]]:
         f = self.features

@@ -120,7 +120,8 @@ def dynamo_unavailable() -> str | None:
     return None
 
 
-def _export_dynamo(model: torch.nn.Module, path: Path, dummy, opset: int) -> None:
+def _onnx_export(model: torch.nn.Module, path: Path, dummy, opset: int, **kwargs: Any) -> None:
+    """torch.onnx.export with the names, opset and file that both exporters share; ``kwargs`` are the exporter's own."""
     import torch
 
     torch.onnx.export(
@@ -130,6 +131,18 @@ def _export_dynamo(model: torch.nn.Module, path: Path, dummy, opset: int) -> Non
         input_names=[INPUT_NAME],
         output_names=[OUTPUT_NAME],
         opset_version=opset,
+        **kwargs,
+    )
+
+
+def _export_dynamo(model: torch.nn.Module, path: Path, dummy, opset: int) -> None:
+    import torch
+
+    _onnx_export(
+        model,
+        path,
+        dummy,
+        opset,
         dynamo=True,
         external_data=False,
         verbose=False,
@@ -145,15 +158,8 @@ def _export_torchscript(model: torch.nn.Module, path: Path, dummy, opset: int) -
         kwargs["dynamo"] = False
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # chosen on purpose where dynamo cannot run
-        torch.onnx.export(
-            model,
-            (dummy,),
-            str(path),
-            input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
-            opset_version=opset,
-            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
-            **kwargs,
+        _onnx_export(
+            model, path, dummy, opset, dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}, **kwargs
         )
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from storeutil import slow_store
 
 from dli_perception.core.contracts import Counts
 from dli_perception.core.dataset import DatasetStore
@@ -154,22 +155,10 @@ def test_undo_removes_the_last_capture_until_nothing_is_left(rig):
     assert rec.refused == Counter(nothing_to_undo=1)
 
 
-def _slow_store(store: DatasetStore, delay_s: float) -> None:
-    """Every write takes ``delay_s`` longer, holding the store's lock (a slow SD card)."""
-    add_encoded = store.add_encoded
-
-    def slow(*args, **kwargs):
-        with store._lock:
-            time.sleep(delay_s)
-            return add_encoded(*args, **kwargs)
-
-    store.add_encoded = slow
-
-
 def test_a_slow_store_gets_every_call_answered_within_write_timeout_queued_or_busy(rig):
     timeout_s, write_s, calls = 0.5, 0.2, 12
     rec, host = rig(write_timeout_s=timeout_s, max_frame_age_s=60.0)
-    _slow_store(rec.store, write_s)
+    slow_store(rec.store, write_s)
     rec.set_label("cup")
     saved, busy = [], []
     for round_ in range(2):  # the first round finds the pace unknown; the second knows it and refuses at once
@@ -220,7 +209,7 @@ def test_continuous_recording_queues_each_new_frame_once_and_drops_when_the_writ
     assert _wait(lambda: rec.pending_jobs == 0) and rec.saved == 1
     rec.configure(capture_rate_hz=10.0)
     assert host.periods[-1] == pytest.approx(0.1)
-    _slow_store(rec.store, 0.3)
+    slow_store(rec.store, 0.3)
     for i in range(1, 5):
         rec.offer_frame(_frame(i), 0)
         rec.tick()
@@ -246,7 +235,7 @@ def test_close_writes_what_was_queued_and_refuses_afterwards(tmp_path):
     host = _Host()
     rec = Recorder(DatasetStore(tmp_path / "ds"), hooks=host.hooks, capture_rate_hz=5.0, max_frame_age_s=60.0)
     rec.start()
-    _slow_store(rec.store, 0.1)
+    slow_store(rec.store, 0.1)
     rec.set_label("cup")
     rec.set_recording(True)
     for i in range(3):

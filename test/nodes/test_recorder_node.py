@@ -21,6 +21,7 @@ from rclpy.parameter import Parameter
 from sensor_msgs.msg import Image
 from std_msgs.msg import String
 from std_srvs.srv import SetBool, Trigger
+from storeutil import slow_store
 
 from dli_perception.core.dataset import MANIFEST_NAME, DatasetStore
 from dli_perception.nodes.camera_node import CameraNode
@@ -278,20 +279,6 @@ def test_continuous_capture_never_blocks_frames_and_drops_when_the_writer_lags(r
     _assert_consistent(root, {"road": saved})
 
 
-def _slow_store(recorder: RecorderNode, delay_s: float) -> None:
-    """Make every write of ``recorder``'s store take ``delay_s`` longer while holding the store's lock,
-    as a slow SD card does: anything else that reads the store meanwhile waits for it."""
-    store = recorder._store
-    add_encoded = store.add_encoded
-
-    def slow(*args, **kwargs):
-        with store._lock:
-            time.sleep(delay_s)
-            return add_encoded(*args, **kwargs)
-
-    store.add_encoded = slow
-
-
 CALLS = 40
 CALL_PERIOD_S = 0.1
 ANSWER_TIMEOUT_S = 2.5  # the client's timeout; the recorder's write_timeout_s below is 1.0
@@ -310,7 +297,7 @@ def test_every_capture_is_answered_in_time_while_slow_writes_hold_the_store(ros_
     recorder = _recorder(
         ros_context, ns, root, image_format="png", write_timeout_s=1.0, capture_rate_hz=2.0, max_frame_age_s=30.0
     )
-    _slow_store(recorder, 0.15)
+    slow_store(recorder._store, 0.15)
     teacher = Teacher(ros_context, ns)
     sent: dict[int, float] = {}
     answered: dict[int, float] = {}

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
+from procutil import kill_group
 
 CHROMIUM = os.environ.get("DLI_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -86,12 +87,7 @@ class Station:
             self.kill()
 
     def kill(self) -> None:
-        if self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            self.proc.wait(timeout=5)
+        kill_group(self.proc)
 
 
 SCENE_JS = """() => {

@@ -44,6 +44,20 @@ class _CaptureSource(FrameSource):
             raise CameraError(f"{self._name}: capture failed: {exc}") from exc
         return image if ok and image is not None else None
 
+    def _open_capture(self, source: int | str, api: int | None, cannot_open: str, not_opened: str) -> Any:
+        """``cv2.VideoCapture(source, api)`` kept as ``self._cap``; CameraError with ``cannot_open``
+        (followed by OpenCV's error) when OpenCV raises, with ``not_opened`` when the capture did not open."""
+        cv2 = _cv2()
+        try:
+            cap = cv2.VideoCapture(source) if api is None else cv2.VideoCapture(source, api)
+        except cv2.error as exc:
+            raise CameraError(f"{cannot_open}: {exc}") from exc
+        if not cap.isOpened():
+            cap.release()
+            raise CameraError(not_opened)
+        self._cap = cap
+        return cap
+
     def _release(self) -> None:
         cap, self._cap = self._cap, None
         if cap is not None:
@@ -117,16 +131,12 @@ class V4L2Source(_CaptureSource):
                 f"no permission to open {self.path}; add your user to the 'video' group "
                 "(sudo usermod -aG video $USER, then log in again)"
             )
-        try:
-            cap = cv2.VideoCapture(self._device, cv2.CAP_V4L2)
-        except cv2.error as exc:
-            raise CameraError(f"cannot open {self.path}: {exc}") from exc
-        if not cap.isOpened():
-            cap.release()
-            raise CameraError(
-                f"cannot open {self.path} as a V4L2 camera (busy in another program, or not a capture device)"
-            )
-        self._cap = cap
+        cap = self._open_capture(
+            self._device,
+            cv2.CAP_V4L2,
+            f"cannot open {self.path}",
+            f"cannot open {self.path} as a V4L2 camera (busy in another program, or not a capture device)",
+        )
         if self.fourcc:
             cap.set(cv2.CAP_PROP_FOURCC, cv2.VideoWriter_fourcc(*self.fourcc))
         cap.set(cv2.CAP_PROP_FRAME_WIDTH, self.width)
@@ -212,18 +222,14 @@ class GStreamerSource(_CaptureSource):
                 "(on a Jetson: apt install python3-opencv from JetPack, and no pip OpenCV shadowing it), "
                 "or use kind v4l2 for USB cameras"
             )
-        try:
-            cap = cv2.VideoCapture(self.pipeline, cv2.CAP_GSTREAMER)
-        except cv2.error as exc:
-            raise CameraError(f"cannot start GStreamer pipeline {self.pipeline!r}: {exc}") from exc
-        if not cap.isOpened():
-            cap.release()
-            raise CameraError(
-                f"GStreamer pipeline did not start: {self.pipeline!r}. Test it with "
-                "'gst-launch-1.0 <pipeline with appsink replaced by fakesink>'; for a CSI camera check "
-                "that nvargus-daemon runs (sudo systemctl restart nvargus-daemon) and the sensor id"
-            )
-        self._cap = cap
+        self._open_capture(
+            self.pipeline,
+            cv2.CAP_GSTREAMER,
+            f"cannot start GStreamer pipeline {self.pipeline!r}",
+            f"GStreamer pipeline did not start: {self.pipeline!r}. Test it with "
+            "'gst-launch-1.0 <pipeline with appsink replaced by fakesink>'; for a CSI camera check "
+            "that nvargus-daemon runs (sudo systemctl restart nvargus-daemon) and the sensor id",
+        )
         self._cap_fps = self._query_fps()
 
     def _grab(self) -> tuple[np.ndarray, int, str | None]:
@@ -263,15 +269,12 @@ class VideoFileSource(_CaptureSource):
         return self._fps_override or self._cap_fps
 
     def _start(self) -> None:
-        cv2 = _cv2()
-        try:
-            cap = cv2.VideoCapture(str(self.path))
-        except cv2.error as exc:
-            raise CameraError(f"cannot open video {self.path}: {exc}") from exc
-        if not cap.isOpened():
-            cap.release()
-            raise CameraError(f"cannot decode video {self.path}; is it a video file OpenCV/FFmpeg can read?")
-        self._cap = cap
+        self._open_capture(
+            str(self.path),
+            None,
+            f"cannot open video {self.path}",
+            f"cannot decode video {self.path}; is it a video file OpenCV/FFmpeg can read?",
+        )
         self._pass_frames = 0
 
     def _open(self) -> None:

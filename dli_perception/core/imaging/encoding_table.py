@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from dli_perception.core.imaging.cvtypes import generic_name, parse_generic
+from dli_perception.core.imaging.cvtypes import DEPTHS, generic_name, parse_generic
 from dli_perception.errors import ImageConversionError
 
 PASSTHROUGH = "passthrough"
@@ -44,28 +44,13 @@ class EncodingInfo:
     @property
     def generic(self) -> str:
         """The OpenCV type name with the same memory layout, e.g. ``"8UC3"`` for rgb8."""
-        return _GENERIC_BY_DTYPE[(self.dtype.kind, self.dtype.itemsize)] + f"C{self.channels}"
+        return generic_name(self.dtype, self.channels)
 
     @property
     def is_color(self) -> bool:
         """True for colour encodings (mono, rgb, yuv, bayer ...), False for generic types."""
         return self.family is not None
 
-
-_DEPTH_DTYPES: Mapping[str, np.dtype] = MappingProxyType(
-    {
-        "8U": np.dtype(np.uint8),
-        "8S": np.dtype(np.int8),
-        "16U": np.dtype(np.uint16),
-        "16S": np.dtype(np.int16),
-        "32S": np.dtype(np.int32),
-        "32F": np.dtype(np.float32),
-        "64F": np.dtype(np.float64),
-    }
-)
-_GENERIC_BY_DTYPE: Mapping[tuple[str, int], str] = MappingProxyType(
-    {(dt.kind, dt.itemsize): depth for depth, dt in _DEPTH_DTYPES.items()}
-)
 
 # name, depth, channels, colour family. yuv422 is UYVY byte order, yuv422_yuy2 is YUYV.
 _COLOR_ENCODINGS: tuple[tuple[str, str, int, str], ...] = (
@@ -96,10 +81,9 @@ _COLOR_ENCODINGS: tuple[tuple[str, str, int, str], ...] = (
 
 def _build_encodings() -> dict[str, EncodingInfo]:
     table = {
-        name: EncodingInfo(name, _DEPTH_DTYPES[depth], channels, family)
-        for name, depth, channels, family in _COLOR_ENCODINGS
+        name: EncodingInfo(name, DEPTHS[depth], channels, family) for name, depth, channels, family in _COLOR_ENCODINGS
     }
-    for depth, dtype in _DEPTH_DTYPES.items():
+    for depth, dtype in DEPTHS.items():
         for channels in (1, 2, 3, 4):
             name = f"{depth}C{channels}"
             table[name] = EncodingInfo(name, dtype, channels, None)

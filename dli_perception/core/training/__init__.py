@@ -57,7 +57,7 @@ from dli_perception.core.training.data import (
     load_data,
     scan_image_folder,
 )
-from dli_perception.core.training.features import extract_features
+from dli_perception.core.training.features import epoch_views, extract_features, feature_train_batches
 from dli_perception.core.training.loop import train
 from dli_perception.core.training.results import (
     EpochStats,
@@ -103,8 +103,10 @@ __all__ = [
     "backbone_spec",
     "build_model",
     "decode_rgb",
+    "epoch_views",
     "evaluate",
     "extract_features",
+    "feature_train_batches",
     "get_head",
     "imagenet_weights_path",
     "load_data",

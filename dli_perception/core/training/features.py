@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from dli_perception.core.training.backbones import _headless, backbone_spec
 from dli_perception.core.training.steps import BatchCallback, _autocast, _check_cancel
@@ -49,3 +51,33 @@ def extract_features(
     if not feats:
         return torch.zeros((0, backbone_spec(backbone).feature_dim)), torch.zeros((0,), dtype=torch.int64)
     return torch.cat(feats), torch.cat(labels_out).long()
+
+
+def epoch_views(seed: int, epoch: int, feature_views: int, n: int) -> np.ndarray:
+    """Which cached view (0..feature_views-1) each of the first ``n`` positions of an epoch's order trains on.
+
+    Drawn from ``(seed, epoch)`` alone, so a run split over several processes draws the same views for the
+    same positions as a single process does.
+    """
+    rng = np.random.default_rng([seed, 5, epoch])
+    return rng.integers(0, feature_views, size=n)
+
+
+def feature_train_batches(
+    features: dict[str, Any],
+    order: Sequence[int],
+    batch_size: int,
+    device: torch.device,
+    views: np.ndarray | None = None,
+) -> Iterator[tuple[Any, Any]]:
+    """``(features, labels)`` batches of the cached training features in ``order``.
+
+    ``views`` gives the cached view of each position of ``order`` (see :func:`epoch_views`); None uses view 0.
+    """
+    import torch
+
+    idx = torch.as_tensor(list(order), dtype=torch.long, device=device)
+    view = torch.zeros_like(idx) if views is None else torch.as_tensor(views, device=device)
+    for start in range(0, len(order), batch_size):
+        sl = slice(start, start + batch_size)
+        yield features["train"][view[sl], idx[sl]], features["train_y"][idx[sl]]

@@ -19,7 +19,7 @@ import numpy as np
 from dli_perception.core.training.backbones import get_head
 from dli_perception.core.training.config import TrainConfig
 from dli_perception.core.training.data import ImageSamples, Sample, TrainData
-from dli_perception.core.training.features import extract_features
+from dli_perception.core.training.features import epoch_views, extract_features, feature_train_batches
 from dli_perception.core.training.results import EvalResult, ProgressCallback, ProgressEvent
 from dli_perception.core.training.steps import FINETUNE_MICRO_BATCH, evaluate, train_one_epoch
 from dli_perception.errors import ConfigError
@@ -337,19 +337,11 @@ class _Run:
         logger.info("cached %d feature vectors in %.2f s", n_all, time.perf_counter() - t0)
 
     def feature_batches(self, order: Sequence[int], epoch: int) -> Iterator[tuple[Any, Any]]:
-        import torch
-
-        f = self.features
-        assert f is not None
-        idx = torch.as_tensor(list(order), dtype=torch.long, device=self.device)
+        assert self.features is not None
+        views = None
         if self.cfg.feature_views > 1:
-            rng = np.random.default_rng([self.cfg.seed, 5, epoch])
-            view = torch.as_tensor(rng.integers(0, self.cfg.feature_views, size=len(order)), device=self.device)
-        else:
-            view = torch.zeros_like(idx)
-        for start in range(0, len(order), self.batch_size):
-            sl = slice(start, start + self.batch_size)
-            yield f["train"][view[sl], idx[sl]], f["train_y"][idx[sl]]
+            views = epoch_views(self.cfg.seed, epoch, self.cfg.feature_views, len(order))
+        return feature_train_batches(self.features, order, self.batch_size, self.device, views)
 
     def val_feature_batches(self) -> Iterator[tuple[Any, Any]]:
         f = self.features
