@@ -9,6 +9,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,6 +27,11 @@ def new_context() -> Context:
     ctx = Context()
     rclpy.init(context=ctx, signal_handler_options=SignalHandlerOptions.NO)
     return ctx
+
+
+def unique_ns(prefix: str) -> str:
+    """A fresh namespace ``/<prefix>_<8 hex digits>``, so tests on one ROS domain never share topics."""
+    return f"/{prefix}_{uuid.uuid4().hex[:8]}"
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float, interval: float = 0.02) -> bool:

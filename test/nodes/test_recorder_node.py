@@ -7,7 +7,6 @@ import json
 import statistics
 import threading
 import time
-import uuid
 from collections import Counter
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import cv2
 import numpy as np
 import pytest
 from diagnostic_msgs.msg import DiagnosticArray
-from graphutil import NodeProcess, Spinner, stop_and_check, wait_for
+from graphutil import NodeProcess, Spinner, stop_and_check, unique_ns, wait_for
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from sensor_msgs.msg import Image
@@ -31,10 +30,6 @@ from dli_perception.nodes.recorder_node import RecorderNode
 pytestmark = pytest.mark.graph
 DISCOVERY_S = 20.0  # deadline for the first message across processes (discovery took up to ~3 s here)
 DEADLINE_S = 10.0  # deadline for an answer once the graph is connected
-
-
-def _ns() -> str:
-    return f"/recorder_test_{uuid.uuid4().hex[:8]}"
 
 
 def _pixels(i: int, h: int = 24, w: int = 32) -> np.ndarray:
@@ -144,7 +139,7 @@ def _frame_delivered(recorder: RecorderNode, teacher: Teacher, pixels: np.ndarra
 
 
 def test_capture_refusals_undo_and_counts_in_one_process(ros_context, tmp_path):
-    ns, root = _ns(), tmp_path / "ds"
+    ns, root = unique_ns("recorder_test"), tmp_path / "ds"
     recorder = _recorder(ros_context, ns, root, image_format="png", max_frame_age_s=30.0)
     teacher = Teacher(ros_context, ns)
     with Spinner(ros_context, recorder, teacher, threads=4):
@@ -210,7 +205,7 @@ def test_capture_refusals_undo_and_counts_in_one_process(ros_context, tmp_path):
 
 
 def test_class_limit_and_dataset_errors_are_refusals(ros_context, tmp_path):
-    ns, root = _ns(), tmp_path / "ds"
+    ns, root = unique_ns("recorder_test"), tmp_path / "ds"
     recorder = _recorder(ros_context, ns, root, max_per_class=2, max_frame_age_s=30.0)
     teacher = Teacher(ros_context, ns)
     with Spinner(ros_context, recorder, teacher, threads=4):
@@ -232,7 +227,7 @@ def test_class_limit_and_dataset_errors_are_refusals(ros_context, tmp_path):
 
 
 def test_continuous_capture_never_blocks_frames_and_drops_when_the_writer_lags(ros_context, tmp_path):
-    ns, root = _ns(), tmp_path / "ds"
+    ns, root = unique_ns("recorder_test"), tmp_path / "ds"
     recorder = _recorder(ros_context, ns, root, capture_rate_hz=50.0, queue_size=2, write_timeout_s=0.3)
     teacher = Teacher(ros_context, ns)
     index = iter(range(100, 100_000))
@@ -293,7 +288,7 @@ def test_every_capture_is_answered_in_time_while_slow_writes_hold_the_store(ros_
     timeout, with the saved path or a refusal that says why, and the dataset matches the answers.
     The recorder spins in an executor of its own: as its entry point runs it (default thread count),
     and with one thread (any executor must do)."""
-    ns, root = _ns(), tmp_path / "ds"
+    ns, root = unique_ns("recorder_test"), tmp_path / "ds"
     recorder = _recorder(
         ros_context, ns, root, image_format="png", write_timeout_s=1.0, capture_rate_hz=2.0, max_frame_age_s=30.0
     )
@@ -393,7 +388,7 @@ def _capture_new(teacher: Teacher, n: int) -> None:
 
 
 def test_camera_recorder_and_client_across_processes(node_process, ros_context, tmp_path):
-    ns, root = _ns(), tmp_path / "ds"
+    ns, root = unique_ns("recorder_test"), tmp_path / "ds"
     camera = _camera_process(node_process, ns)
     recorder = _recorder_process(node_process, ns, root, "-p", "max_frame_age_s:=0.5", "-p", "capture_rate_hz:=10.0")
     teacher = Teacher(ros_context, ns)
@@ -441,7 +436,7 @@ def test_camera_recorder_and_client_across_processes(node_process, ros_context, 
 
 @pytest.mark.parametrize("mode", ["int", "int2", "term"])
 def test_recorder_process_exits_0_with_the_dataset_consistent_after_signals(node_process, ros_context, tmp_path, mode):
-    ns, root = _ns(), tmp_path / "ds"
+    ns, root = unique_ns("recorder_test"), tmp_path / "ds"
     recorder = _recorder_process(node_process, ns, root, "-p", "capture_rate_hz:=20.0")
     camera = CameraNode(
         context=ros_context,

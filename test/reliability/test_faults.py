@@ -13,7 +13,6 @@ import os
 import shutil
 import subprocess
 import threading
-import uuid
 from collections import Counter
 from pathlib import Path
 
@@ -23,7 +22,7 @@ import pytest
 from diagnostic_msgs.msg import DiagnosticArray
 from fixtures_models import build_colour_model_dir, solid
 from geometry_msgs.msg import Twist
-from graphutil import Collector, Spinner, wait_for
+from graphutil import Collector, Spinner, unique_ns, wait_for
 from harness import (
     DEADLINE_S,
     DISCOVERY_S,
@@ -55,10 +54,6 @@ pytestmark = pytest.mark.graph
 
 CLASSES_A = ["red", "green", "blue"]
 CLASSES_B = ["cyan", "magenta", "yellow"]
-
-
-def _ns() -> str:
-    return f"/faults_{uuid.uuid4().hex[:8]}"
 
 
 # --------------------------------------------------------------------------- camera source
@@ -314,7 +309,9 @@ def train_dataset(tmp_path_factory) -> Path:
 
 def test_trainer_sigkilled_mid_epoch_resumes_from_its_checkpoint(ros_context, train_dataset, tmp_path):
     pytest.importorskip("torch")
-    figures = trainer_crash_and_resume(ros_context, tmp_path, train_dataset, TRAIN_PARAMS, kill_epoch=2, ns=_ns())
+    figures = trainer_crash_and_resume(
+        ros_context, tmp_path, train_dataset, TRAIN_PARAMS, kill_epoch=2, ns=unique_ns("faults")
+    )
     assert figures["completed_before_kill"] >= 1, figures
     # benchmarks/reliability.py also trains the uninterrupted twin: the resumed weights are bit-identical.
 
@@ -399,7 +396,7 @@ def test_disk_full_while_recording_refuses_reports_stays_up_and_recovers(ros_con
 def test_sigterm_to_every_node_of_a_running_pipeline_exits_cleanly_with_a_final_zero_twist(
     node_process, ros_context, tmp_path, models, train_dataset
 ):
-    ns = _ns()
+    ns = unique_ns("faults")
     model = build_colour_model_dir(
         tmp_path / "model", ("free", "blocked"), {"free": (90, 160, 90), "blocked": (140, 90, 70)}
     )

@@ -22,14 +22,13 @@ import json
 import subprocess
 import sys
 import textwrap
-import uuid
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
 from fixtures_models import build_colour_model_dir, solid
-from graphutil import Spinner, wait_for
+from graphutil import Spinner, unique_ns, wait_for
 from harness import (
     DEADLINE_S,
     ClassifierRig,
@@ -70,10 +69,6 @@ NASTY_LABELS = [
     "cup",  # a plain one, so something is saved
 ]
 PATHY = st.text(alphabet=st.sampled_from(list("./\\~$ abc\u2215\uff0f\uff0e\u202e\n")), max_size=12)
-
-
-def _ns() -> str:
-    return f"/security_{uuid.uuid4().hex[:8]}"
 
 
 def _tree(top: Path) -> dict[str, bytes]:
@@ -125,7 +120,7 @@ def test_any_label_given_to_the_store_writes_inside_the_root_under_its_own_direc
 @pytest.mark.graph
 def test_teach_labels_from_the_topic_never_write_outside_the_dataset(ros_context, tmp_path):
     top, root, canary = _sandbox(tmp_path)
-    ns = _ns()
+    ns = unique_ns("security")
     recorder = recorder_node(ros_context, root, ns=ns, image_format="png")
     teacher = Teacher(ros_context, ns)
     outcomes: Counter[str] = Counter()
@@ -258,7 +253,7 @@ def test_dataset_dir_symlink_tricks(ros_context, tmp_path):
     link = top / "data" / "ds_link"
     link.symlink_to(real, target_is_directory=True)
     (real / "planted").symlink_to(top / "canary", target_is_directory=True)  # a class dir leading out
-    ns = _ns()
+    ns = unique_ns("security")
     recorder = recorder_node(ros_context, link, ns=ns, image_format="png")
     teacher = Teacher(ros_context, ns)
     with Spinner(ros_context, recorder, teacher, threads=4):
