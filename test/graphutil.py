@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -32,6 +33,20 @@ def new_context() -> Context:
 def unique_ns(prefix: str) -> str:
     """A fresh namespace ``/<prefix>_<8 hex digits>``, so tests on one ROS domain never share topics."""
     return f"/{prefix}_{uuid.uuid4().hex[:8]}"
+
+
+def ros_args(**values: object) -> list[str]:
+    """``-p name:=value`` arguments for a node process: booleans as ``true``/``false``, lists as JSON."""
+    out: list[str] = []
+    for name, value in values.items():
+        if isinstance(value, bool):
+            text = str(value).lower()
+        elif isinstance(value, list):
+            text = json.dumps(value)
+        else:
+            text = str(value)
+        out += ["-p", f"{name}:={text}"]
+    return out
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float, interval: float = 0.02) -> bool:

@@ -11,7 +11,7 @@ from pathlib import Path
 import cv2
 import pytest
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
-from graphutil import Spinner, stop_and_check, unique_ns, wait_for
+from graphutil import Spinner, ros_args, stop_and_check, unique_ns, wait_for
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from std_msgs.msg import String
@@ -261,17 +261,10 @@ def test_refusals_before_starting_and_parameter_checks(ros_context, dataset, tmp
     assert {p.name for p in PARAMS} >= {*common.split(), "num_workers"}
 
 
-def _ros_args(**values) -> list[str]:
-    out: list[str] = []
-    for k, v in values.items():
-        out += ["-p", f"{k}:={v}"]
-    return out
-
-
 @pytest.mark.parametrize("mode", ["int", "int2", "term"])
 def test_idle_process_exits_0_on_signals(node_process, ros_context, tmp_path, mode):
     ns = unique_ns("trainer_test")
-    proc = node_process("trainer_node", "-r", f"__ns:={ns}", *_ros_args(dataset_dir=str(tmp_path)))
+    proc = node_process("trainer_node", "-r", f"__ns:={ns}", *ros_args(dataset_dir=str(tmp_path)))
     op = Operator(ros_context, ns)
     try:
         assert op.cancel_client.wait_for_service(timeout_sec=DISCOVERY_S), proc.output()
@@ -285,7 +278,7 @@ def test_sigint_while_training_stops_the_run_and_keeps_the_previous_model(node_p
     ns, model_dir = unique_ns("trainer_test"), tmp_path / "m"
     before = _previous_model(model_dir)
     params = {**LONG, "dataset_dir": str(dataset), "model_dir": str(model_dir)}
-    proc = node_process("trainer_node", "-r", f"__ns:={ns}", *_ros_args(**params))
+    proc = node_process("trainer_node", "-r", f"__ns:={ns}", *ros_args(**params))
     op = Operator(ros_context, ns)
     with Spinner(ros_context, op):
         r = op.train()
@@ -312,7 +305,7 @@ def test_sigint_during_the_export_exits_0_and_leaves_an_old_or_complete_model(
     ns, model_dir = unique_ns("trainer_test"), tmp_path / "m"
     before = _previous_model(model_dir)
     params = {**FAST, "dataset_dir": str(dataset), "model_dir": str(model_dir)}
-    proc = node_process("trainer_node", "-r", f"__ns:={ns}", *_ros_args(**params))
+    proc = node_process("trainer_node", "-r", f"__ns:={ns}", *ros_args(**params))
     op = Operator(ros_context, ns)
     with Spinner(ros_context, op):
         r = op.train()

@@ -22,7 +22,7 @@ import pytest
 from diagnostic_msgs.msg import DiagnosticArray
 from fixtures_models import build_colour_model_dir, solid
 from geometry_msgs.msg import Twist
-from graphutil import Collector, Spinner, unique_ns, wait_for
+from graphutil import Collector, Spinner, ros_args, unique_ns, wait_for
 from harness import (
     DEADLINE_S,
     DISCOVERY_S,
@@ -316,13 +316,6 @@ def test_trainer_sigkilled_mid_epoch_resumes_from_its_checkpoint(ros_context, tr
     # benchmarks/reliability.py also trains the uninterrupted twin: the resumed weights are bit-identical.
 
 
-def _ros_args(**values) -> list[str]:
-    out: list[str] = []
-    for k, v in values.items():
-        out += ["-p", f"{k}:={str(v).lower() if isinstance(v, bool) else v}"]
-    return out
-
-
 # --------------------------------------------------------------------------- disk full
 
 
@@ -402,20 +395,20 @@ def test_sigterm_to_every_node_of_a_running_pipeline_exits_cleanly_with_a_final_
     )
     remap = ["-r", f"__ns:={ns}"]
     procs = {
-        "camera_node": node_process("camera_node", *remap, *_ros_args(width=64, height=48, fps=15.0)),
+        "camera_node": node_process("camera_node", *remap, *ros_args(width=64, height=48, fps=15.0)),
         "classifier_node": node_process(
             "classifier_node",
             *remap,
-            *_ros_args(model_dir=model, backend="onnxruntime", smoothing="none", threads=1),
+            *ros_args(model_dir=model, backend="onnxruntime", smoothing="none", threads=1),
         ),
-        "reaction_node": node_process("reaction_node", *remap, *_ros_args(start_enabled=True)),
+        "reaction_node": node_process("reaction_node", *remap, *ros_args(start_enabled=True)),
         "recorder_node": node_process(
-            "recorder_node", *remap, *_ros_args(dataset_dir=tmp_path / "ds", capture_rate_hz=5.0)
+            "recorder_node", *remap, *ros_args(dataset_dir=tmp_path / "ds", capture_rate_hz=5.0)
         ),
         "trainer_node": node_process(
             "trainer_node",
             *remap,
-            *_ros_args(
+            *ros_args(
                 **{
                     **TRAIN_PARAMS,
                     "epochs": 1000,
