@@ -20,6 +20,11 @@ from rclpy.context import Context
 from rclpy.executors import MultiThreadedExecutor
 from rclpy.node import Node
 
+DISCOVERY_S = 20.0
+"""Deadline for the first message across processes (discovery took up to ~3 s on 2 shared cores)."""
+DEADLINE_S = 10.0
+"""Deadline for an answer once the graph is connected."""
+
 
 def new_context() -> Context:
     """An initialised private Context that installs no signal handlers."""

@@ -27,7 +27,6 @@ from harness import (
     DISCOVERY_S,
     ClassifierRig,
     RssSampler,
-    Teacher,
     assert_manifest_matches_files,
     deliver_frame,
     diagnostics_of,
@@ -36,6 +35,7 @@ from harness import (
 )
 from hypothesis import HealthCheck, given, settings
 from rclpy.node import Node
+from recorder_client import Teacher
 from std_msgs.msg import String
 from std_srvs.srv import SetBool
 

@@ -27,7 +27,6 @@ from harness import (
     DEADLINE_S,
     DISCOVERY_S,
     ClassifierRig,
-    Teacher,
     assert_manifest_matches_files,
     diagnostics_of,
     frame_msg,
@@ -37,6 +36,7 @@ from harness import (
 )
 from rclpy.node import Node
 from rclpy.parameter import Parameter
+from recorder_client import Teacher
 from scenarios import trainer_crash_and_resume
 from sensor_msgs.msg import Image
 from std_msgs.msg import String

@@ -32,7 +32,6 @@ from graphutil import Spinner, unique_ns, wait_for
 from harness import (
     DEADLINE_S,
     ClassifierRig,
-    Teacher,
     assert_manifest_matches_files,
     deliver_frame,
     files_outside,
@@ -42,6 +41,7 @@ from harness import (
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from rclpy.parameter import Parameter
+from recorder_client import Teacher
 
 from dli_perception.core.dataset import MANIFEST_NAME, DatasetStore, validate_label
 from dli_perception.errors import DatasetError, InvalidLabelError
