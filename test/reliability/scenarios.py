@@ -18,19 +18,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from classifier_rig import ClassifierRig, diagnostics_of, frame_msg
 from diagnostic_msgs.msg import DiagnosticArray
 from fixtures_models import solid
 from fuzzmsgs import expected_outcome, images, roundtrip
-from graphutil import Collector, NodeProcess, Spinner, ros_args, wait_for
+from graphutil import DEADLINE_S, DISCOVERY_S, Collector, NodeProcess, Spinner, ros_args, wait_for
 from harness import (
-    DEADLINE_S,
-    DISCOVERY_S,
-    ClassifierRig,
     RssSampler,
     assert_manifest_matches_files,
     deliver_frame,
-    diagnostics_of,
-    frame_msg,
     recorder_node,
 )
 from hypothesis import HealthCheck, given, settings
@@ -76,7 +72,7 @@ def fuzz_classifier(context, model_dir: Path, examples: int, input_size: int = 3
     classified right, and /diagnostics must report the same counts.
     """
     with Spinner(context, threads=3) as spinner:
-        rig = ClassifierRig(context, spinner, model_dir=str(model_dir))
+        rig = ClassifierRig(context, spinner, model_dir=str(model_dir), smoothing="none")
         rig.ready()
         node = rig.node
         cfg = PreprocessConfig(size=input_size)
@@ -96,7 +92,7 @@ def fuzz_classifier(context, model_dir: Path, examples: int, input_size: int = 3
         throw()
         fuzz_s = time.monotonic() - t0
         for i, colour in enumerate(("red", "green", "blue")):  # good frames after all that
-            result = rig.classify(solid(colour, 30, 40), 3_000_000_000_000 + i)
+            result = rig.classify_counted(solid(colour, 30, 40), 3_000_000_000_000 + i)
             assert result["label"] == colour, result
         total_good = tally["good"] + 3
         assert (node.received, node.dropped, node.errors) == (rig.sent, 0, 0)

@@ -19,17 +19,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from classifier_rig import ClassifierRig, diagnostics_of, frame_msg
 from diagnostic_msgs.msg import DiagnosticArray
 from fixtures_models import build_colour_model_dir, solid
 from geometry_msgs.msg import Twist
-from graphutil import Collector, Spinner, ros_args, unique_ns, wait_for
+from graphutil import DEADLINE_S, DISCOVERY_S, Collector, Spinner, ros_args, unique_ns, wait_for
 from harness import (
-    DEADLINE_S,
-    DISCOVERY_S,
-    ClassifierRig,
     assert_manifest_matches_files,
-    diagnostics_of,
-    frame_msg,
     manifest,
     recorder_node,
     sigterm_all,
@@ -190,11 +186,11 @@ def test_serving_model_dir_corrupted_in_place_is_refused_and_the_old_model_keeps
     serving = tmp_path / "serving"
     _install(models["a"], serving)
     with Spinner(ros_context, threads=3) as spinner:
-        rig = ClassifierRig(ros_context, spinner, model_dir=str(serving))
+        rig = ClassifierRig(ros_context, spinner, model_dir=str(serving), smoothing="none")
         rig.ready()
         node = rig.node
         stamp = iter(range(1, 10_000))
-        assert rig.classify(solid("red"), next(stamp))["label"] == "red"
+        assert rig.classify_counted(solid("red"), next(stamp))["label"] == "red"
         serving_classes = CLASSES_A
         for n, kind in enumerate(CORRUPTIONS, start=1):
             _corrupt(kind, serving, models)
@@ -205,7 +201,7 @@ def test_serving_model_dir_corrupted_in_place_is_refused_and_the_old_model_keeps
             )
             assert node.status() == "load failed; previous model serving", kind
             colour = serving_classes[n % 3]
-            result = rig.classify(solid(colour), next(stamp))
+            result = rig.classify_counted(solid(colour), next(stamp))
             assert result["label"] == colour and set(result["scores"]) == set(serving_classes), (kind, result)
             if n == 1:  # reported: WARN, the error, the model still serving
                 assert wait_for(lambda: (rig.diagnostics() or {}).get("model_load_failures") == "1", DEADLINE_S)
@@ -224,7 +220,7 @@ def test_serving_model_dir_corrupted_in_place_is_refused_and_the_old_model_keeps
                 kind,
                 node.last_error,
             )
-            assert rig.classify(solid(serving_classes[0]), next(stamp))["label"] == serving_classes[0]
+            assert rig.classify_counted(solid(serving_classes[0]), next(stamp))["label"] == serving_classes[0]
             assert node.status() == "serving"
         assert node.errors == 0 and node.bad == 0
         assert node.loads == 1 + len(CORRUPTIONS) and node.load_failures == len(CORRUPTIONS)
@@ -243,7 +239,7 @@ def test_model_dir_swapped_and_corrupted_while_reloads_run_never_stops_serving(r
     _corrupt("torn_onnx", corrupt, models)
     flips = 40
     with Spinner(ros_context, threads=3) as spinner:
-        rig = ClassifierRig(ros_context, spinner, model_dir=str(serving))
+        rig = ClassifierRig(ros_context, spinner, model_dir=str(serving), smoothing="none")
         rig.ready()
         node = rig.node
         done = threading.Event()
@@ -261,7 +257,7 @@ def test_model_dir_swapped_and_corrupted_while_reloads_run_never_stops_serving(r
         stamp = 0
         while not done.is_set():  # frames keep coming and each one is answered by a complete model
             stamp += 1
-            result = rig.classify(solid("red"), stamp)
+            result = rig.classify_counted(solid("red"), stamp)
             classes = set(result["scores"])
             assert classes in (set(CLASSES_A), set(CLASSES_B)), result
             if classes == set(CLASSES_A):
@@ -269,7 +265,7 @@ def test_model_dir_swapped_and_corrupted_while_reloads_run_never_stops_serving(r
         flipper.join(timeout=DEADLINE_S)
         rig.model_pub.publish(String(data=""))
         assert wait_for(lambda: rig.current_classes() == CLASSES_B and not node.loading, DEADLINE_S)
-        assert rig.classify(solid("yellow"), stamp + 1)["label"] == "yellow"
+        assert rig.classify_counted(solid("yellow"), stamp + 1)["label"] == "yellow"
         assert node.errors == 0 and node.bad == 0 and node.loads >= 2
         assert node.load_failures >= 1  # the corrupt copies (and swaps caught half-way) were refused
 

@@ -27,15 +27,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from classifier_rig import ClassifierRig, frame_msg
 from fixtures_models import build_colour_model_dir, solid
-from graphutil import Spinner, unique_ns, wait_for
+from graphutil import DEADLINE_S, Spinner, unique_ns, wait_for
 from harness import (
-    DEADLINE_S,
-    ClassifierRig,
     assert_manifest_matches_files,
     deliver_frame,
     files_outside,
-    frame_msg,
     recorder_node,
 )
 from hypothesis import HealthCheck, given, settings
@@ -409,14 +407,14 @@ def test_pickled_code_in_training_checkpoints_and_weights_never_runs(torch_files
 def test_classifier_node_refuses_a_model_dir_with_pickled_code_and_keeps_serving(ros_context, torch_files, tmp_path):
     good = build_colour_model_dir(tmp_path / "good", ("red", "green", "blue"))
     with Spinner(ros_context, threads=3) as spinner:
-        rig = ClassifierRig(ros_context, spinner, model_dir=str(good))
+        rig = ClassifierRig(ros_context, spinner, model_dir=str(good), smoothing="none")
         rig.ready()
         assert rig.node.set_parameters(
             [Parameter("backend", value="torch"), Parameter("model_dir", value=str(torch_files["model_dir"]))]
         )[0].successful
         assert wait_for(lambda: rig.node.load_failures == 1 and not rig.node.loading, DEADLINE_S * 3)
         assert "weights_only" in rig.node.last_load_error
-        assert rig.classify(solid("blue"), 1)["label"] == "blue"  # the previous model still serves
+        assert rig.classify_counted(solid("blue"), 1)["label"] == "blue"  # the previous model still serves
     assert not torch_files["marker"].exists()
 
 
