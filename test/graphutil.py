@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -9,6 +10,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,6 +20,11 @@ from rclpy.context import Context
 from rclpy.executors import MultiThreadedExecutor
 from rclpy.node import Node
 
+DISCOVERY_S = 20.0
+"""Deadline for the first message across processes (discovery took up to ~3 s on 2 shared cores)."""
+DEADLINE_S = 10.0
+"""Deadline for an answer once the graph is connected."""
+
 
 def new_context() -> Context:
     """An initialised private Context that installs no signal handlers."""
@@ -26,6 +33,25 @@ def new_context() -> Context:
     ctx = Context()
     rclpy.init(context=ctx, signal_handler_options=SignalHandlerOptions.NO)
     return ctx
+
+
+def unique_ns(prefix: str) -> str:
+    """A fresh namespace ``/<prefix>_<8 hex digits>``, so tests on one ROS domain never share topics."""
+    return f"/{prefix}_{uuid.uuid4().hex[:8]}"
+
+
+def ros_args(**values: object) -> list[str]:
+    """``-p name:=value`` arguments for a node process: booleans as ``true``/``false``, lists as JSON."""
+    out: list[str] = []
+    for name, value in values.items():
+        if isinstance(value, bool):
+            text = str(value).lower()
+        elif isinstance(value, list):
+            text = json.dumps(value)
+        else:
+            text = str(value)
+        out += ["-p", f"{name}:={text}"]
+    return out
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float, interval: float = 0.02) -> bool:

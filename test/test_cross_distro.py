@@ -25,13 +25,12 @@ import os
 import subprocess
 import sys
 import threading
-import uuid
 from pathlib import Path
 
 import pytest
 from cross_distro_peer import peer_env, ros_distro
 from geometry_msgs.msg import Twist
-from graphutil import Collector, NodeProcess, Spinner, stop_and_check, wait_for
+from graphutil import Collector, NodeProcess, Spinner, stop_and_check, unique_ns, wait_for
 from rcl_interfaces.msg import ParameterType
 from rcl_interfaces.srv import GetParameters, SetParameters
 from rclpy.node import Node
@@ -67,10 +66,6 @@ if not PEER_PYTHON.exists():
         f"bash scripts/setup_venv.sh {PEER_DISTRO} {PEER_DEFAULT})",
         allow_module_level=True,
     )
-
-
-def _ns() -> str:
-    return f"/xdistro_{uuid.uuid4().hex[:8]}"
 
 
 def _peer_run(*args: str, timeout: float = 90.0) -> dict:
@@ -132,7 +127,7 @@ def test_peer_env_undoes_this_venvs_library_setup():
 
 
 def test_other_distro_camera_frames_and_parameters(ros_context):
-    ns = _ns()
+    ns = unique_ns("xdistro")
     camera = _peer_node("camera_node", ns, "width:=64", "height:=48", "fps:=15.0", "frame_id:=peer_cam")
     try:
         images = Collector(ros_context, Image, f"{ns}/image_raw", SENSOR_DATA, name="images")
@@ -178,7 +173,7 @@ def test_other_distro_camera_frames_and_parameters(ros_context):
 
 
 def test_this_distro_camera_frames_reach_the_other_distro(ros_context):
-    ns = _ns()
+    ns = unique_ns("xdistro")
     camera = CameraNode(
         context=ros_context,
         namespace=ns,
@@ -203,7 +198,7 @@ def test_this_distro_camera_frames_reach_the_other_distro(ros_context):
 
 
 def test_labels_and_enable_service_drive_the_other_distros_reaction_node(ros_context):
-    ns = _ns()
+    ns = unique_ns("xdistro")
     reaction = _peer_node("reaction_node", ns, "stale_timeout_s:=1.0", "max_linear_accel:=0.0")
     try:
         cmds = Collector(ros_context, Twist, f"{ns}/cmd_vel", EVENTS, name="cmds")
@@ -246,7 +241,7 @@ def test_labels_and_enable_service_drive_the_other_distros_reaction_node(ros_con
 def test_other_distro_teacher_captures_into_this_distros_recorder(ros_context, tmp_path):
     from dli_perception.nodes.recorder_node import RecorderNode
 
-    ns = _ns()
+    ns = unique_ns("xdistro")
     camera = _peer_node("camera_node", ns, "width:=48", "height:=32", "fps:=15.0")
     try:
         recorder = RecorderNode(

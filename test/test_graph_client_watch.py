@@ -8,12 +8,10 @@ context running; ``BackgroundSpin`` keeps spinning after a callback raised.
 from __future__ import annotations
 
 import logging
-import os
-import time
 
 import pytest
 from geometry_msgs.msg import Twist, Vector3
-from graphutil import wait_for
+from graphutil import unique_ns, wait_for
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from sensor_msgs.msg import CameraInfo
@@ -26,13 +24,9 @@ from dli_perception.nodes.runtime import BackgroundSpin
 DEADLINE = 20.0
 
 
-def _ns(tag: str) -> str:
-    return f"/{tag}_{os.getpid()}_{time.monotonic_ns() % 1_000_000}"
-
-
 @pytest.mark.graph
 def test_a_client_on_the_callers_context_hears_the_camera_the_velocity_and_its_namespace_log(ros_context):
-    ns = _ns("watch")
+    ns = unique_ns("watch")
     source = Node("source", namespace=ns, context=ros_context)
     other = Node("source", namespace=ns + "_other", context=ros_context)
     info_pub = source.create_publisher(CameraInfo, "camera_info", SENSOR_DATA)
@@ -86,7 +80,7 @@ def test_a_client_on_the_callers_context_hears_the_camera_the_velocity_and_its_n
 
 @pytest.mark.graph
 def test_background_spin_logs_a_callback_error_and_goes_on_spinning(ros_context, caplog):
-    ns = _ns("spin")
+    ns = unique_ns("spin")
     node = Node("listener", namespace=ns, context=ros_context)
     talker = Node("talker", namespace=ns, context=ros_context)
     heard: list[str] = []

@@ -3,7 +3,6 @@ with a vanished camera, across processes at 30 Hz for 640x480 and 1280x720, and 
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import threading
@@ -15,7 +14,7 @@ import cv2
 import numpy as np
 import pytest
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
-from graphutil import Collector, Spinner, stop_and_check, wait_for
+from graphutil import Collector, Spinner, ros_args, stop_and_check, wait_for
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
@@ -36,13 +35,6 @@ def _stamp_ns(msg) -> int:
 
 def _params(**values) -> list[Parameter]:
     return [Parameter(k, value=v) for k, v in values.items()]
-
-
-def _ros_args(**values) -> list[str]:
-    out = []
-    for k, v in values.items():
-        out += ["-p", f"{k}:={json.dumps(v) if isinstance(v, list) else v}"]
-    return out
 
 
 def test_in_process_frames_have_size_encoding_stamps_and_camera_info(ros_context):
@@ -107,7 +99,7 @@ def test_run_time_parameters_are_validated_and_applied(ros_context, tmp_path):
 
 
 def _frames_via_process(node_process, ros_context, count: int, **params) -> tuple[list[Image], object]:
-    proc = node_process("camera_node", *_ros_args(**params))
+    proc = node_process("camera_node", *ros_args(**params))
     images = Collector(ros_context, Image, "image_raw", SENSOR_DATA)
     with Spinner(ros_context, images):
         ok = wait_for(lambda: images.count() >= count, timeout=DISCOVERY_S)
@@ -151,7 +143,7 @@ def test_video_file_source_loops_its_frames(node_process, ros_context, tmp_path)
 def test_video_file_without_loop_stops_at_its_end_and_keeps_running(node_process, tmp_path):
     video = tmp_path / "clip.avi"
     _write_video(video, [(100, 100, 100)] * 12)
-    proc = node_process("camera_node", *_ros_args(source="video", path=str(video), loop=False, fps=30.0))
+    proc = node_process("camera_node", *ros_args(source="video", path=str(video), loop=False, fps=30.0))
     assert wait_for(lambda: "end of video stream after 12 frames" in proc.output(), timeout=DISCOVERY_S), proc.output()
     assert proc.proc.poll() is None, "the node keeps running after the end of a non-looping video"
     assert stop_and_check(proc, "int2") == 0
@@ -182,7 +174,7 @@ def test_image_folder_slideshow_skips_corrupt_files(node_process, ros_context, t
 
 
 def test_missing_camera_is_retried_and_reported_not_fatal(node_process, ros_context):
-    proc = node_process("camera_node", *_ros_args(source="v4l2", device="/dev/video99", **{"reconnect.initial_s": 0.1}))
+    proc = node_process("camera_node", *ros_args(source="v4l2", device="/dev/video99", **{"reconnect.initial_s": 0.1}))
     diags = Collector(ros_context, DiagnosticArray, "/diagnostics", EVENTS)
 
     def failures() -> int:
@@ -205,7 +197,7 @@ def test_missing_camera_is_retried_and_reported_not_fatal(node_process, ros_cont
 
 @pytest.mark.parametrize("mode", ["int", "int2", "term"])
 def test_exit_code_zero_and_camera_released_after_signals(node_process, ros_context, mode):
-    proc = node_process("camera_node", *_ros_args(width=64, height=48))
+    proc = node_process("camera_node", *ros_args(width=64, height=48))
     images = Collector(ros_context, Image, "image_raw", SENSOR_DATA)
     with Spinner(ros_context, images):
         assert wait_for(lambda: images.count() >= 3, timeout=DISCOVERY_S), proc.output()
@@ -343,7 +335,7 @@ def test_camera_node_30_hz_frames_reach_another_process(node_process, ros_contex
     noise = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
     assert cv2.imwrite(str(tmp_path / "frames" / "noise.bmp"), noise)
     ns = f"/cam30_{uuid.uuid4().hex[:8]}"
-    params = _ros_args(source="folder", path=str(tmp_path / "frames"), width=width, height=height, fps=30.0)
+    params = ros_args(source="folder", path=str(tmp_path / "frames"), width=width, height=height, fps=30.0)
     proc = node_process("camera_node", *params, "-r", f"__ns:={ns}")
     log = _FrameLog(ros_context, ns)
     ok = _watch(ros_context, log, lambda: any(_at_30_hz(w) for w in _windows(log)), 90.0)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from diagnostic_msgs.msg import DiagnosticArray
+from classifier_rig import ClassifierRig, frame_msg, stamp_of
 from fixtures_models import build_colour_model_dir, corrupt_copy, solid
 from graphutil import Collector, Spinner, stop_and_check, wait_for
 from rcl_interfaces.msg import SetParametersResult
@@ -27,7 +27,6 @@ from sensor_msgs.msg import Image
 from std_msgs.msg import String
 
 from dli_perception.core.backend_options import BackendOptions
-from dli_perception.core.imaging import cv2_to_imgmsg
 from dli_perception.nodes.classifier_node import PARAMS, ClassifierNode
 from dli_perception.nodes.qos import EVENTS, LATCHED, SENSOR_DATA
 
@@ -44,84 +43,6 @@ def models(tmp_path_factory) -> dict[str, Path]:
     a = build_colour_model_dir(root / "a", CLASSES_A)
     b = build_colour_model_dir(root / "b", CLASSES_B)
     return {"a": a, "b": b, "corrupt": corrupt_copy(b, root / "corrupt"), "missing": root / "does_not_exist"}
-
-
-def image_msg(rgb: np.ndarray, stamp_ns: int, frame_id: str = "camera", encoding: str = "rgb8") -> Image:
-    if encoding == "bgr8":
-        arr = np.ascontiguousarray(rgb[:, :, ::-1])
-    elif encoding == "rgba8":
-        arr = np.dstack([rgb, np.full(rgb.shape[:2], 255, np.uint8)])
-    else:
-        arr = rgb
-    msg = cv2_to_imgmsg(arr, encoding=encoding)
-    msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp_ns, 1_000_000_000)
-    msg.header.frame_id = frame_id
-    return msg
-
-
-def stamp_of(result: dict) -> int:
-    return result["stamp"]["sec"] * 1_000_000_000 + result["stamp"]["nanosec"]
-
-
-class Graph:
-    """The classifier node, a frame/model publisher and collectors, all in one private context."""
-
-    def __init__(self, context, spinner: Spinner, **params) -> None:
-        overrides = [Parameter(k, value=v) for k, v in {"backend": "onnxruntime", "threads": 1, **params}.items()]
-        self.spinner = spinner
-        self.node = spinner.add(ClassifierNode(context=context, parameter_overrides=overrides))
-        self.source = spinner.add(Node("frame_source", context=context))
-        self.image_pub = self.source.create_publisher(Image, "image_raw", SENSOR_DATA)
-        self.model_pub = self.source.create_publisher(String, "model_updated", EVENTS)
-        self.labels = spinner.add(Collector(context, String, "label", EVENTS, name="labels"))
-        self.scores = spinner.add(Collector(context, String, "/classifier_node/scores", EVENTS, name="scores"))
-        self.classes = spinner.add(Collector(context, String, "/classifier_node/classes", LATCHED, name="classes"))
-        self.diags = spinner.add(Collector(context, DiagnosticArray, "/diagnostics", EVENTS, name="diags"))
-
-    def ready(self) -> None:
-        node = self.node
-        assert wait_for(
-            lambda: (
-                node.model is not None
-                and self.image_pub.get_subscription_count() > 0
-                and self.model_pub.get_subscription_count() > 0
-                and node.label_pub.get_subscription_count() > 0
-                and node.scores_pub.get_subscription_count() > 0
-            ),
-            DEADLINE,
-        ), f"node not ready: status {node.status()!r}, last error {node.last_error!r}"
-
-    def results(self) -> list[dict]:
-        return [json.loads(m.data) for m in list(self.scores.msgs)]
-
-    def result_for(self, stamp_ns: int) -> dict | None:
-        for r in reversed(self.results()):
-            if stamp_of(r) == stamp_ns:
-                return r
-        return None
-
-    def classify(self, rgb: np.ndarray, stamp_ns: int, **kw) -> dict:
-        """Publish one frame and wait for its result."""
-        self.image_pub.publish(image_msg(rgb, stamp_ns, **kw))
-        assert wait_for(lambda: self.result_for(stamp_ns) is not None, DEADLINE), (
-            f"no result for frame {stamp_ns}: {self.node.status()}, last error {self.node.last_error!r}"
-        )
-        return self.result_for(stamp_ns)
-
-    def current_classes(self) -> list[str] | None:
-        msgs = list(self.classes.msgs)
-        return json.loads(msgs[-1].data) if msgs else None
-
-    def latest_diagnostics(self) -> dict[str, str] | None:
-        for array in reversed(list(self.diags.msgs)):
-            for status in array.status:
-                if status.name.endswith("classifier_node"):
-                    return {
-                        "message": status.message,
-                        "level": status.level,
-                        **{kv.key: kv.value for kv in status.values},
-                    }
-        return None
 
 
 class ParamClient:
@@ -150,7 +71,7 @@ class ParamClient:
 def graph(ros_context, request):
     params = getattr(request, "param", {})
     with Spinner(ros_context, threads=3) as spinner:
-        yield lambda **kw: Graph(ros_context, spinner, **{**params, **kw})
+        yield lambda **kw: ClassifierRig(ros_context, spinner, **{**params, **kw})
 
 
 # -- labels, stamps, scores ---------------------------------------------------------------------
@@ -180,8 +101,8 @@ def test_labels_scores_stamps_and_frame_ids(graph, models):
     assert wait_for(lambda: g.labels.count() == len(frames), DEADLINE)
     assert [m.data for m in g.labels.msgs] == [c for c, _, _ in frames]
     assert g.node.classified == len(frames) and g.node.bad == 0
-    assert wait_for(lambda: (g.latest_diagnostics() or {}).get("frames_classified") == str(len(frames)), DEADLINE)
-    diag = g.latest_diagnostics()
+    assert wait_for(lambda: (g.diagnostics() or {}).get("frames_classified") == str(len(frames)), DEADLINE)
+    diag = g.diagnostics()
     assert diag["status"] == "serving" and diag["backend"] == "onnxruntime" and diag["device"] == "cpu"
     assert diag["model_dir"] == str(models["a"]) and diag["classes"] == ",".join(CLASSES_A)
     assert float(diag["latency_p95_ms"]) >= float(diag["latency_p50_ms"]) > 0.0
@@ -228,13 +149,13 @@ def test_overlay_only_when_subscribed(graph, models, ros_context):
 
 # -- bad frames -----------------------------------------------------------------------------------
 def _bad_frames() -> list[tuple[str, Image]]:
-    unknown = image_msg(solid("red", 4, 4), 101)
+    unknown = frame_msg(solid("red", 4, 4), 101)
     unknown.encoding = "not_an_encoding"
-    truncated = image_msg(solid("red", 8, 8), 102)
+    truncated = frame_msg(solid("red", 8, 8), 102)
     truncated.data = bytes(truncated.data)[:100]
-    empty = image_msg(solid("red", 4, 4), 103)
+    empty = frame_msg(solid("red", 4, 4), 103)
     empty.width, empty.height, empty.step, empty.data = 0, 0, 0, b""
-    wrong_step = image_msg(solid("red", 8, 8), 104)
+    wrong_step = frame_msg(solid("red", 8, 8), 104)
     wrong_step.step = 5
     return [("unknown encoding", unknown), ("truncated", truncated), ("empty", empty), ("step", wrong_step)]
 
@@ -251,8 +172,8 @@ def test_bad_frames_are_counted_and_skipped(graph, models):
         assert g.classify(solid("blue"), 1000 + n)["label"] == "blue"  # keeps classifying after it
     assert "not_an_encoding" in errors[0]
     assert g.node.errors == 0 and g.node.classified == 5
-    assert wait_for(lambda: (g.latest_diagnostics() or {}).get("frames_bad") == "4", DEADLINE)
-    assert g.latest_diagnostics()["last_error"].startswith("bad frame")
+    assert wait_for(lambda: (g.diagnostics() or {}).get("frames_bad") == "4", DEADLINE)
+    assert g.diagnostics()["last_error"].startswith("bad frame")
 
 
 # -- hot reload -----------------------------------------------------------------------------------
@@ -274,8 +195,8 @@ def test_hot_reload_by_topic_and_parameter(graph, models):
     assert wait_for(lambda: g.node.load_failures == 1 and not g.node.loading, DEADLINE)
     assert g.classify(solid("magenta"), 3)["label"] == "magenta"
     assert g.node.status() == "load failed; previous model serving"
-    assert wait_for(lambda: str(models["corrupt"]) in (g.latest_diagnostics() or {}).get("last_error", ""), DEADLINE)
-    diag = g.latest_diagnostics()
+    assert wait_for(lambda: str(models["corrupt"]) in (g.diagnostics() or {}).get("last_error", ""), DEADLINE)
+    diag = g.diagnostics()
     assert diag["level"] == b"\x01" and "ModelError" in diag["last_error"] and diag["model_dir"] == str(models["b"])
 
     # A parameter change (through the node's parameter services, as `ros2 param set` does) loads in
@@ -287,8 +208,8 @@ def test_hot_reload_by_topic_and_parameter(graph, models):
     assert g.classify(solid("blue"), 4)["label"] == "blue"
     assert g.node.status() == "serving"
     assert g.node.last_error == "" and g.node.last_load_error == ""
-    assert wait_for(lambda: (g.latest_diagnostics() or {}).get("status") == "serving", DEADLINE)
-    assert g.latest_diagnostics()["last_error"] == "" and g.latest_diagnostics()["level"] == b"\x00"
+    assert wait_for(lambda: (g.diagnostics() or {}).get("status") == "serving", DEADLINE)
+    assert g.diagnostics()["last_error"] == "" and g.diagnostics()["level"] == b"\x00"
 
     # A missing directory is accepted as a value and fails to load; the model keeps serving and the
     # parameter is set back to the directory serving, so a parameter dump never carries the bad one.
@@ -311,7 +232,7 @@ def test_waits_for_a_model_then_loads_one_from_the_topic(graph, models):
         DEADLINE,
     )
     assert g.node.status() == "waiting for a model"
-    g.image_pub.publish(image_msg(solid("red"), 1))
+    g.image_pub.publish(frame_msg(solid("red"), 1))
     assert wait_for(lambda: g.node.without_model == 1, DEADLINE)
     assert g.node.classified == 0
     g.model_pub.publish(String(data=str(models["b"])))
@@ -346,7 +267,7 @@ def test_overload_drops_stale_frames_and_never_queues(graph, models):
     first = 5_000_000_000
     n_frames = 150
     for i in range(n_frames):  # ~200 Hz: every frame reaches the callback, the node classifies at 20 Hz
-        g.image_pub.publish(image_msg(solid(CLASSES_A[i % 3]), first + i))
+        g.image_pub.publish(frame_msg(solid(CLASSES_A[i % 3]), first + i))
         time.sleep(0.005)
 
     def settled() -> bool:
@@ -386,13 +307,13 @@ def test_process_stops_cleanly(mode, node_process, ros_context, models):
         assert json.loads(classes.msgs[-1].data) == CLASSES_A
 
         def got_result() -> bool:  # stream frames like a camera until one is classified
-            pub.publish(image_msg(solid("green"), time.time_ns()))
+            pub.publish(frame_msg(solid("green"), time.time_ns()))
             return scores.count() > 0
 
         assert wait_for(got_result, 20.0, interval=0.1), proc.output()
         assert all(json.loads(m.data)["label"] == "green" for m in list(scores.msgs))  # only green was sent
         for _ in range(5):  # keep the worker busy while the signal arrives
-            pub.publish(image_msg(solid("red"), time.time_ns()))
+            pub.publish(frame_msg(solid("red"), time.time_ns()))
         rc = stop_and_check(proc, mode)
     assert rc == 0, proc.output()
     assert "Traceback" not in proc.stderr(), proc.stderr()
@@ -415,7 +336,7 @@ def test_outside_text_cannot_forge_log_lines(node_process, ros_context, models):
         assert wait_for(lambda: classes.count() > 0 or proc.proc.poll() is not None, 40.0), proc.output()
 
         def bad_frame_logged() -> bool:
-            msg = image_msg(solid("green"), time.time_ns())
+            msg = frame_msg(solid("green"), time.time_ns())
             msg.encoding = "rgb8" + FORGED
             pub.publish(msg)
             return "bad frame" in proc.output()

@@ -7,10 +7,8 @@ not part of DDS discovery (the graph reports 0), so it is read from the endpoint
 
 from __future__ import annotations
 
-import uuid
-
 import pytest
-from graphutil import wait_for
+from graphutil import unique_ns, wait_for
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import HistoryPolicy, ReliabilityPolicy
@@ -22,10 +20,6 @@ from dli_perception.nodes.reaction_node import ReactionNode
 
 pytestmark = pytest.mark.graph
 DEADLINE = 10.0
-
-
-def _ns() -> str:
-    return f"/qos_test_{uuid.uuid4().hex[:8]}"
 
 
 def _endpoint(observer: Node, topic: str, node_name: str, publisher: bool):
@@ -44,7 +38,7 @@ def _endpoint(observer: Node, topic: str, node_name: str, publisher: bool):
 
 
 def test_overrides_change_the_frame_publisher_and_the_label_subscription(ros_context):
-    ns = _ns()
+    ns = unique_ns("qos_test")
     camera = CameraNode(
         context=ros_context,
         namespace=ns,
@@ -86,7 +80,7 @@ def test_overrides_change_the_frame_publisher_and_the_label_subscription(ros_con
 
 
 def test_bad_override_values_are_refused_and_stray_ones_reported(ros_context):
-    ns = _ns()
+    ns = unique_ns("qos_test")
     with pytest.raises(ConfigError, match=r"label\.subscription\.reliability: 'fast' is no reliability policy"):
         ReactionNode(
             context=ros_context,

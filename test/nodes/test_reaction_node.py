@@ -6,11 +6,10 @@ import contextlib
 import statistics
 import threading
 import time
-import uuid
 
 import pytest
 from geometry_msgs.msg import Twist, TwistStamped
-from graphutil import Collector, Spinner, stop_and_check, wait_for, wait_seen
+from graphutil import Collector, Spinner, stop_and_check, unique_ns, wait_for, wait_seen
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from std_msgs.msg import String
@@ -24,10 +23,6 @@ from dli_perception.nodes.reaction_node import ReactionNode
 pytestmark = pytest.mark.graph
 DISCOVERY_S = 20.0  # deadline for the first message across processes (discovery took up to ~3 s here)
 DEADLINE_S = 10.0  # deadline for a reaction once the graph is connected
-
-
-def _ns() -> str:
-    return f"/reaction_test_{uuid.uuid4().hex[:8]}"
 
 
 def _state(msg: String) -> ReactionState:
@@ -79,7 +74,7 @@ def _reaction(context, ns: str, **params) -> ReactionNode:
 
 
 def test_right_twist_per_class_only_after_enable_and_zero_on_every_stop(ros_context):
-    ns = _ns()
+    ns = unique_ns("reaction_test")
     node = _reaction(ros_context, ns, max_linear_accel=0.0, max_angular_accel=0.0)
     driver = Driver(ros_context, ns)
     cmds = Collector(ros_context, Twist, f"{ns}/cmd_vel", EVENTS, name="cmds")
@@ -164,7 +159,7 @@ def _labels_every_50_ms(driver: Driver, label: str):
 
 
 def test_ramp_limits_speed_up_and_thumbs_table_with_stamped_output(ros_context):
-    ns = _ns()
+    ns = unique_ns("reaction_test")
     node = _reaction(
         ros_context,
         ns,
@@ -199,7 +194,7 @@ def test_watchdog_stops_at_the_stale_deadline_not_at_the_next_periodic_command(r
     """The zero Twist for a stale label goes out at last label + stale_timeout_s. With commands every
     1 s (rate_hz 1), waiting for the next periodic one would be up to 1 s late (median ~0.5 s); the
     lateness is read from the commands' own stamps, so a loaded machine's delivery delay is left out."""
-    ns = _ns()
+    ns = unique_ns("reaction_test")
     stale_s = 0.3
     node = _reaction(
         ros_context,
@@ -235,13 +230,13 @@ def test_bad_actions_file_is_a_config_error(ros_context, tmp_path):
     bad = tmp_path / "table.yaml"
     bad.write_text("actions:\n  free: {linear_x: fast}\n")
     with pytest.raises(ConfigError, match="linear_x must be a number"):
-        _reaction(ros_context, _ns(), actions_file=str(bad))
+        _reaction(ros_context, unique_ns("reaction_test"), actions_file=str(bad))
     with pytest.raises(ConfigError, match="not found"):
-        _reaction(ros_context, _ns(), actions_file="no_such_table.yaml")
+        _reaction(ros_context, unique_ns("reaction_test"), actions_file="no_such_table.yaml")
 
 
 def test_bad_label_message_stops_and_is_counted(ros_context):
-    ns = _ns()
+    ns = unique_ns("reaction_test")
     node = _reaction(ros_context, ns, start_enabled=True, max_linear_accel=0.0, min_score=0.5)
     driver = Driver(ros_context, ns)
     cmds = Collector(ros_context, Twist, f"{ns}/cmd_vel", EVENTS, name="cmds")
@@ -257,7 +252,7 @@ def test_bad_label_message_stops_and_is_counted(ros_context):
 
 @pytest.mark.parametrize("mode", ["int", "int2", "term"])
 def test_process_stops_with_a_final_zero_twist(node_process, ros_context, mode):
-    ns = _ns()
+    ns = unique_ns("reaction_test")
     proc = node_process("reaction_node", "-p", "start_enabled:=true", "-r", f"__ns:={ns}")
     driver = Driver(ros_context, ns)
     cmds = Collector(ros_context, Twist, f"{ns}/cmd_vel", EVENTS, name="cmds")

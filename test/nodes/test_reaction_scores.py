@@ -9,7 +9,6 @@ blocked: turn in place).
 from __future__ import annotations
 
 import threading
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,7 +17,7 @@ import pytest
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from fixtures_models import build_colour_model_dir, solid
 from geometry_msgs.msg import Twist
-from graphutil import Collector, Spinner, wait_for
+from graphutil import Collector, Spinner, unique_ns, wait_for
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from sensor_msgs.msg import Image
@@ -50,10 +49,6 @@ def models(tmp_path_factory) -> dict[str, Path]:
             {"circle": (255, 0, 0), "square": (0, 255, 0), "triangle": (0, 0, 255)},
         ),
     }
-
-
-def _ns() -> str:
-    return f"/reaction_scores_{uuid.uuid4().hex[:8]}"
 
 
 def _params(**values) -> list[Parameter]:
@@ -114,7 +109,7 @@ def _state(collector: Collector) -> ReactionState | None:
 
 
 def test_scores_drive_the_robot_and_min_score_stops_only_while_the_model_is_unsure(ros_context, models):
-    ns = _ns()
+    ns = unique_ns("reaction_scores")
     classifier = _classifier(ros_context, ns, models["collision"], smoothing="none", threshold=0.0, hysteresis=0.0)
     reaction = ReactionNode(
         context=ros_context,
@@ -147,7 +142,7 @@ def test_scores_drive_the_robot_and_min_score_stops_only_while_the_model_is_unsu
 
 
 def test_results_from_old_frames_are_ignored_with_max_frame_age(ros_context, models):
-    ns = _ns()
+    ns = unique_ns("reaction_scores")
     classifier = _classifier(ros_context, ns, models["collision"], smoothing="none")
     reaction = ReactionNode(
         context=ros_context,
@@ -182,7 +177,7 @@ def _values(status: DiagnosticStatus | None) -> dict[str, str]:
 
 
 def test_warns_when_the_models_classes_and_the_action_table_do_not_fit(ros_context, models):
-    ns = _ns()
+    ns = unique_ns("reaction_scores")
     classifier = _classifier(ros_context, ns, models["shapes"])
     reaction = ReactionNode(context=ros_context, namespace=ns)  # the built-in free/blocked table
     camera = Camera(ros_context, ns)

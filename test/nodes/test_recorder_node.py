@@ -7,34 +7,24 @@ import json
 import statistics
 import threading
 import time
-import uuid
 from collections import Counter
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
-from diagnostic_msgs.msg import DiagnosticArray
-from graphutil import NodeProcess, Spinner, stop_and_check, wait_for
-from rclpy.node import Node
+from graphutil import DEADLINE_S, DISCOVERY_S, NodeProcess, Spinner, stop_and_check, unique_ns, wait_for
 from rclpy.parameter import Parameter
+from recorder_client import Teacher
 from sensor_msgs.msg import Image
-from std_msgs.msg import String
-from std_srvs.srv import SetBool, Trigger
+from std_srvs.srv import Trigger
 from storeutil import slow_store
 
 from dli_perception.core.dataset import MANIFEST_NAME, DatasetStore
 from dli_perception.nodes.camera_node import CameraNode
-from dli_perception.nodes.qos import EVENTS, LATCHED, SENSOR_DATA
 from dli_perception.nodes.recorder_node import RecorderNode
 
 pytestmark = pytest.mark.graph
-DISCOVERY_S = 20.0  # deadline for the first message across processes (discovery took up to ~3 s here)
-DEADLINE_S = 10.0  # deadline for an answer once the graph is connected
-
-
-def _ns() -> str:
-    return f"/recorder_test_{uuid.uuid4().hex[:8]}"
 
 
 def _pixels(i: int, h: int = 24, w: int = 32) -> np.ndarray:
@@ -50,58 +40,6 @@ def _image_msg(pixels: np.ndarray, stamp_ns: int = 0) -> Image:
     msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp_ns, 1_000_000_000)
     msg.header.frame_id = "cam"
     return msg
-
-
-class Teacher(Node):
-    """What a person (or a teaching UI) does: publish frames and labels, call the recorder's services."""
-
-    def __init__(self, context, ns: str) -> None:
-        super().__init__("teacher", context=context, namespace=ns)
-        self.image_pub = self.create_publisher(Image, "image_raw", SENSOR_DATA)
-        self.label_pub = self.create_publisher(String, "teach_label", EVENTS)
-        self.capture_client = self.create_client(Trigger, "recorder_node/capture")
-        self.undo_client = self.create_client(Trigger, "recorder_node/undo")
-        self.recording_client = self.create_client(SetBool, "recorder_node/set_recording")
-        self.counts: list[dict] = []
-        self.diags: list[dict] = []
-        self.create_subscription(
-            String, "recorder_node/counts", lambda m: self.counts.append(json.loads(m.data)), LATCHED
-        )
-        self.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, EVENTS)
-        self._diag_name = f"{ns.strip('/')}/recorder_node"
-
-    def _on_diag(self, msg: DiagnosticArray) -> None:
-        for status in msg.status:
-            if status.name == self._diag_name:
-                self.diags.append({kv.key: kv.value for kv in status.values})
-
-    def _call(self, client, request):
-        assert client.wait_for_service(timeout_sec=DISCOVERY_S), f"{client.srv_name} not available"
-        future = client.call_async(request)
-        assert wait_for(future.done, timeout=DEADLINE_S + 10), f"{client.srv_name} did not answer"
-        return future.result()
-
-    def capture(self) -> Trigger.Response:
-        return self._call(self.capture_client, Trigger.Request())
-
-    def undo(self) -> Trigger.Response:
-        return self._call(self.undo_client, Trigger.Request())
-
-    def set_recording(self, on: bool) -> SetBool.Response:
-        return self._call(self.recording_client, SetBool.Request(data=on))
-
-    def diag(self, key: str, default: str = "") -> str:
-        return self.diags[-1].get(key, default) if self.diags else default
-
-    def teach(self, label: str) -> None:
-        """Publish ``label`` until the recorder reports it (diagnostics are published on every change)."""
-        want = "" if label.strip().casefold() in ("", "none", "unknown") else label.strip()
-
-        def step() -> bool:
-            self.label_pub.publish(String(data=label))
-            return bool(self.diags) and self.diag("label") == want
-
-        assert wait_for(step, timeout=DISCOVERY_S, interval=0.1), f"recorder never reported label {want!r}"
 
 
 def _recorder(context, ns: str, root: Path, **params) -> RecorderNode:
@@ -144,7 +82,7 @@ def _frame_delivered(recorder: RecorderNode, teacher: Teacher, pixels: np.ndarra
 
 
 def test_capture_refusals_undo_and_counts_in_one_process(ros_context, tmp_path):
-    ns, root = _ns(), tmp_path / "ds"
+    ns, root = unique_ns("recorder_test"), tmp_path / "ds"
     recorder = _recorder(ros_context, ns, root, image_format="png", max_frame_age_s=30.0)
     teacher = Teacher(ros_context, ns)
     with Spinner(ros_context, recorder, teacher, threads=4):
@@ -210,7 +148,7 @@ def test_capture_refusals_undo_and_counts_in_one_process(ros_context, tmp_path):
 
 
 def test_class_limit_and_dataset_errors_are_refusals(ros_context, tmp_path):
-    ns, root = _ns(), tmp_path / "ds"
+    ns, root = unique_ns("recorder_test"), tmp_path / "ds"
     recorder = _recorder(ros_context, ns, root, max_per_class=2, max_frame_age_s=30.0)
     teacher = Teacher(ros_context, ns)
     with Spinner(ros_context, recorder, teacher, threads=4):
@@ -232,7 +170,7 @@ def test_class_limit_and_dataset_errors_are_refusals(ros_context, tmp_path):
 
 
 def test_continuous_capture_never_blocks_frames_and_drops_when_the_writer_lags(ros_context, tmp_path):
-    ns, root = _ns(), tmp_path / "ds"
+    ns, root = unique_ns("recorder_test"), tmp_path / "ds"
     recorder = _recorder(ros_context, ns, root, capture_rate_hz=50.0, queue_size=2, write_timeout_s=0.3)
     teacher = Teacher(ros_context, ns)
     index = iter(range(100, 100_000))
@@ -293,7 +231,7 @@ def test_every_capture_is_answered_in_time_while_slow_writes_hold_the_store(ros_
     timeout, with the saved path or a refusal that says why, and the dataset matches the answers.
     The recorder spins in an executor of its own: as its entry point runs it (default thread count),
     and with one thread (any executor must do)."""
-    ns, root = _ns(), tmp_path / "ds"
+    ns, root = unique_ns("recorder_test"), tmp_path / "ds"
     recorder = _recorder(
         ros_context, ns, root, image_format="png", write_timeout_s=1.0, capture_rate_hz=2.0, max_frame_age_s=30.0
     )
@@ -393,7 +331,7 @@ def _capture_new(teacher: Teacher, n: int) -> None:
 
 
 def test_camera_recorder_and_client_across_processes(node_process, ros_context, tmp_path):
-    ns, root = _ns(), tmp_path / "ds"
+    ns, root = unique_ns("recorder_test"), tmp_path / "ds"
     camera = _camera_process(node_process, ns)
     recorder = _recorder_process(node_process, ns, root, "-p", "max_frame_age_s:=0.5", "-p", "capture_rate_hz:=10.0")
     teacher = Teacher(ros_context, ns)
@@ -441,7 +379,7 @@ def test_camera_recorder_and_client_across_processes(node_process, ros_context, 
 
 @pytest.mark.parametrize("mode", ["int", "int2", "term"])
 def test_recorder_process_exits_0_with_the_dataset_consistent_after_signals(node_process, ros_context, tmp_path, mode):
-    ns, root = _ns(), tmp_path / "ds"
+    ns, root = unique_ns("recorder_test"), tmp_path / "ds"
     recorder = _recorder_process(node_process, ns, root, "-p", "capture_rate_hz:=20.0")
     camera = CameraNode(
         context=ros_context,

@@ -6,13 +6,12 @@ Runs use 64x64 images, random weights (``weights: none``) and one torch thread, 
 
 from __future__ import annotations
 
-import uuid
 from pathlib import Path
 
 import cv2
 import pytest
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
-from graphutil import Spinner, stop_and_check, wait_for
+from graphutil import Spinner, ros_args, stop_and_check, unique_ns, wait_for
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from std_msgs.msg import String
@@ -42,10 +41,6 @@ FAST = {
 }
 LONG = {**FAST, "mode": "finetune", "epochs": 200, "batch_size": 4}
 """A run that lasts minutes unless cancelled (every layer trained, 200 epochs)."""
-
-
-def _ns() -> str:
-    return f"/trainer_test_{uuid.uuid4().hex[:8]}"
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +127,7 @@ def _trainer(context, ns: str, **params) -> TrainerNode:
 
 
 def test_train_publishes_progress_status_and_the_exported_model(ros_context, dataset, tmp_path):
-    ns, model_dir = _ns(), tmp_path / "models" / "m"
+    ns, model_dir = unique_ns("trainer_test"), tmp_path / "models" / "m"
     trainer = _trainer(ros_context, ns, dataset_dir=str(dataset), model_dir=str(model_dir), **FAST)
     op = Operator(ros_context, ns)
     with Spinner(ros_context, trainer, op, threads=3) as spinner:
@@ -178,7 +173,7 @@ def test_train_publishes_progress_status_and_the_exported_model(ros_context, dat
 
 
 def test_second_train_is_refused_and_cancel_keeps_the_previous_model(ros_context, dataset, tmp_path):
-    ns, model_dir = _ns(), tmp_path / "m"
+    ns, model_dir = unique_ns("trainer_test"), tmp_path / "m"
     before = _previous_model(model_dir)
     trainer = _trainer(ros_context, ns, dataset_dir=str(dataset), model_dir=str(model_dir), **LONG)
     op = Operator(ros_context, ns)
@@ -206,7 +201,7 @@ def test_second_train_is_refused_and_cancel_keeps_the_previous_model(ros_context
 
 def test_missing_imagenet_weights_fail_the_run_with_the_explanation(ros_context, dataset, tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_torch_home"))
-    ns, model_dir = _ns(), tmp_path / "m"
+    ns, model_dir = unique_ns("trainer_test"), tmp_path / "m"
     params = {**FAST, "weights": "imagenet"}
     trainer = _trainer(ros_context, ns, dataset_dir=str(dataset), model_dir=str(model_dir), **params)
     op = Operator(ros_context, ns)
@@ -233,7 +228,7 @@ def test_missing_imagenet_weights_fail_the_run_with_the_explanation(ros_context,
 
 
 def test_refusals_before_starting_and_parameter_checks(ros_context, dataset, tmp_path):
-    ns = _ns()
+    ns = unique_ns("trainer_test")
     trainer = _trainer(ros_context, ns, dataset_dir=str(tmp_path / "nowhere"), model_dir=str(tmp_path / "m"), **FAST)
     op = Operator(ros_context, ns)
     with Spinner(ros_context, trainer, op, threads=3):
@@ -266,17 +261,10 @@ def test_refusals_before_starting_and_parameter_checks(ros_context, dataset, tmp
     assert {p.name for p in PARAMS} >= {*common.split(), "num_workers"}
 
 
-def _ros_args(**values) -> list[str]:
-    out: list[str] = []
-    for k, v in values.items():
-        out += ["-p", f"{k}:={v}"]
-    return out
-
-
 @pytest.mark.parametrize("mode", ["int", "int2", "term"])
 def test_idle_process_exits_0_on_signals(node_process, ros_context, tmp_path, mode):
-    ns = _ns()
-    proc = node_process("trainer_node", "-r", f"__ns:={ns}", *_ros_args(dataset_dir=str(tmp_path)))
+    ns = unique_ns("trainer_test")
+    proc = node_process("trainer_node", "-r", f"__ns:={ns}", *ros_args(dataset_dir=str(tmp_path)))
     op = Operator(ros_context, ns)
     try:
         assert op.cancel_client.wait_for_service(timeout_sec=DISCOVERY_S), proc.output()
@@ -287,10 +275,10 @@ def test_idle_process_exits_0_on_signals(node_process, ros_context, tmp_path, mo
 
 
 def test_sigint_while_training_stops_the_run_and_keeps_the_previous_model(node_process, ros_context, dataset, tmp_path):
-    ns, model_dir = _ns(), tmp_path / "m"
+    ns, model_dir = unique_ns("trainer_test"), tmp_path / "m"
     before = _previous_model(model_dir)
     params = {**LONG, "dataset_dir": str(dataset), "model_dir": str(model_dir)}
-    proc = node_process("trainer_node", "-r", f"__ns:={ns}", *_ros_args(**params))
+    proc = node_process("trainer_node", "-r", f"__ns:={ns}", *ros_args(**params))
     op = Operator(ros_context, ns)
     with Spinner(ros_context, op):
         r = op.train()
@@ -314,10 +302,10 @@ def test_sigint_during_the_export_exits_0_and_leaves_an_old_or_complete_model(
 ):
     """The export cannot be interrupted (native code); the node still exits 0 in time, and the
     model directory is the previous one or the complete new one, never a mix."""
-    ns, model_dir = _ns(), tmp_path / "m"
+    ns, model_dir = unique_ns("trainer_test"), tmp_path / "m"
     before = _previous_model(model_dir)
     params = {**FAST, "dataset_dir": str(dataset), "model_dir": str(model_dir)}
-    proc = node_process("trainer_node", "-r", f"__ns:={ns}", *_ros_args(**params))
+    proc = node_process("trainer_node", "-r", f"__ns:={ns}", *ros_args(**params))
     op = Operator(ros_context, ns)
     with Spinner(ros_context, op):
         r = op.train()

@@ -1,7 +1,7 @@
 """Rigs for the reliability tests and ``benchmarks/reliability.py``: real nodes, topics, one private context.
 
-:class:`ClassifierRig` is a classifier_node with a frame/model publisher and collectors for its
-results and diagnostics; :class:`Teacher` drives a recorder_node (labels, frames, services).
+:class:`~classifier_rig.ClassifierRig` drives a classifier_node and :class:`~recorder_client.Teacher`
+a recorder_node (both shared with the node tests); here are the recorder and file-system helpers.
 Waits poll with deadlines; nothing sleeps a fixed time.
 """
 
@@ -16,174 +16,12 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from diagnostic_msgs.msg import DiagnosticArray
-from graphutil import Collector, Spinner, wait_for
-from rclpy.node import Node
+from graphutil import DISCOVERY_S, wait_for
 from rclpy.parameter import Parameter
+from recorder_client import Teacher
 from sensor_msgs.msg import Image
-from std_msgs.msg import String
-from std_srvs.srv import SetBool, Trigger
 
 from dli_perception.core.dataset import IMAGE_EXTENSIONS, MANIFEST_NAME
-from dli_perception.core.imaging import cv2_to_imgmsg
-from dli_perception.nodes.qos import EVENTS, LATCHED, SENSOR_DATA
-
-DISCOVERY_S = 20.0
-"""Deadline for the first message across processes (discovery took up to ~3 s on 2 shared cores)."""
-DEADLINE_S = 10.0
-"""Deadline for an answer once the graph is connected."""
-
-
-def frame_msg(rgb: np.ndarray, stamp_ns: int, frame_id: str = "camera") -> Image:
-    """An rgb8 Image of ``rgb`` stamped ``stamp_ns``."""
-    msg = cv2_to_imgmsg(np.ascontiguousarray(rgb), encoding="rgb8")
-    msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp_ns, 1_000_000_000)
-    msg.header.frame_id = frame_id
-    return msg
-
-
-def stamp_of(result: dict) -> int:
-    return result["stamp"]["sec"] * 1_000_000_000 + result["stamp"]["nanosec"]
-
-
-def diagnostics_of(collector: Collector, suffix: str) -> dict[str, Any] | None:
-    """The newest DiagnosticStatus whose name ends with ``suffix``, as {message, level, key: value}."""
-    for array in reversed(list(collector.msgs)):
-        for status in array.status:
-            if status.name.endswith(suffix):
-                return {
-                    "message": status.message,
-                    "level": status.level,
-                    **{kv.key: kv.value for kv in status.values},
-                }
-    return None
-
-
-class ClassifierRig:
-    """classifier_node + a frame/model publisher + collectors for scores, classes and diagnostics."""
-
-    def __init__(self, context, spinner: Spinner, **params: Any) -> None:
-        from dli_perception.nodes.classifier_node import ClassifierNode
-
-        values = {"backend": "onnxruntime", "threads": 1, "smoothing": "none", **params}
-        self.node = spinner.add(
-            ClassifierNode(context=context, parameter_overrides=[Parameter(k, value=v) for k, v in values.items()])
-        )
-        self.source = spinner.add(Node("frame_source", context=context))
-        self.image_pub = self.source.create_publisher(Image, "image_raw", SENSOR_DATA)
-        self.model_pub = self.source.create_publisher(String, "model_updated", EVENTS)
-        self.scores = spinner.add(Collector(context, String, "/classifier_node/scores", EVENTS, name="scores"))
-        self.classes = spinner.add(Collector(context, String, "/classifier_node/classes", LATCHED, name="classes"))
-        self.diags = spinner.add(Collector(context, DiagnosticArray, "/diagnostics", EVENTS, name="diags"))
-        self.sent = 0
-
-    def ready(self) -> None:
-        node = self.node
-        assert wait_for(
-            lambda: (
-                node.model is not None
-                and self.image_pub.get_subscription_count() > 0
-                and self.model_pub.get_subscription_count() > 0
-                and node.scores_pub.get_subscription_count() > 0
-            ),
-            DISCOVERY_S,
-        ), f"classifier not ready: {node.status()!r}, last error {node.last_error!r}"
-
-    def processed(self) -> int:
-        """Frames the worker finished with (classified, refused as bad, or failed)."""
-        n = self.node
-        return n.classified + n.bad + n.errors
-
-    def send_and_wait(self, msg: Image) -> None:
-        """Publish one frame and wait until the node received and processed it (no frame is ever dropped)."""
-        self.image_pub.publish(msg)
-        self.sent += 1
-        n = self.node
-        assert wait_for(lambda: n.received == self.sent and self.processed() == self.sent, DEADLINE_S), (
-            f"frame {self.sent} not processed: received {n.received}, classified {n.classified}, "
-            f"bad {n.bad}, "
-            f"errors {n.errors}, dropped {n.dropped}; last error {n.last_error!r}"
-        )
-
-    def results(self) -> list[dict]:
-        return [json.loads(m.data) for m in list(self.scores.msgs)]
-
-    def result_for(self, stamp_ns: int) -> dict | None:
-        for r in reversed(self.results()):
-            if stamp_of(r) == stamp_ns:
-                return r
-        return None
-
-    def classify(self, rgb: np.ndarray, stamp_ns: int) -> dict:
-        """Publish one good frame and return its result."""
-        self.send_and_wait(frame_msg(rgb, stamp_ns))
-        assert wait_for(lambda: self.result_for(stamp_ns) is not None, DEADLINE_S), self.node.last_error
-        return self.result_for(stamp_ns)
-
-    def current_classes(self) -> list[str] | None:
-        msgs = list(self.classes.msgs)
-        return json.loads(msgs[-1].data) if msgs else None
-
-    def diagnostics(self) -> dict[str, Any] | None:
-        return diagnostics_of(self.diags, "classifier_node")
-
-
-class Teacher(Node):
-    """What a person teaching the robot does: publish frames and labels, call the recorder's services."""
-
-    def __init__(self, context, ns: str = "") -> None:
-        super().__init__("teacher", context=context, namespace=ns or "/")
-        prefix = "recorder_node"
-        self.image_pub = self.create_publisher(Image, "image_raw", SENSOR_DATA)
-        self.label_pub = self.create_publisher(String, "teach_label", EVENTS)
-        self.capture_client = self.create_client(Trigger, f"{prefix}/capture")
-        self.recording_client = self.create_client(SetBool, f"{prefix}/set_recording")
-        self.undo_client = self.create_client(Trigger, f"{prefix}/undo")
-        self.counts: list[dict] = []
-        self.diags: list[dict] = []
-        self._diag_name = f"{ns.strip('/')}/recorder_node".lstrip("/")
-        self.create_subscription(String, f"{prefix}/counts", lambda m: self.counts.append(json.loads(m.data)), LATCHED)
-        self.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, EVENTS)
-
-    def _on_diag(self, msg: DiagnosticArray) -> None:
-        for status in msg.status:
-            if status.name == self._diag_name:
-                self.diags.append(
-                    {
-                        "message": status.message,
-                        "level": status.level,
-                        **{kv.key: kv.value for kv in status.values},
-                    }
-                )
-
-    def _call(self, client, request):
-        assert client.wait_for_service(timeout_sec=DISCOVERY_S), f"{client.srv_name} not available"
-        future = client.call_async(request)
-        assert wait_for(future.done, DEADLINE_S + 10), f"{client.srv_name} did not answer"
-        return future.result()
-
-    def capture(self) -> Trigger.Response:
-        return self._call(self.capture_client, Trigger.Request())
-
-    def undo(self) -> Trigger.Response:
-        return self._call(self.undo_client, Trigger.Request())
-
-    def set_recording(self, on: bool) -> SetBool.Response:
-        return self._call(self.recording_client, SetBool.Request(data=on))
-
-    def diag(self, key: str, default: str = "") -> str:
-        return self.diags[-1].get(key, default) if self.diags else default
-
-    def teach(self, label: str) -> None:
-        """Publish ``label`` until the recorder reports it as its current label."""
-        want = "" if label.strip().casefold() in ("", "none", "unknown") else label.strip()
-
-        def step() -> bool:
-            self.label_pub.publish(String(data=label))
-            return bool(self.diags) and self.diag("label") == want
-
-        assert wait_for(step, DISCOVERY_S, interval=0.05), f"recorder never reported label {want!r}: {self.diags[-1:]}"
 
 
 def recorder_node(context, root: Path, ns: str = "", **params: Any):

@@ -18,24 +18,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from classifier_rig import ClassifierRig, diagnostics_of, frame_msg
 from diagnostic_msgs.msg import DiagnosticArray
 from fixtures_models import solid
 from fuzzmsgs import expected_outcome, images, roundtrip
-from graphutil import Collector, NodeProcess, Spinner, wait_for
+from graphutil import DEADLINE_S, DISCOVERY_S, Collector, NodeProcess, Spinner, ros_args, wait_for
 from harness import (
-    DEADLINE_S,
-    DISCOVERY_S,
-    ClassifierRig,
     RssSampler,
-    Teacher,
     assert_manifest_matches_files,
     deliver_frame,
-    diagnostics_of,
-    frame_msg,
     recorder_node,
 )
 from hypothesis import HealthCheck, given, settings
 from rclpy.node import Node
+from recorder_client import Teacher
 from std_msgs.msg import String
 from std_srvs.srv import SetBool
 
@@ -76,7 +72,7 @@ def fuzz_classifier(context, model_dir: Path, examples: int, input_size: int = 3
     classified right, and /diagnostics must report the same counts.
     """
     with Spinner(context, threads=3) as spinner:
-        rig = ClassifierRig(context, spinner, model_dir=str(model_dir))
+        rig = ClassifierRig(context, spinner, model_dir=str(model_dir), smoothing="none")
         rig.ready()
         node = rig.node
         cfg = PreprocessConfig(size=input_size)
@@ -96,7 +92,7 @@ def fuzz_classifier(context, model_dir: Path, examples: int, input_size: int = 3
         throw()
         fuzz_s = time.monotonic() - t0
         for i, colour in enumerate(("red", "green", "blue")):  # good frames after all that
-            result = rig.classify(solid(colour, 30, 40), 3_000_000_000_000 + i)
+            result = rig.classify_counted(solid(colour, 30, 40), 3_000_000_000_000 + i)
             assert result["label"] == colour, result
         total_good = tally["good"] + 3
         assert (node.received, node.dropped, node.errors) == (rig.sent, 0, 0)
@@ -173,13 +169,6 @@ def fuzz_recorder(context, root: Path, examples: int) -> dict[str, Any]:
 # --------------------------------------------------------------------------- soak
 
 
-def _ros_args(**values: Any) -> list[str]:
-    out: list[str] = []
-    for k, v in values.items():
-        out += ["-p", f"{k}:={str(v).lower() if isinstance(v, bool) else v}"]
-    return out
-
-
 def soak(
     context,
     workdir: Path,
@@ -204,15 +193,15 @@ def soak(
     """
     width, height = size
     remap = ["-r", f"__ns:={ns}"]
-    camera = NodeProcess("camera_node", [*remap, *_ros_args(width=width, height=height, fps=fps)])
+    camera = NodeProcess("camera_node", [*remap, *ros_args(width=width, height=height, fps=fps)])
     classifier = NodeProcess(
         "classifier_node",
-        [*remap, *_ros_args(model_dir=model_dir, backend="onnxruntime", threads=1, smoothing="none")],
+        [*remap, *ros_args(model_dir=model_dir, backend="onnxruntime", threads=1, smoothing="none")],
     )
     root = workdir / "dataset"
     recorder = NodeProcess(
         "recorder_node",
-        [*remap, *_ros_args(dataset_dir=root, capture_rate_hz=record_hz, max_frame_age_s=2.0)],
+        [*remap, *ros_args(dataset_dir=root, capture_rate_hz=record_hz, max_frame_age_s=2.0)],
     )
     procs = [camera, classifier, recorder]
     driver = Node("soak_driver", context=context, namespace=ns)
@@ -350,10 +339,10 @@ def overload(
     """
     width, height = size
     remap = ["-r", f"__ns:={ns}"]
-    camera = NodeProcess("camera_node", [*remap, *_ros_args(width=width, height=height, fps=offered_hz)])
+    camera = NodeProcess("camera_node", [*remap, *ros_args(width=width, height=height, fps=offered_hz)])
     classifier = NodeProcess(
         "classifier_node",
-        [*remap, *_ros_args(model_dir=model_dir, backend="onnxruntime", threads=threads, smoothing="none")],
+        [*remap, *ros_args(model_dir=model_dir, backend="onnxruntime", threads=threads, smoothing="none")],
     )
     scores = Collector(context, String, f"{ns}/classifier_node/scores", EVENTS, name="ov_scores")
     diags = Collector(context, DiagnosticArray, "/diagnostics", EVENTS, name="ov_diags")
@@ -455,7 +444,7 @@ def trainer_crash_and_resume(
         "checkpoint_dir": str(ckpt_dir),
     }
     epochs = int(values["epochs"])
-    proc = NodeProcess("trainer_node", ["-r", f"__ns:={ns}", *_ros_args(**values)])
+    proc = NodeProcess("trainer_node", ["-r", f"__ns:={ns}", *ros_args(**values)])
     op = _Operator(context, ns)
     try:
         with Spinner(context, op):

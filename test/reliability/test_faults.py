@@ -13,31 +13,26 @@ import os
 import shutil
 import subprocess
 import threading
-import uuid
 from collections import Counter
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+from classifier_rig import ClassifierRig, diagnostics_of, frame_msg
 from diagnostic_msgs.msg import DiagnosticArray
 from fixtures_models import build_colour_model_dir, solid
 from geometry_msgs.msg import Twist
-from graphutil import Collector, Spinner, wait_for
+from graphutil import DEADLINE_S, DISCOVERY_S, Collector, Spinner, ros_args, unique_ns, wait_for
 from harness import (
-    DEADLINE_S,
-    DISCOVERY_S,
-    ClassifierRig,
-    Teacher,
     assert_manifest_matches_files,
-    diagnostics_of,
-    frame_msg,
     manifest,
     recorder_node,
     sigterm_all,
 )
 from rclpy.node import Node
 from rclpy.parameter import Parameter
+from recorder_client import Teacher
 from scenarios import trainer_crash_and_resume
 from sensor_msgs.msg import Image
 from std_msgs.msg import String
@@ -55,10 +50,6 @@ pytestmark = pytest.mark.graph
 
 CLASSES_A = ["red", "green", "blue"]
 CLASSES_B = ["cyan", "magenta", "yellow"]
-
-
-def _ns() -> str:
-    return f"/faults_{uuid.uuid4().hex[:8]}"
 
 
 # --------------------------------------------------------------------------- camera source
@@ -195,11 +186,11 @@ def test_serving_model_dir_corrupted_in_place_is_refused_and_the_old_model_keeps
     serving = tmp_path / "serving"
     _install(models["a"], serving)
     with Spinner(ros_context, threads=3) as spinner:
-        rig = ClassifierRig(ros_context, spinner, model_dir=str(serving))
+        rig = ClassifierRig(ros_context, spinner, model_dir=str(serving), smoothing="none")
         rig.ready()
         node = rig.node
         stamp = iter(range(1, 10_000))
-        assert rig.classify(solid("red"), next(stamp))["label"] == "red"
+        assert rig.classify_counted(solid("red"), next(stamp))["label"] == "red"
         serving_classes = CLASSES_A
         for n, kind in enumerate(CORRUPTIONS, start=1):
             _corrupt(kind, serving, models)
@@ -210,7 +201,7 @@ def test_serving_model_dir_corrupted_in_place_is_refused_and_the_old_model_keeps
             )
             assert node.status() == "load failed; previous model serving", kind
             colour = serving_classes[n % 3]
-            result = rig.classify(solid(colour), next(stamp))
+            result = rig.classify_counted(solid(colour), next(stamp))
             assert result["label"] == colour and set(result["scores"]) == set(serving_classes), (kind, result)
             if n == 1:  # reported: WARN, the error, the model still serving
                 assert wait_for(lambda: (rig.diagnostics() or {}).get("model_load_failures") == "1", DEADLINE_S)
@@ -229,7 +220,7 @@ def test_serving_model_dir_corrupted_in_place_is_refused_and_the_old_model_keeps
                 kind,
                 node.last_error,
             )
-            assert rig.classify(solid(serving_classes[0]), next(stamp))["label"] == serving_classes[0]
+            assert rig.classify_counted(solid(serving_classes[0]), next(stamp))["label"] == serving_classes[0]
             assert node.status() == "serving"
         assert node.errors == 0 and node.bad == 0
         assert node.loads == 1 + len(CORRUPTIONS) and node.load_failures == len(CORRUPTIONS)
@@ -248,7 +239,7 @@ def test_model_dir_swapped_and_corrupted_while_reloads_run_never_stops_serving(r
     _corrupt("torn_onnx", corrupt, models)
     flips = 40
     with Spinner(ros_context, threads=3) as spinner:
-        rig = ClassifierRig(ros_context, spinner, model_dir=str(serving))
+        rig = ClassifierRig(ros_context, spinner, model_dir=str(serving), smoothing="none")
         rig.ready()
         node = rig.node
         done = threading.Event()
@@ -266,7 +257,7 @@ def test_model_dir_swapped_and_corrupted_while_reloads_run_never_stops_serving(r
         stamp = 0
         while not done.is_set():  # frames keep coming and each one is answered by a complete model
             stamp += 1
-            result = rig.classify(solid("red"), stamp)
+            result = rig.classify_counted(solid("red"), stamp)
             classes = set(result["scores"])
             assert classes in (set(CLASSES_A), set(CLASSES_B)), result
             if classes == set(CLASSES_A):
@@ -274,7 +265,7 @@ def test_model_dir_swapped_and_corrupted_while_reloads_run_never_stops_serving(r
         flipper.join(timeout=DEADLINE_S)
         rig.model_pub.publish(String(data=""))
         assert wait_for(lambda: rig.current_classes() == CLASSES_B and not node.loading, DEADLINE_S)
-        assert rig.classify(solid("yellow"), stamp + 1)["label"] == "yellow"
+        assert rig.classify_counted(solid("yellow"), stamp + 1)["label"] == "yellow"
         assert node.errors == 0 and node.bad == 0 and node.loads >= 2
         assert node.load_failures >= 1  # the corrupt copies (and swaps caught half-way) were refused
 
@@ -314,16 +305,11 @@ def train_dataset(tmp_path_factory) -> Path:
 
 def test_trainer_sigkilled_mid_epoch_resumes_from_its_checkpoint(ros_context, train_dataset, tmp_path):
     pytest.importorskip("torch")
-    figures = trainer_crash_and_resume(ros_context, tmp_path, train_dataset, TRAIN_PARAMS, kill_epoch=2, ns=_ns())
+    figures = trainer_crash_and_resume(
+        ros_context, tmp_path, train_dataset, TRAIN_PARAMS, kill_epoch=2, ns=unique_ns("faults")
+    )
     assert figures["completed_before_kill"] >= 1, figures
     # benchmarks/reliability.py also trains the uninterrupted twin: the resumed weights are bit-identical.
-
-
-def _ros_args(**values) -> list[str]:
-    out: list[str] = []
-    for k, v in values.items():
-        out += ["-p", f"{k}:={str(v).lower() if isinstance(v, bool) else v}"]
-    return out
 
 
 # --------------------------------------------------------------------------- disk full
@@ -399,26 +385,26 @@ def test_disk_full_while_recording_refuses_reports_stays_up_and_recovers(ros_con
 def test_sigterm_to_every_node_of_a_running_pipeline_exits_cleanly_with_a_final_zero_twist(
     node_process, ros_context, tmp_path, models, train_dataset
 ):
-    ns = _ns()
+    ns = unique_ns("faults")
     model = build_colour_model_dir(
         tmp_path / "model", ("free", "blocked"), {"free": (90, 160, 90), "blocked": (140, 90, 70)}
     )
     remap = ["-r", f"__ns:={ns}"]
     procs = {
-        "camera_node": node_process("camera_node", *remap, *_ros_args(width=64, height=48, fps=15.0)),
+        "camera_node": node_process("camera_node", *remap, *ros_args(width=64, height=48, fps=15.0)),
         "classifier_node": node_process(
             "classifier_node",
             *remap,
-            *_ros_args(model_dir=model, backend="onnxruntime", smoothing="none", threads=1),
+            *ros_args(model_dir=model, backend="onnxruntime", smoothing="none", threads=1),
         ),
-        "reaction_node": node_process("reaction_node", *remap, *_ros_args(start_enabled=True)),
+        "reaction_node": node_process("reaction_node", *remap, *ros_args(start_enabled=True)),
         "recorder_node": node_process(
-            "recorder_node", *remap, *_ros_args(dataset_dir=tmp_path / "ds", capture_rate_hz=5.0)
+            "recorder_node", *remap, *ros_args(dataset_dir=tmp_path / "ds", capture_rate_hz=5.0)
         ),
         "trainer_node": node_process(
             "trainer_node",
             *remap,
-            *_ros_args(
+            *ros_args(
                 **{
                     **TRAIN_PARAMS,
                     "epochs": 1000,

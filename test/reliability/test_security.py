@@ -22,27 +22,24 @@ import json
 import subprocess
 import sys
 import textwrap
-import uuid
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
+from classifier_rig import ClassifierRig, frame_msg
 from fixtures_models import build_colour_model_dir, solid
-from graphutil import Spinner, wait_for
+from graphutil import DEADLINE_S, Spinner, unique_ns, wait_for
 from harness import (
-    DEADLINE_S,
-    ClassifierRig,
-    Teacher,
     assert_manifest_matches_files,
     deliver_frame,
     files_outside,
-    frame_msg,
     recorder_node,
 )
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from rclpy.parameter import Parameter
+from recorder_client import Teacher
 
 from dli_perception.core.dataset import MANIFEST_NAME, DatasetStore, validate_label
 from dli_perception.errors import DatasetError, InvalidLabelError
@@ -70,10 +67,6 @@ NASTY_LABELS = [
     "cup",  # a plain one, so something is saved
 ]
 PATHY = st.text(alphabet=st.sampled_from(list("./\\~$ abc\u2215\uff0f\uff0e\u202e\n")), max_size=12)
-
-
-def _ns() -> str:
-    return f"/security_{uuid.uuid4().hex[:8]}"
 
 
 def _tree(top: Path) -> dict[str, bytes]:
@@ -125,7 +118,7 @@ def test_any_label_given_to_the_store_writes_inside_the_root_under_its_own_direc
 @pytest.mark.graph
 def test_teach_labels_from_the_topic_never_write_outside_the_dataset(ros_context, tmp_path):
     top, root, canary = _sandbox(tmp_path)
-    ns = _ns()
+    ns = unique_ns("security")
     recorder = recorder_node(ros_context, root, ns=ns, image_format="png")
     teacher = Teacher(ros_context, ns)
     outcomes: Counter[str] = Counter()
@@ -258,7 +251,7 @@ def test_dataset_dir_symlink_tricks(ros_context, tmp_path):
     link = top / "data" / "ds_link"
     link.symlink_to(real, target_is_directory=True)
     (real / "planted").symlink_to(top / "canary", target_is_directory=True)  # a class dir leading out
-    ns = _ns()
+    ns = unique_ns("security")
     recorder = recorder_node(ros_context, link, ns=ns, image_format="png")
     teacher = Teacher(ros_context, ns)
     with Spinner(ros_context, recorder, teacher, threads=4):
@@ -414,14 +407,14 @@ def test_pickled_code_in_training_checkpoints_and_weights_never_runs(torch_files
 def test_classifier_node_refuses_a_model_dir_with_pickled_code_and_keeps_serving(ros_context, torch_files, tmp_path):
     good = build_colour_model_dir(tmp_path / "good", ("red", "green", "blue"))
     with Spinner(ros_context, threads=3) as spinner:
-        rig = ClassifierRig(ros_context, spinner, model_dir=str(good))
+        rig = ClassifierRig(ros_context, spinner, model_dir=str(good), smoothing="none")
         rig.ready()
         assert rig.node.set_parameters(
             [Parameter("backend", value="torch"), Parameter("model_dir", value=str(torch_files["model_dir"]))]
         )[0].successful
         assert wait_for(lambda: rig.node.load_failures == 1 and not rig.node.loading, DEADLINE_S * 3)
         assert "weights_only" in rig.node.last_load_error
-        assert rig.classify(solid("blue"), 1)["label"] == "blue"  # the previous model still serves
+        assert rig.classify_counted(solid("blue"), 1)["label"] == "blue"  # the previous model still serves
     assert not torch_files["marker"].exists()
 
 
