@@ -10,6 +10,7 @@ group, and then the group gets SIGINT as a terminal's Ctrl-C sends it: every nod
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import signal
@@ -22,8 +23,11 @@ import pytest
 from conftest import installed_env
 
 _NO_LAUNCH = "is not installed (no PyPI wheel): give scripts/setup_venv.sh the launch wheels (DLI_LAUNCH_WHEELS)"
-pytest.importorskip("launch_ros", reason=f"launch_ros {_NO_LAUNCH}")
-pytest.importorskip("ros2launch", reason=f"ros2launch {_NO_LAUNCH}")
+# Looked up, not imported: importing launch installs its own logger class and handlers in this
+# process, which would leave every later test's caplog empty. The launches run in child processes.
+for _module in ("launch_ros", "ros2launch"):
+    if importlib.util.find_spec(_module) is None:
+        pytest.skip(f"{_module} {_NO_LAUNCH}", allow_module_level=True)
 
 REPO = Path(__file__).resolve().parent.parent
 LAUNCH_FILES = sorted(p.name for p in (REPO / "launch").glob("*.launch.py"))
