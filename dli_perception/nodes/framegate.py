@@ -77,6 +77,9 @@ def take_newest(subscription: Any) -> tuple[Any, Any] | None:
     return got if got else None
 
 
+NO_GID = b"publisher gid not reported"
+
+
 class DropCounter:
     """Frames a publisher sent that were never taken, from the gaps in its sequence numbers."""
 
@@ -89,7 +92,10 @@ class DropCounter:
             return 0
         seq = info.get("publication_sequence_number")
         gid = info.get("publisher_gid")
-        key = bytes(gid.get("data", b"")) if isinstance(gid, dict) else None
+        # Jazzy's rclpy reports sequence numbers without the publisher's gid: the frames are then
+        # taken as one publisher's (a camera), and a number that goes back (another publisher, a
+        # restarted camera) starts counting afresh instead of counting a gap.
+        key = bytes(gid.get("data", b"")) if isinstance(gid, dict) else NO_GID
         if not isinstance(seq, int) or seq <= 0 or not key:
             return 0
         last = self._last.get(key)
