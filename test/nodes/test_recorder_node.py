@@ -342,6 +342,9 @@ def test_camera_recorder_and_client_across_processes(node_process, ros_context, 
         r = teacher.capture()
         assert not r.success and "invalid label" in r.message
         assert _disk(root) == Counter()
+        # Across processes the recorder may discover the camera seconds after the client: captures
+        # before its first frame are refused as "no frame received yet", which is right, not tested here.
+        assert wait_for(lambda: int(teacher.diag("frames_received", "0")) > 0, timeout=DISCOVERY_S), recorder.output()
         teacher.teach("free")
         _capture_new(teacher, 3)
         teacher.teach("blocked")
