@@ -95,7 +95,8 @@ def node_process():
         proc.kill()
 
 
-def _copy_sources(dest: Path) -> None:
+def copy_sources(dest: Path) -> Path:
+    """Copy the package's sources (git's tracked and untracked, not ignored, files) into ``dest``."""
     files = subprocess.run(
         ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
         cwd=REPO,
@@ -108,6 +109,7 @@ def _copy_sources(dest: Path) -> None:
         if src.is_file():
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dest / rel)
+    return dest
 
 
 @pytest.fixture(scope="session")
@@ -116,7 +118,7 @@ def colcon_workspace(tmp_path_factory) -> Path:
     if not COLCON.exists():
         pytest.skip("colcon-common-extensions is not installed")
     ws = tmp_path_factory.mktemp("ws")
-    _copy_sources(ws / "src" / "dli_perception")
+    copy_sources(ws / "src" / "dli_perception")
     return ws
 
 

@@ -13,6 +13,7 @@ import sysconfig
 from pathlib import Path
 
 import pytest
+from conftest import copy_sources
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "scripts" / "setup_venv.sh"
@@ -30,21 +31,6 @@ def run_setup(*args: str, script: Path = SCRIPT, **env: str) -> subprocess.Compl
         text=True,
         timeout=600,
     )
-
-
-def copy_sources(dest: Path) -> Path:
-    files = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
-    for rel in files:
-        if (REPO / rel).is_file():
-            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-            (dest / rel).write_bytes((REPO / rel).read_bytes())
-    return dest
 
 
 @pytest.mark.slow
