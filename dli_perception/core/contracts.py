@@ -14,119 +14,66 @@ result              topic (relative to the node)     publisher
 :class:`Scores`     ``classifier_node/scores``       classifier_node, one per frame
 :class:`Label`      ``label``                        classifier_node (plain name), one per frame
 :class:`ClassList`  ``classifier_node/classes``      classifier_node, latched
+:class:`XYResult`   ``classifier_node/xy_result``    classifier_node (regression), one per frame
+:class:`LabelSet`   ``classifier_node/label_set``    classifier_node (multilabel), one per frame
 :class:`ReactionState`  ``reaction_node/state``      reaction_node, latched
 ==================  ===============================  =====================================
 
 A result made from one camera image carries that image's header (``stamp`` ``{sec, nanosec}`` and
-``frame_id``): :class:`Scores` always, :class:`ReactionState` when its label came with scores.
+``frame_id``): :class:`Scores`, :class:`XYResult` and :class:`LabelSet` always, :class:`ReactionState` when its label came with scores.
 Counts, training progress and status and the class list are about many images and carry none.
+
+The classifier's results live in :mod:`dli_perception.core.frame_results` and the JSON field readers in
+:mod:`dli_perception.core.contract_fields`; import every result from here.
 
 No rclpy here: the module serves nodes, the CLI, the teach station and tests alike.
 """
 
 from __future__ import annotations
 
-import json
-import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from dli_perception.core.contract_fields import (
+    _bool,
+    _choice,
+    _dumps,
+    _finite_or_none,
+    _float_map,
+    _int,
+    _num,
+    _object,
+    _stamp_from_json,
+    _stamp_to_json,
+    _str,
+    stamp_ns_of,
+)
+from dli_perception.core.frame_results import ClassList, Label, LabelSet, Scores, XYResult
 from dli_perception.errors import BadMessageError
+
+__all__ = [
+    "CONTRACTS",
+    "TOTAL_KEY",
+    "TRAIN_OUTCOMES",
+    "TRAIN_PHASES",
+    "ClassList",
+    "Counts",
+    "Label",
+    "LabelSet",
+    "ReactionState",
+    "Scores",
+    "TrainProgress",
+    "TrainStatus",
+    "XYResult",
+    "field_names",
+    "stamp_ns_of",
+]
 
 TOTAL_KEY = "_total"
 """The key of the total in :class:`Counts` JSON; a class of that name cannot be told from it."""
 
 TRAIN_PHASES = ("load", "features", "train", "val", "epoch", "export", "done")
 TRAIN_OUTCOMES = ("completed", "early_stopped", "cancelled", "failed")
-
-
-def _load(text: str | bytes, what: str) -> Any:
-    if isinstance(text, bytes):
-        text = text.decode("utf-8", errors="replace")
-    try:
-        return json.loads(text)
-    except (json.JSONDecodeError, TypeError) as exc:
-        raise BadMessageError(f"{what}: not valid JSON ({exc})") from None
-
-
-def _object(text: str | bytes, what: str) -> dict[str, Any]:
-    data = _load(text, what)
-    if not isinstance(data, dict):
-        raise BadMessageError(f"{what}: expected a JSON object, got {type(data).__name__}")
-    return data
-
-
-def _num(data: dict[str, Any], key: str, what: str, *, optional: bool = False, default: Any = None) -> Any:
-    """A finite number (int or float) or, when ``optional``, None/missing -> ``default``."""
-    if key not in data and not optional:
-        raise BadMessageError(f"{what}: missing field {key!r}")
-    value = data.get(key)
-    if value is None and optional:
-        return default
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise BadMessageError(f"{what}: field {key!r} must be a finite number, got {value!r}")
-    return value
-
-
-def _int(data: dict[str, Any], key: str, what: str, *, optional: bool = False, default: int | None = None) -> Any:
-    """:func:`_num` as a whole number (a float is truncated); None stays None."""
-    value = _num(data, key, what, optional=optional, default=default)
-    return None if value is None else int(value)
-
-
-def _choice(data: dict[str, Any], key: str, what: str, allowed: tuple[str, ...]) -> str:
-    """A string field that must be one of ``allowed``."""
-    value = _str(data, key, what)
-    if value not in allowed:
-        raise BadMessageError(f"{what}: unknown {key} {value!r} (expected one of {', '.join(allowed)})")
-    return value
-
-
-def _str(data: dict[str, Any], key: str, what: str, default: str | None = None) -> str:
-    value = data.get(key, default)
-    if not isinstance(value, str):
-        raise BadMessageError(f"{what}: field {key!r} must be a string, got {value!r}")
-    return value
-
-
-def _bool(data: dict[str, Any], key: str, what: str, default: bool | None = None) -> bool:
-    value = data.get(key, default)
-    if not isinstance(value, bool):
-        raise BadMessageError(f"{what}: field {key!r} must be true or false, got {value!r}")
-    return value
-
-
-def _finite_or_none(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-def _dumps(data: Any) -> str:
-    return json.dumps(data, ensure_ascii=False, allow_nan=False)
-
-
-def stamp_ns_of(header: Any) -> int:
-    """The ``stamp`` of a std_msgs/Header (or anything with ``stamp.sec``/``stamp.nanosec``) in nanoseconds."""
-    return int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
-
-
-def _stamp_to_json(stamp_ns: int | None) -> dict[str, int] | None:
-    if stamp_ns is None:
-        return None
-    sec, nanosec = divmod(int(stamp_ns), 1_000_000_000)
-    return {"sec": sec, "nanosec": nanosec}
-
-
-def _stamp_from_json(data: dict[str, Any], what: str) -> int | None:
-    """``data["stamp"]`` ({sec, nanosec}) in nanoseconds; None when absent or null."""
-    stamp = data.get("stamp")
-    if stamp is None:
-        return None
-    if not isinstance(stamp, dict):
-        raise BadMessageError(f"{what}: 'stamp' must be {{sec, nanosec}}, got {stamp!r}")
-    sec, nanosec = _num(stamp, "sec", what), _num(stamp, "nanosec", what)
-    return int(sec) * 1_000_000_000 + int(nanosec)
 
 
 # -- recorder -------------------------------------------------------------------------------------
@@ -165,7 +112,20 @@ class Counts:
 
 @dataclass(frozen=True)
 class TrainProgress:
-    """One progress event of a training run (the core's ``ProgressEvent``; units: seconds, 0-1 accuracy)."""
+    """One progress event of a training run: what the core's training reports (``ProgressEvent`` is this
+    class) and what ``trainer_node/progress`` carries. Units: seconds, 0-1 accuracy.
+
+    ``phase`` is one of :data:`TRAIN_PHASES`: ``"load"``, ``"features"`` (head-mode feature cache),
+    ``"train"``, ``"val"``, ``"epoch"`` (an epoch ended: ``loss``/``accuracy`` are the training values
+    and ``val_*`` are set), ``"export"`` or ``"done"``. ``epoch`` counts from 1 (0 before the first
+    epoch), ``batch`` from 1; ``loss``/``accuracy`` are running means of the current phase; ``eta_s`` is
+    the estimated time to the end of the run in seconds (None until something was timed).
+
+    ``task`` and ``metric_name`` say what ``metric``/``val_metric``/``best_val_metric`` hold:
+    ``accuracy`` (classification), ``mean_error`` (regression: mean Euclidean error in normalised
+    units, lower is better; ``accuracy`` fields stay None) or ``macro_f1`` (multilabel, at the tuned
+    thresholds; ``accuracy`` is then the running exact-match ratio at 0.5).
+    """
 
     phase: str
     epoch: int
@@ -180,6 +140,11 @@ class TrainProgress:
     val_accuracy: float | None = None
     best_val_accuracy: float | None = None
     message: str = ""
+    task: str = "classification"
+    metric_name: str = "accuracy"
+    metric: float | None = None
+    val_metric: float | None = None
+    best_val_metric: float | None = None
 
     @property
     def fraction(self) -> float:
@@ -193,6 +158,9 @@ class TrainProgress:
             done += min(1.0, self.batch / self.batches) * (0.9 if self.phase == "train" else 1.0)
         return max(0.0, min(1.0, done / self.epochs))
 
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
     def encode(self) -> str:
         return _dumps({k: _finite_or_none(v) for k, v in asdict(self).items()})
 
@@ -202,7 +170,7 @@ class TrainProgress:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainProgress:
-        """The event from its dict form (the core's ``ProgressEvent.to_dict()``), checked like :meth:`decode`."""
+        """The event from its dict form (:meth:`to_dict`), checked like :meth:`decode`."""
         what = "training progress"
         return cls(
             phase=_choice(data, "phase", what, TRAIN_PHASES),
@@ -218,6 +186,11 @@ class TrainProgress:
             val_accuracy=_num(data, "val_accuracy", what, optional=True),
             best_val_accuracy=_num(data, "best_val_accuracy", what, optional=True),
             message=_str(data, "message", what, ""),
+            task=_str(data, "task", what, "classification"),
+            metric_name=_str(data, "metric_name", what, "accuracy"),
+            metric=_num(data, "metric", what, optional=True),
+            val_metric=_num(data, "val_metric", what, optional=True),
+            best_val_metric=_num(data, "best_val_metric", what, optional=True),
         )
 
 
@@ -246,6 +219,12 @@ class TrainStatus:
     confusion: tuple[tuple[int, ...], ...] = ()
     duration_s: float | None = None
     finished: str = ""
+    task: str = "classification"
+    headline: str = ""
+    """The best epoch's validation figure in words (accuracy, mean XY error or macro F1)."""
+    metrics: dict[str, float] = field(default_factory=dict)
+    """A regression or multi-label run's validation figures (``mean_error``, ``baseline_mean_error``,
+    ``macro_f1``, ...); empty for classification, whose figure is ``best_val_acc``."""
 
     @property
     def succeeded(self) -> bool:
@@ -292,121 +271,10 @@ class TrainStatus:
             confusion=tuple(tuple(row) for row in confusion),
             duration_s=_num(data, "duration_s", what, optional=True),
             finished=_str(data, "finished", what, ""),
+            task=_str(data, "task", what, "classification"),
+            headline=_str(data, "headline", what, ""),
+            metrics=_float_map(data, "metrics", what, "metric names to numbers"),
         )
-
-
-# -- classifier -----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Scores:
-    """One classified frame: the decision, every class's probability, the source image's stamp.
-
-    ``stamp_ns`` and ``frame_id`` are the source image's header; ``latency_ms`` runs from the frame's
-    arrival at the classifier to this result, ``inference_ms`` is the backend alone; ``model`` is the
-    model directory serving; ``stages_ms`` splits the frame's time by stage (transport, wait, convert,
-    preprocess, inference, publish).
-    """
-
-    stamp_ns: int
-    frame_id: str
-    label: str
-    score: float
-    raw_label: str = ""
-    raw_score: float = 0.0
-    scores: dict[str, float] = field(default_factory=dict)
-    changed: bool = False
-    latency_ms: float | None = None
-    inference_ms: float | None = None
-    model: str = ""
-    stages_ms: dict[str, float] = field(default_factory=dict)
-
-    def encode(self) -> str:
-        data = asdict(self)
-        del data["stamp_ns"]
-        return _dumps({"stamp": _stamp_to_json(self.stamp_ns), **data})
-
-    @classmethod
-    def decode(cls, text: str | bytes) -> Scores:
-        what = "classifier scores"
-        data = _object(text, what)
-        stamp_ns = _stamp_from_json(data, what)
-        if stamp_ns is None:
-            raise BadMessageError(f"{what}: missing 'stamp' {{sec, nanosec}}")
-        scores = data.get("scores", {})
-        if not isinstance(scores, dict) or not all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) for v in scores.values()
-        ):
-            raise BadMessageError(f"{what}: 'scores' must map class names to probabilities")
-        stages = data.get("stages_ms", {})
-        if not isinstance(stages, dict) or not all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) for v in stages.values()
-        ):
-            raise BadMessageError(f"{what}: 'stages_ms' must map stage names to milliseconds")
-        return cls(
-            stamp_ns=stamp_ns,
-            frame_id=_str(data, "frame_id", what, ""),
-            label=_str(data, "label", what),
-            score=float(_num(data, "score", what)),
-            raw_label=_str(data, "raw_label", what, ""),
-            raw_score=float(_num(data, "raw_score", what, optional=True, default=0.0)),
-            scores={str(k): float(v) for k, v in scores.items()},
-            changed=_bool(data, "changed", what, False),
-            latency_ms=_num(data, "latency_ms", what, optional=True),
-            inference_ms=_num(data, "inference_ms", what, optional=True),
-            model=_str(data, "model", what, ""),
-            stages_ms={str(k): float(v) for k, v in stages.items()},
-        )
-
-
-@dataclass(frozen=True)
-class Label:
-    """A class name as sent on ``label``: plain text, or JSON ``{"label": "free", "score": 0.93}``.
-
-    The classifier sends plain names (for simple consumers); other publishers may add a score
-    (0-1). Its stamped, scored counterpart is :class:`Scores`.
-    """
-
-    label: str
-    score: float | None = None
-
-    def encode(self) -> str:
-        return self.label if self.score is None else _dumps({"label": self.label, "score": self.score})
-
-    @classmethod
-    def decode(cls, text: str | bytes) -> Label:
-        """Plain text (surrounding white space stripped) or a JSON object; a score must lie in [0, 1]."""
-        what = "label message"
-        if isinstance(text, bytes):
-            text = text.decode("utf-8", errors="replace")
-        text = text.strip()
-        if not text.startswith("{"):
-            return cls(text)
-        data = _object(text, what)
-        label = data.get("label")
-        if not isinstance(label, str):
-            raise BadMessageError(f'{what}: a JSON label message needs a string "label" field')
-        score = _num(data, "score", what, optional=True)
-        if score is not None and not 0.0 <= score <= 1.0:
-            raise BadMessageError(f"{what}: score must be a number in [0, 1], got {score!r}")
-        return cls(label, None if score is None else float(score))
-
-
-@dataclass(frozen=True)
-class ClassList:
-    """The serving model's class names, in output order (a JSON list)."""
-
-    names: tuple[str, ...] = ()
-
-    def encode(self) -> str:
-        return _dumps(list(self.names))
-
-    @classmethod
-    def decode(cls, text: str | bytes) -> ClassList:
-        data = _load(text, "class list")
-        if not isinstance(data, list) or not all(isinstance(n, str) for n in data):
-            raise BadMessageError("class list: expected a JSON list of class names")
-        return cls(tuple(data))
 
 
 # -- reaction -------------------------------------------------------------------------------------
@@ -456,7 +324,7 @@ class ReactionState:
         )
 
 
-CONTRACTS = (Counts, TrainProgress, TrainStatus, Scores, Label, ClassList, ReactionState)
+CONTRACTS = (Counts, TrainProgress, TrainStatus, Scores, XYResult, LabelSet, Label, ClassList, ReactionState)
 """Every result type of this module."""
 
 

@@ -471,11 +471,16 @@ def train_distributed(
     Only rank 0 uses ``checkpoint_dir`` and ``on_progress`` (pass them everywhere; the others
     ignore them). Raises :class:`DistributedError` on every rank when the ranks' datasets or
     splits differ, when the validation split has fewer images than there are ranks, or when a
-    rank cannot read the resume checkpoint; otherwise like :func:`~dli_perception.core.training.train`.
+    rank cannot read the resume checkpoint, or for a regression or multilabel dataset; otherwise like :func:`~dli_perception.core.training.train`.
     """
     if config.device == "auto":
         config = replace(config, device=ctx.device.type)
     data = T.load_data(dataset, config)
+    if data.task != "classification":
+        raise DistributedError(
+            f"data-parallel training runs classification only; {dataset} is a {data.task} dataset: "
+            "train it in one process (without --nproc)"
+        )
     check_same_data(ctx, data, dataset)
     if len(data.val) < ctx.world_size:
         raise DistributedError(

@@ -1,9 +1,13 @@
-"""Export a trained classifier as a self-describing model directory (see :mod:`.modeldir`).
+"""Export a trained model (any task) as a self-describing model directory (see :mod:`.modeldir`).
+
+The task and the meaning of the outputs travel in ``metadata.json`` (``task``, ``classes`` = output
+names, multilabel ``thresholds``); ``labels.txt`` lists the output names.
 
 The directory is built in a temp dir beside the destination and swapped in with
 :func:`dli_perception.core.fsutil.replace_dir`, so a failed export (exporter error, ONNX
 that fails ``onnx.checker``, ONNX Runtime outputs that differ from torch, a full disk)
-never replaces the model a classifier is serving.
+never replaces the model a classifier is serving (the checks of the written ONNX are in
+:mod:`dli_perception.core.onnx_check`).
 
 ``model.onnx`` comes from torch's dynamo exporter (which needs torch >= 2.5 and ``onnxscript``) as one
 self-contained file; where it is unavailable or fails (JetPack's older torch), the TorchScript
@@ -30,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from dli_perception.core import fsutil
+from dli_perception.core import fsutil, tasks
 from dli_perception.core.modeldir import (
     CHECKPOINT_FILE,
     INPUT_NAME,
@@ -43,6 +47,7 @@ from dli_perception.core.modeldir import (
     read_model_checkpoint,
     write_metadata_files,
 )
+from dli_perception.core.onnx_check import DEFAULT_OPSET, MIN_OPSET, check_onnx, compare_with_torch
 from dli_perception.core.preprocess import PreprocessConfig
 from dli_perception.core.training import BACKBONES, TrainResult, build_model
 from dli_perception.core.variant_build import VariantData, build_variants, data_from_dataset
@@ -56,8 +61,6 @@ logger = logging.getLogger(__name__)
 
 EXPORTER_ENV = "DLI_PERCEPTION_ONNX_EXPORTER"
 EXPORTERS = ("auto", "dynamo", "torchscript")
-DEFAULT_OPSET = 18
-MIN_OPSET = 17
 MAX_SKIPPED_LISTED = 100
 
 
@@ -204,60 +207,6 @@ def _export_onnx(model: torch.nn.Module, path: Path, size: int, opset: int, expo
     return used
 
 
-def _check_onnx(path: Path, opset: int, num_classes: int) -> None:
-    """``onnx.checker`` (with shape inference), exported opset, names and a dynamic batch axis."""
-    import onnx
-
-    proto = onnx.load(str(path))
-    try:
-        onnx.checker.check_model(proto, full_check=True)
-    except Exception as exc:  # onnx.checker.ValidationError and shape-inference errors
-        raise ModelError(f"exported ONNX fails onnx.checker: {exc}") from exc
-    got = {o.domain or "ai.onnx": o.version for o in proto.opset_import}.get("ai.onnx")
-    if got != opset:
-        raise ModelError(
-            f"the exporter produced opset {got} instead of the requested {opset} (its version conversion "
-            f"failed); export with opset={DEFAULT_OPSET}"
-        )
-    inputs = [i for i in proto.graph.input if i.name not in {t.name for t in proto.graph.initializer}]
-    if [i.name for i in inputs] != [INPUT_NAME] or [o.name for o in proto.graph.output] != [OUTPUT_NAME]:
-        raise ModelError(
-            f"exported ONNX has inputs {[i.name for i in inputs]} and outputs "
-            f"{[o.name for o in proto.graph.output]}, expected [{INPUT_NAME!r}] and [{OUTPUT_NAME!r}]"
-        )
-    batch = inputs[0].type.tensor_type.shape.dim[0]
-    if not batch.dim_param:
-        raise ModelError(f"exported ONNX input has a fixed batch size {batch.dim_value}; expected a dynamic one")
-    out_dims = proto.graph.output[0].type.tensor_type.shape.dim
-    if len(out_dims) != 2 or (out_dims[1].dim_value and out_dims[1].dim_value != num_classes):
-        raise ModelError(f"exported ONNX output shape does not match {num_classes} classes")
-
-
-def _compare_with_torch(model: torch.nn.Module, path: Path, size: int, atol: float, rtol: float) -> float:
-    """Run ONNX Runtime and torch on seeded random batches of 2 and 1; ModelError if they differ."""
-    import onnxruntime as ort
-    import torch
-
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    rng = np.random.default_rng(0)
-    worst = 0.0
-    for batch in (2, 1):
-        x = rng.standard_normal((batch, 3, size, size)).astype(np.float32)
-        with torch.no_grad():
-            expected = model(torch.from_numpy(x)).numpy()
-        (got,) = session.run([OUTPUT_NAME], {INPUT_NAME: x})
-        if got.shape != expected.shape:
-            raise ModelError(f"ONNX Runtime returned shape {got.shape}, torch {expected.shape}")
-        diff = float(np.max(np.abs(got - expected)))
-        worst = max(worst, diff)
-        if not np.allclose(got, expected, atol=atol, rtol=rtol):
-            raise ModelError(
-                f"ONNX Runtime output differs from torch by up to {diff:.3g} (atol {atol}, rtol {rtol}) on a "
-                f"batch of {batch}; the model directory was not written"
-            )
-    return worst
-
-
 def _prepare_model(model: torch.nn.Module, size: int, num_classes: int) -> torch.nn.Module:
     import torch
 
@@ -273,13 +222,21 @@ def _training_sections(result: TrainResult) -> tuple[dict, dict, dict]:
     dataset = result.dataset.to_dict()
     if len(dataset.get("skipped", [])) > MAX_SKIPPED_LISTED:
         dataset["skipped"] = dataset["skipped"][:MAX_SKIPPED_LISTED]
-    metrics = {
-        "best_val_acc": result.best_val_acc,
-        "best_val_loss": result.best_val_loss,
-        "best_epoch": result.best_epoch,
-        "per_class": result.per_class,
-        "confusion": result.confusion,
-    }
+    if result.task == tasks.CLASSIFICATION:
+        metrics = {
+            "best_val_acc": result.best_val_acc,
+            "best_val_loss": result.best_val_loss,
+            "best_epoch": result.best_epoch,
+            "per_class": result.per_class,
+            "confusion": result.confusion,
+        }
+    else:  # regression: mean error, MAE, RMSE, baseline; multilabel: per-label P/R/F1, micro/macro F1, exact match
+        metrics = {
+            "task": result.task,
+            "best_val_loss": result.best_val_loss,
+            "best_epoch": result.best_epoch,
+            **result.metrics,
+        }
     training = {
         "status": result.status,
         "config": result.config.to_dict(),
@@ -315,12 +272,16 @@ def export_model_dir(
     variants: Sequence[str] = BUILT_VARIANTS,
     variant_data: VariantData | None = None,
     agreement_threshold: float = AGREEMENT_THRESHOLD,
+    task: str | None = None,
+    thresholds: Mapping[str, float] | None = None,
 ) -> Path:
     """Write ``out_dir`` (model.onnx, labels.txt, metadata.json, checkpoint.pt, report/) atomically.
 
     ``source`` is a :class:`TrainResult` (classes, preprocessing, metrics, history and dataset
     are taken from it) or a bare ``torch.nn.Module`` mapping ``(N, 3, S, S)`` float32 to
-    ``(N, len(classes))`` logits, for which ``classes`` and ``preprocess`` are required.
+    ``(N, len(classes))`` outputs, for which ``classes`` and ``preprocess`` are required (``task``
+    defaults to classification; a regression model's ``classes`` are ``["x", "y"]``, a multilabel
+    model's the label names with their ``thresholds``).
     Keyword values override what a result provides. The ONNX model is checked with
     ``onnx.checker`` and must agree with torch on random batches within ``atol + rtol * |y|``.
 
@@ -355,6 +316,8 @@ def export_model_dir(
         per_class = per_class if per_class is not None else source.per_class
         if variant_data is None and variants:
             variant_data = _result_variant_data(source)
+        task = task or source.task
+        thresholds = thresholds if thresholds is not None else source.thresholds
     else:
         model = source
         if classes is None or preprocess is None:
@@ -371,7 +334,11 @@ def export_model_dir(
         training=_jsonable(dict(training or {})),
         versions=library_versions(),
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        task=task or tasks.CLASSIFICATION,
+        thresholds=dict(thresholds or {}) if (task or tasks.CLASSIFICATION) == tasks.MULTILABEL else {},
     )
+    classes = tasks.output_names(meta.task, classes)
+    meta.classes = classes
     try:
         ModelMetadata.from_dict(meta.to_dict())  # the checks a classifier applies when loading
     except ModelError as exc:
@@ -384,8 +351,8 @@ def export_model_dir(
 
         onnx_path = tmp / ONNX_FILE
         used = _export_onnx(model, onnx_path, size, int(opset), exporter)
-        _check_onnx(onnx_path, int(opset), len(classes))
-        worst = _compare_with_torch(model, onnx_path, size, atol, rtol)
+        check_onnx(onnx_path, int(opset), len(classes))
+        worst = compare_with_torch(model, onnx_path, size, atol, rtol)
         meta.onnx_sha256 = fsutil.sha256_file(onnx_path)
         meta.metrics = {**meta.metrics, "onnx_max_abs_diff": worst}
         meta.variants = build_variants(tmp, meta, variant_data, which=variants, threshold=agreement_threshold)
@@ -393,7 +360,7 @@ def export_model_dir(
         torch.save(model_checkpoint(model.state_dict(), meta), tmp / CHECKPOINT_FILE)
         write_metadata_files(tmp, meta)
         if report:
-            _write_report(tmp / REPORT_DIR, classes, history, confusion, per_class)
+            _write_report(tmp / REPORT_DIR, classes, history, confusion, per_class, meta, source)
         load_metadata(tmp)  # the finished directory must load before it replaces anything
         _apply_umask(tmp)
 
@@ -456,10 +423,25 @@ def _write_report(
     history: Sequence[Any],
     confusion: Any,
     per_class: Mapping[str, Mapping[str, float]] | None,
+    meta: ModelMetadata | None = None,
+    source: Any = None,
 ) -> None:
     from dli_perception.core import report
 
     try:
+        if meta is not None and meta.task != tasks.CLASSIFICATION:
+            from dli_perception.core import task_report
+
+            task_report.write_task_report(
+                report_dir,
+                task=meta.task,
+                names=classes,
+                history=history,
+                metrics=meta.metrics,
+                outputs=getattr(source, "val_outputs", None),
+                targets=getattr(source, "val_targets", None),
+            )
+            return
         report.write_report(report_dir, classes=classes, history=history, confusion=confusion, per_class=per_class)
     except ImportError as exc:  # matplotlib missing: the model is still usable
         logger.warning("no plots in the report (%s); install matplotlib for training curves", exc)

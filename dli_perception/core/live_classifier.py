@@ -10,132 +10,69 @@ with no ROS in it (``nodes/classifier_node.py`` wires it to topics, parameters a
   backend checks the model's metadata; a failed load is counted and logged and the old model
   keeps serving;
 * **worker** thread: converts the frame (``to_rgb8``), runs the model's own preprocessing and the
-  backend, filters the probabilities through :class:`~dli_perception.core.decision.DecisionFilter`
-  and hands the result (a :class:`~dli_perception.core.contracts.Scores`) to its outputs; between
-  two frames it swaps in a freshly loaded model (with a fresh decision filter) and announces the
-  new classes (a :class:`~dli_perception.core.contracts.ClassList`);
+  backend, and decides by the model's task (``metadata.json`` ``task``): classification filters the
+  probabilities through :class:`~dli_perception.core.decision.DecisionFilter` (result:
+  :class:`~dli_perception.core.contracts.Scores`); regression smooths the target point and
+  multi-label applies per-label thresholds (:mod:`dli_perception.core.task_heads`; results:
+  :class:`~dli_perception.core.contracts.XYResult`, :class:`~dli_perception.core.contracts.LabelSet`).
+  It hands the first output (label, point or active labels) out as soon as it is decided, then the
+  full result; between two frames it swaps in a freshly loaded model (with a fresh decision filter
+  or head), of any task, and announces its output names (a
+  :class:`~dli_perception.core.contracts.ClassList`);
 * **statistics**: :class:`~dli_perception.core.live_stats.LiveStats`.
 
 Frames come from a :class:`FrameFeed`: a push feed (the default) only hears when the worker is
 idle, so that the producer can hold frames back while it is busy; a pulling feed lets the idle
 worker sleep in :meth:`FrameFeed.wait` and take frames itself (:meth:`FrameFeed.poll`, which
 calls :meth:`LiveClassifier.offer`), also right after each frame.
+
+The feed interface and the records the classifier passes around (:class:`LoadRequest`,
+:class:`ServingModel`, :class:`LiveResult`, :class:`Outputs` ...) are in
+:mod:`dli_perception.core.live_types`, re-exported here.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from dli_perception.core import tasks
 from dli_perception.core.backend_options import BackendOptions
-from dli_perception.core.contracts import ClassList, Scores, stamp_ns_of
-from dli_perception.core.decision import Decision, DecisionConfig, DecisionFilter
+from dli_perception.core.contracts import ClassList, LabelSet, Scores, XYResult, stamp_ns_of
+from dli_perception.core.decision import DecisionConfig, DecisionFilter
 from dli_perception.core.imaging import to_rgb8
 from dli_perception.core.live_stats import STAGES, LiveStats
+from dli_perception.core.live_types import (
+    FrameFeed,
+    LiveResult,
+    LoadRequest,
+    Log,
+    Outputs,
+    PendingFrame,
+    ServingModel,
+    python_log,
+)
 from dli_perception.core.logtext import printable, quoted
-from dli_perception.core.preprocess import PreprocessConfig, preprocess
+from dli_perception.core.preprocess import preprocess
+from dli_perception.core.task_heads import TaskConfig, make_head
 from dli_perception.errors import ConfigError, ImageConversionError
 
-_log = logging.getLogger(__name__)
-
-Log = Callable[..., None]
-"""``log(level, text, throttle_s=0.0)``: level is ``debug``, ``info``, ``warning`` or ``error``."""
-
-
-def python_log(level: str, text: str, throttle_s: float = 0.0) -> None:
-    """The default :data:`Log`: Python logging (no throttling)."""
-    getattr(_log, level)(text)
-
-
-class FrameFeed:
-    """Where frames come from; this base is a push feed: the producer calls :meth:`LiveClassifier.offer`.
-
-    A pulling feed sets ``pulls`` and implements :meth:`wait` and :meth:`poll`.
-    """
-
-    pulls = False
-
-    def wait(self, timeout_s: float) -> None:
-        """(Pulling feeds) return when a frame may be waiting, after :meth:`wake`, or after ``timeout_s``."""
-
-    def poll(self) -> None:
-        """Offer the newest waiting frame, if any, to the classifier; called by the worker after each frame."""
-
-    def wake(self) -> None:
-        """End a :meth:`wait` early (a model to swap in, shutdown)."""
-
-    def hold(self) -> None:
-        """A frame is waiting in the slot: the producer may stop delivering until :meth:`release`."""
-
-    def release(self) -> None:
-        """The worker is idle (push feeds only): deliver the next frame."""
-
-
-@dataclass
-class LoadRequest:
-    """A model to load, with the backend settings current when it was asked for.
-
-    ``context`` is the requester's own (given back to ``on_load_failed``).
-    """
-
-    model_dir: str
-    options: BackendOptions
-    reason: str
-    context: Any = None
-
-
-@dataclass
-class ServingModel:
-    """A loaded model and everything the worker needs per frame."""
-
-    backend: Any
-    selection: Any
-    model_dir: str
-    classes: list[str]
-    preprocess: PreprocessConfig
-    decision: DecisionFilter
-    batch: np.ndarray = field(repr=False)
-    load_s: float = 0.0
-    refused_config: DecisionConfig | None = None
-
-
-@dataclass
-class PendingFrame:
-    """The newest frame, with its receive time (time.monotonic) and wall-clock receive time (ns)."""
-
-    msg: Any
-    received: float
-    received_ns: int = 0
-
-
-@dataclass
-class LiveResult:
-    """One classified frame: the result contract plus what drawing and re-publishing need."""
-
-    scores: Scores
-    decision: Decision
-    rgb: np.ndarray = field(repr=False)
-    header: Any = None
-
-
-def _ignore(*_args: Any) -> None:
-    pass
-
-
-@dataclass
-class Outputs:
-    """Where results go: the label (first, as soon as decided), the full result, the serving classes."""
-
-    label: Callable[[str], None] = _ignore
-    result: Callable[[LiveResult], None] = _ignore
-    classes: Callable[[ClassList], None] = _ignore
+__all__ = [
+    "FrameFeed",
+    "LiveClassifier",
+    "LiveResult",
+    "LoadRequest",
+    "Log",
+    "Outputs",
+    "PendingFrame",
+    "ServingModel",
+    "python_log",
+]
 
 
 class LiveClassifier:
@@ -150,8 +87,10 @@ class LiveClassifier:
         log: Log = python_log,
         max_rate_hz: float = 0.0,
         on_load_failed: Callable[[LoadRequest], None] | None = None,
+        task_config: TaskConfig | None = None,
     ) -> None:
         self.decision_config = decision  # replaced to change the decision; the worker gives the model a new filter
+        self.task_config = task_config or TaskConfig()  # the same for the regression / multi-label head
         self.outputs = outputs or Outputs()
         self.feed = feed or FrameFeed()  # may be replaced before start()
         self.max_rate_hz = float(max_rate_hz)
@@ -249,7 +188,10 @@ class LiveClassifier:
             try:
                 backend.warmup(1)
                 meta = backend.metadata
-                decision = DecisionFilter(meta.classes, self.decision_config)
+                task = meta.task
+                decision = DecisionFilter(meta.classes, self.decision_config) if task == tasks.CLASSIFICATION else None
+                task_config = self.task_config
+                head = make_head(task, task_config, meta.classes, meta.thresholds)
             except BaseException:
                 backend.close()
                 raise
@@ -273,7 +215,12 @@ class LiveClassifier:
             decision=decision,
             batch=np.empty((1, *meta.preprocess.input_shape), dtype=np.float32),
             load_s=time.monotonic() - t0,
+            task=task,
+            head=head,
+            thresholds=dict(meta.thresholds),
         )
+        if head is not None and head.notes:
+            self._log("warning", f"{quoted(req.model_dir)}: " + "; ".join(head.notes))
         with self._cond:
             stopped = self._stop.is_set()
             if not stopped:
@@ -289,8 +236,8 @@ class LiveClassifier:
             replaced.backend.close()
         self._log(
             "info",
-            f"model {quoted(req.model_dir)} loaded in {model.load_s:.2f} s: {len(model.classes)} classes "
-            f"{model.classes}, {selection.summary()}",
+            f"model {quoted(req.model_dir)} loaded in {model.load_s:.2f} s: {task}, {len(model.classes)} "
+            f"outputs {model.classes}, {selection.summary()}",
         )
 
     # -- worker thread ----------------------------------------------------------------------------
@@ -348,13 +295,20 @@ class LiveClassifier:
         self.outputs.classes(ClassList(tuple(model.classes)))
         if previous is not None:
             previous.backend.close()
-            self._log("info", f"now serving {quoted(model.model_dir)} (was {quoted(previous.model_dir)})")
+            was = previous.task if previous.task != model.task else ""
+            self._log(
+                "info",
+                f"now serving {quoted(model.model_dir)} ({model.task}; was {quoted(previous.model_dir)}"
+                + (f", {was}: the outputs change task" if was else "")
+                + ")",
+            )
 
     def _classify(self, model: ServingModel, frame: PendingFrame) -> None:
         msg = frame.msg
         t_start = time.perf_counter()
         wait_ms = (time.monotonic() - frame.received) * 1000.0
         self._apply_decision_config(model)
+        self._apply_task_config(model)
         try:
             rgb = to_rgb8(msg)
             t_converted = time.perf_counter()
@@ -368,43 +322,71 @@ class LiveClassifier:
             self._log("warning", f"skipping {self.last_error}", 5.0)
             return
         t1 = time.perf_counter()
-        probs = model.backend.infer(model.batch)[0]
+        outputs = model.backend.infer(model.batch)[0]  # probabilities (classification) or raw outputs
         t2 = time.perf_counter()
         inference_ms = (t2 - t1) * 1000.0
-        decision = model.decision.update(probs)
-        self.outputs.label(decision.label)
-        latency_ms = (time.monotonic() - frame.received) * 1000.0
         header = msg.header
+        # The first output goes out as soon as it is decided; the full result follows.
+        if model.task == tasks.REGRESSION:
+            point = model.head.update(outputs)
+            self.outputs.point(point.x, point.y, header)
+            summary = f"x={point.x:.3f} y={point.y:.3f}"
+        elif model.task == tasks.MULTILABEL:
+            found = model.head.update(outputs)
+            self.outputs.labels(found.active)
+            summary = ",".join(found.active)
+        else:
+            decision = model.decision.update(outputs)
+            self.outputs.label(decision.label)
+            summary = decision.label
+        latency_ms = (time.monotonic() - frame.received) * 1000.0
+        stamp_ns = stamp_ns_of(header)
         stages = (
-            (frame.received_ns - stamp_ns_of(header)) / 1e6,
+            (frame.received_ns - stamp_ns) / 1e6,
             wait_ms,
             (t_converted - t_start) * 1000.0,
             (t1 - t_converted) * 1000.0,
             inference_ms,
             (time.perf_counter() - t2) * 1000.0,
         )
-        scores = {name: float(p) for name, p in zip(model.classes, probs, strict=True)}
-        result = Scores(
-            stamp_ns=stamp_ns_of(header),
-            frame_id=header.frame_id,
-            label=decision.label,
-            score=round(decision.score, 6),
-            raw_label=decision.raw_label,
-            raw_score=round(decision.raw_score, 6),
-            scores=scores,
-            changed=decision.changed,
-            latency_ms=round(latency_ms, 3),
-            inference_ms=round(inference_ms, 3),
-            model=model.model_dir,
-            stages_ms={name: round(v, 3) for name, v in zip(STAGES, stages, strict=True)},
-        )
-        self.outputs.result(LiveResult(result, decision, rgb, header))
-        self.stats.record(decision.label, latency_ms, inference_ms, stages)
+        common = {
+            "stamp_ns": stamp_ns,
+            "frame_id": header.frame_id,
+            "latency_ms": round(latency_ms, 3),
+            "inference_ms": round(inference_ms, 3),
+            "model": model.model_dir,
+            "stages_ms": {name: round(v, 3) for name, v in zip(STAGES, stages, strict=True)},
+        }
+        if model.task == tasks.REGRESSION:
+            xy = XYResult(x=point.x, y=point.y, raw_x=point.raw_x, raw_y=point.raw_y, **common)
+            result = LiveResult(None, None, rgb, header, xy=xy)
+        elif model.task == tasks.MULTILABEL:
+            label_set = LabelSet(
+                labels=found.active,
+                scores={k: round(v, 6) for k, v in found.scores.items()},
+                thresholds=found.thresholds,
+                changed=found.changed,
+                **common,
+            )
+            result = LiveResult(None, None, rgb, header, label_set=label_set)
+        else:
+            scores = Scores(
+                label=decision.label,
+                score=round(decision.score, 6),
+                raw_label=decision.raw_label,
+                raw_score=round(decision.raw_score, 6),
+                scores={name: float(p) for name, p in zip(model.classes, outputs, strict=True)},
+                changed=decision.changed,
+                **common,
+            )
+            result = LiveResult(scores, decision, rgb, header)
+        self.outputs.result(result)
+        self.stats.record(summary, latency_ms, inference_ms, stages)
 
     def _apply_decision_config(self, model: ServingModel) -> None:
         """Give ``model`` a fresh decision filter after the decision configuration changed."""
         config = self.decision_config
-        if model.decision.config is config or model.refused_config is config:
+        if model.decision is None or model.decision.config is config or model.refused_config is config:
             return
         try:
             model.decision = DecisionFilter(model.classes, config)
@@ -412,6 +394,21 @@ class LiveClassifier:
             model.refused_config = config
             self.last_error = f"decision parameters not applied to {quoted(model.model_dir)}: {exc}"
             self._log("error", self.last_error)
+
+    def _apply_task_config(self, model: ServingModel) -> None:
+        """Give ``model`` a fresh regression / multi-label head after the task configuration changed."""
+        config = self.task_config
+        if model.head is None or model.head.config is config or model.refused_task_config is config:
+            return
+        try:
+            model.head = make_head(model.task, config, model.classes, model.thresholds)
+        except ConfigError as exc:
+            model.refused_task_config = config
+            self.last_error = f"task parameters not applied to {quoted(model.model_dir)}: {exc}"
+            self._log("error", self.last_error)
+            return
+        if model.head.notes:
+            self._log("warning", f"{quoted(model.model_dir)}: " + "; ".join(model.head.notes))
 
     # -- shutdown ---------------------------------------------------------------------------------
     def stop(self, timeout_s: float = 3.0) -> bool:

@@ -20,22 +20,29 @@ Rules (what ``dli-perception dataset merge`` does):
   ``out`` appears whole or not at all. A non-empty ``out`` is refused unless ``overwrite``; it is
   then replaced in one rename, after the new dataset is complete.
 
+* **Tasks.** All inputs must hold the same task (classification, regression or multi-label; empty
+  inputs hold none): merging datasets of different tasks is refused (:class:`MergeError`). For
+  regression and multi-label datasets the "class" above is the image's target: its XY point or its
+  label set; ``rename`` maps label names inside label sets, and the label vocabularies the inputs
+  declare (``labels.txt``) are united into the result's.
+
 Inputs are opened read-only (never repaired); files listed but missing are skipped and counted.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import threading
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dli_perception.core import fsutil
+from dli_perception.core import fsutil, tasks
 from dli_perception.core.dataset import (
     DatasetStore,
     EncodedImage,
@@ -44,12 +51,14 @@ from dli_perception.core.dataset import (
     probe_image,
     validate_label,
 )
+from dli_perception.core.dataset.targets import target_key
+from dli_perception.core.imagefiles import decode_rgb
+from dli_perception.core.progress import ProgressCallback
 from dli_perception.errors import ConfigError, DatasetError, MergeError
 
 logger = logging.getLogger(__name__)
 
 LABEL_CONFLICT_POLICIES = ("drop", "first", "fail")
-ProgressCallback = Callable[[int, int], None]
 
 
 @dataclass
@@ -71,6 +80,7 @@ class MergeReport:
     renamed: dict[str, str] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
     robots: dict[str, int] = field(default_factory=dict)
+    task: str | None = None
     cancelled: bool = False
 
     def to_dict(self) -> dict[str, Any]:
@@ -80,10 +90,12 @@ class MergeReport:
 
     def summary(self) -> str:
         """A few lines for people."""
+        per = {"regression": "targets: ", "multilabel": "per label: "}.get(self.task or "", "per class: ")
         lines = [
             f"merged {len(self.inputs)} datasets into {self.out}: {self.written} images written of "
-            f"{self.images_in} read; {self.duplicates} duplicates stored once",
-            "per class: " + (", ".join(f"{k} {v}" for k, v in self.counts.items()) or "-"),
+            f"{self.images_in} read; {self.duplicates} duplicates stored once"
+            + (f" (task {self.task})" if self.task else ""),
+            per + (", ".join(f"{k} {v}" for k, v in self.counts.items()) or "-"),
             "per robot: " + (", ".join(f"{k} {v}" for k, v in self.robots.items()) or "-"),
         ]
         if self.renamed:
@@ -117,6 +129,11 @@ class _Item:
     label: str
     sha256: str
 
+    @property
+    def target(self) -> str:
+        """The image's target as text (class, XY point or label set): equal texts, equal targets."""
+        return target_key(self.entry) if self.entry.task != tasks.CLASSIFICATION else self.label
+
 
 def parse_renames(pairs: Sequence[str]) -> dict[str, str]:
     """``["Cup=cup", ...]`` -> ``{"Cup": "cup"}``; :class:`ConfigError` on bad syntax or names."""
@@ -146,23 +163,35 @@ def _encoded(path: Path, data: bytes, entry: ManifestEntry, sha: str) -> Encoded
         if not (width and height):
             _, width, height = probe_image(data)
         return EncodedImage(data, ".png" if ext == ".png" else ".jpg", width, height, sha)
-    import cv2
-    import numpy as np
-
-    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    if bgr is None:
+    rgb = decode_rgb(data)
+    if rgb is None:
         raise DatasetError(f"{path} does not decode; run `dli-perception dataset check` on its dataset")
-    return encode_image(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), "png")
+    return encode_image(rgb, "png")
 
 
-def _collect(inputs: Sequence[Path], rename: Mapping[str, str], report: MergeReport) -> tuple[list[_Item], list[str]]:
-    """Read every input's manifest (read-only) and hash its files; returns the items and robot defaults."""
+def _collect(
+    inputs: Sequence[Path], rename: Mapping[str, str], report: MergeReport
+) -> tuple[list[_Item], list[str], set[str] | None]:
+    """Read every input's manifest (read-only) and hash its files; returns the items, robot defaults and
+    the united declared label vocabulary (None when no input declares one)."""
     items: list[_Item] = []
     robots: list[str] = []
+    task_of_input: dict[str, str] = {}
+    vocabulary: set[str] | None = None
     for i, src in enumerate(inputs):
         with DatasetStore(src, readonly=True) as store:
             if not store.repair_report.clean:
                 logger.warning("merge: input %s: %s", store.root, store.repair_report.summary())
+            if store.task is not None:
+                task_of_input[str(src)] = store.task
+            if len(set(task_of_input.values())) > 1:
+                shown = ", ".join(f"{name} ({task})" for name, task in task_of_input.items())
+                raise MergeError(
+                    f"the inputs hold different tasks: {shown}; a dataset holds one task, so merge only datasets "
+                    "of the same task; nothing was written"
+                )
+            if store.label_vocabulary is not None:
+                vocabulary = (vocabulary or set()) | {rename.get(x, x) for x in store.label_vocabulary}
             robots.append(store.root.name)
             for entry in store.entries:
                 path = store.path_of(entry)
@@ -174,9 +203,16 @@ def _collect(inputs: Sequence[Path], rename: Mapping[str, str], report: MergeRep
                     continue
                 if entry.sha256 and sha != entry.sha256:
                     report.changed.append(f"{src}/{entry.file}")
-                label = rename.get(entry.label, entry.label)
+                if entry.labels is not None:
+                    entry = dataclasses.replace(entry, labels=tuple(sorted({rename.get(x, x) for x in entry.labels})))
+                    label = entry.label
+                elif entry.xy is not None:
+                    label = entry.label
+                else:
+                    label = rename.get(entry.label, entry.label)
                 items.append(_Item(i, entry, path, label, sha))
-    return items, robots
+    report.task = next(iter(task_of_input.values()), None)
+    return items, robots, vocabulary
 
 
 def _check_case(labels: set[str], report: MergeReport) -> None:
@@ -211,9 +247,9 @@ def _choose(items: list[_Item], srcs: Sequence[Path], label_conflicts: str, repo
     by_sha: dict[str, list[_Item]] = defaultdict(list)
     for item in items:
         by_sha[item.sha256].append(item)
-    conflicting = {sha for sha, group in by_sha.items() if len({it.label for it in group}) > 1}
+    conflicting = {sha for sha, group in by_sha.items() if len({it.target for it in group}) > 1}
     report.label_conflicts = {
-        sha: [(str(srcs[it.src]), it.entry.file, it.label) for it in by_sha[sha]] for sha in sorted(conflicting)
+        sha: [(str(srcs[it.src]), it.entry.file, it.target) for it in by_sha[sha]] for sha in sorted(conflicting)
     }
     if conflicting and label_conflicts == "fail":
         raise MergeError(
@@ -260,14 +296,21 @@ def merge_datasets(
     report = MergeReport(out=str(out), inputs=[str(s) for s in srcs], label_conflict_policy=label_conflicts)
     report.renamed = dict(rename)
 
-    items, default_robots = _collect(srcs, rename, report)
+    items, default_robots, vocabulary = _collect(srcs, rename, report)
     for item in items:
         item.label = validate_label(item.label)
-    _check_case({it.label for it in items}, report)
+    if report.task == tasks.MULTILABEL:
+        used = {label for it in items for label in it.entry.labels or ()}
+        _check_case(used | (vocabulary or set()), report)
+        if vocabulary is not None:
+            vocabulary |= used
+    else:
+        _check_case({it.label for it in items}, report)
     keep = _choose(items, srcs, label_conflicts, report)
 
     def build(tmp: Path) -> None:
-        with DatasetStore(tmp, image_format=image_format, dedupe=True) as store, store.batch():
+        known = sorted(vocabulary) if vocabulary else None
+        with DatasetStore(tmp, image_format=image_format, dedupe=True, known_labels=known) as store, store.batch():
             for done, item in enumerate(keep, 1):
                 if stop_event is not None and stop_event.is_set():
                     report.cancelled = True
@@ -275,7 +318,14 @@ def merge_datasets(
                 data = item.path.read_bytes()
                 encoded = _encoded(item.path, data, item.entry, item.sha256)
                 prov = _provenance(item.entry, default_robots[item.src])
-                store.add_encoded(encoded, item.label, item.entry.stamp_ns, item.entry.source, **prov)
+                target = (
+                    {"xy": item.entry.xy}
+                    if item.entry.xy is not None
+                    else {"labels": item.entry.labels}
+                    if item.entry.labels is not None
+                    else {"label": item.label}
+                )
+                store.add_encoded(encoded, stamp_ns=item.entry.stamp_ns, source=item.entry.source, **target, **prov)
                 report.robots[prov["robot"]] = report.robots.get(prov["robot"], 0) + 1
                 if progress is not None:
                     progress(done, len(keep))

@@ -24,8 +24,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dli_perception.core import tasks
 from dli_perception.core.preprocess import PreprocessConfig
-from dli_perception.errors import ConfigError, ModelError
+from dli_perception.errors import ConfigError, ModelError, TargetError
 
 FORMAT_VERSION = 1
 ONNX_FILE = "model.onnx"
@@ -39,7 +40,12 @@ OUTPUT_NAME = "logits"
 
 @dataclass
 class ModelMetadata:
-    """What a classifier needs to know about a model, plus provenance for people."""
+    """What a classifier needs to know about a model, plus provenance for people.
+
+    ``task`` says what the outputs mean (:mod:`dli_perception.core.tasks`): ``classes`` lists the
+    output names in order: class names (classification), label names (multilabel) or ``x, y``
+    (regression). ``thresholds`` are the multi-label score thresholds by label (0.5 when absent).
+    """
 
     classes: list[str]
     preprocess: PreprocessConfig
@@ -57,6 +63,8 @@ class ModelMetadata:
     variants: dict[str, Any] = field(default_factory=dict)
     """Precision variants by name (``fp32``, ``int8_qdq``, ``fp16``): file, sha256, status, checks;
     see :mod:`dli_perception.core.variants`. Empty in directories exported before variants existed."""
+    task: str = tasks.CLASSIFICATION
+    thresholds: dict[str, float] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
 
     @property
@@ -99,6 +107,16 @@ class ModelMetadata:
             raise ModelError(f"metadata.json 'classes' has duplicates: {meta.classes}")
         if not isinstance(meta.variants, dict) or not all(isinstance(v, dict) for v in meta.variants.values()):
             raise ModelError("metadata.json 'variants' must be an object of objects; re-export the model")
+        try:
+            tasks.check_task(meta.task)
+            if meta.task == tasks.REGRESSION and list(meta.classes) != list(tasks.XY_NAMES):
+                raise TargetError(f"a regression model's outputs must be {list(tasks.XY_NAMES)}, got {meta.classes}")
+            if meta.thresholds:
+                if meta.task != tasks.MULTILABEL:
+                    raise TargetError(f"'thresholds' only apply to multilabel models, this one is {meta.task}")
+                meta.thresholds = tasks.check_thresholds(meta.thresholds, meta.classes)
+        except TargetError as exc:
+            raise ModelError(f"metadata.json: {exc}") from exc
         if num_classes is not None and num_classes != meta.num_classes:
             raise ModelError(f"metadata.json says num_classes={num_classes} but lists {meta.num_classes} classes")
         return meta

@@ -5,6 +5,11 @@ top of the frame with ``label  87%``, a bar as long as the score (green for a cl
 the unknown label), and optionally one thin bar per class below it, highest first.
 Sizes follow the frame width, so a 160x120 and a 1280x720 frame both stay readable.
 The input frame is never modified (it may be a read-only view of a message buffer).
+
+The other tasks have their own drawings: :func:`draw_xy_overlay` marks a regression model's target
+point with a crosshair (the smoothed point) and a dot (this frame's raw point) and writes ``x y``
+in the banner; :func:`draw_labels_overlay` writes a multi-label model's active labels in the banner
+with one bar per label (active ones in the known colour) and a tick at each label's threshold.
 """
 
 from __future__ import annotations
@@ -111,15 +116,9 @@ def draw_overlay(
     Raises :class:`ConfigError` when ``image`` is not an RGB uint8 frame.
     """
     style = style or OverlayStyle()
-    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        shape = getattr(image, "shape", None)
-        dtype = getattr(image, "dtype", None)
-        raise ConfigError(f"draw_overlay expects an HxWx3 uint8 RGB frame, got shape {shape} dtype {dtype}")
-    h, w = image.shape[:2]
-    if h < 1 or w < 1:
-        raise ConfigError(f"draw_overlay got an empty frame of shape {image.shape}")
+    out = _copy_frame(image, "draw_overlay")
+    h, w = out.shape[:2]
     cv2 = _cv2()
-    out = np.array(image, dtype=np.uint8, order="C", copy=True)
     ranked = sorted((scores or {}).items(), key=lambda kv: -_fraction(kv[1]))
     geo = layout(h, w, len(ranked), style)
 
@@ -178,3 +177,100 @@ def _bar(img: np.ndarray, x: int, y: int, width: int, height: int, fraction: flo
     x0, x1 = max(0, x), min(w, x + length)
     if y1 > y0 and x1 > x0:
         img[y0:y1, x0:x1] = colour
+
+
+def _copy_frame(image: np.ndarray, what: str) -> np.ndarray:
+    """A writable C-contiguous copy of an ``HxWx3`` uint8 frame; :class:`ConfigError` for anything else."""
+    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        shape = getattr(image, "shape", None)
+        dtype = getattr(image, "dtype", None)
+        raise ConfigError(f"{what} expects an HxWx3 uint8 RGB frame, got shape {shape} dtype {dtype}")
+    if image.shape[0] < 1 or image.shape[1] < 1:
+        raise ConfigError(f"{what} got an empty frame of shape {image.shape}")
+    return np.array(image, dtype=np.uint8, order="C", copy=True)
+
+
+def _banner(out: np.ndarray, geo: OverlayLayout, text: str, style: OverlayStyle) -> None:
+    """Darken the banner and write ``text`` in it."""
+    cv2 = _cv2()
+    banner = out[: geo.banner_height]
+    np.multiply(banner, 1.0 - style.banner_alpha, out=banner, casting="unsafe")
+    baseline_y = min(out.shape[0] - 1, geo.pad + geo.line_height - max(1, geo.line_height // 5))
+    cv2.putText(
+        out, text, (geo.pad, baseline_y), cv2.FONT_HERSHEY_SIMPLEX, geo.font_scale, style.text_colour,
+        geo.thickness, cv2.LINE_AA,
+    )  # fmt: skip
+
+
+def xy_pixel(x: float, y: float, height: int, width: int) -> tuple[int, int]:
+    """The pixel (column, row) of the normalised point ``(x, y)`` in a ``height`` x ``width`` frame, clipped to it."""
+    from dli_perception.core.tasks import xy_to_pixels
+
+    px, py = xy_to_pixels(x if math.isfinite(x) else 0.0, y if math.isfinite(y) else 0.0, width, height)
+    return min(width - 1, max(0, int(px))), min(height - 1, max(0, int(py)))
+
+
+def draw_xy_overlay(
+    image: np.ndarray,
+    x: float,
+    y: float,
+    raw: tuple[float, float] | None = None,
+    *,
+    style: OverlayStyle | None = None,
+) -> np.ndarray:
+    """A copy of ``image`` with the regression target ``(x, y)`` (normalised, centre 0, x right, y down).
+
+    A crosshair in the known colour marks ``(x, y)`` (clipped to the frame), a dot in the class colour
+    the unsmoothed point ``raw`` when given; the banner reads ``x 0.12  y -0.40``.
+    """
+    style = style or OverlayStyle()
+    out = _copy_frame(image, "draw_xy_overlay")
+    h, w = out.shape[:2]
+    geo = layout(h, w, 0, style)
+    _banner(out, geo, f"x {x:+.2f}  y {y:+.2f}", style)
+    cv2 = _cv2()
+    arm = max(3, round(min(h, w) / 12))
+    line = max(1, round(min(h, w) / 160))
+    if raw is not None:
+        cv2.circle(out, xy_pixel(raw[0], raw[1], h, w), max(2, arm // 3), style.class_colour, -1, cv2.LINE_AA)
+    cx, cy = xy_pixel(x, y, h, w)
+    cv2.line(out, (cx - arm, cy), (cx + arm, cy), style.known_colour, line)
+    cv2.line(out, (cx, cy - arm), (cx, cy + arm), style.known_colour, line)
+    cv2.circle(out, (cx, cy), max(2, arm // 2), style.known_colour, line)
+    return out
+
+
+def draw_labels_overlay(
+    image: np.ndarray,
+    active: tuple[str, ...] | list[str],
+    scores: Mapping[str, float],
+    thresholds: Mapping[str, float] | None = None,
+    *,
+    style: OverlayStyle | None = None,
+) -> np.ndarray:
+    """A copy of ``image`` with a multi-label result: the active labels (or ``none``) in the banner and
+    one bar per label (highest score first, up to ``style.max_classes``): the known colour when active,
+    else the class colour, with a tick in the text colour at the label's threshold."""
+    style = style or OverlayStyle()
+    out = _copy_frame(image, "draw_labels_overlay")
+    h, w = out.shape[:2]
+    ranked = sorted(scores.items(), key=lambda kv: -_fraction(kv[1]))
+    geo = layout(h, w, len(ranked), style)
+    _banner(out, geo, ", ".join(active) if active else "none", style)
+    cv2 = _cv2()
+    row = max(4, geo.line_height // 2)
+    y = geo.pad + geo.line_height + geo.bar_height + geo.pad
+    label_w = geo.bar_width // 3
+    for name, score in ranked[: geo.class_rows]:
+        cv2.putText(
+            out, str(name)[:24], (geo.pad, y + row - 1), cv2.FONT_HERSHEY_SIMPLEX, geo.font_scale * 0.5,
+            style.text_colour, 1, cv2.LINE_AA,
+        )  # fmt: skip
+        left, width, height = geo.bar_left + label_w, geo.bar_width - label_w, max(1, row // 2)
+        colour = style.known_colour if name in active else style.class_colour
+        _bar(out, left, y + row // 4, width, height, _fraction(score), colour)
+        if thresholds and name in thresholds:
+            tick = left + round(width * _fraction(thresholds[name]))
+            _bar(out, min(tick, left + width - 1), y, 1, row, 1.0, style.text_colour)
+        y += row + 1
+    return out

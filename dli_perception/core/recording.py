@@ -1,7 +1,8 @@
 """The recorder without ROS: labelled frames into a :class:`~dli_perception.core.dataset.DatasetStore`.
 
-:class:`Recorder` keeps the newest frame and the current teach label, decides whether a capture
-may be saved (label, frame age, class limit), and runs one writer thread that is the only code
+:class:`Recorder` keeps the newest frame and the current target (a class name, or by its task an XY
+point or a label set: :mod:`~dli_perception.core.recording_targets`), decides whether a capture
+may be saved (target, frame age, class limit), and runs one writer thread that is the only code
 touching the store: it encodes and writes frames, undoes the last capture, and caches the
 per-class counts after every change, so nothing else ever waits for a slow store.
 
@@ -23,22 +24,25 @@ import queue
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
-from dli_perception.core.contracts import TOTAL_KEY, Counts
+from dli_perception.core import tasks
+from dli_perception.core.contracts import TOTAL_KEY
 from dli_perception.core.dataset import DatasetStore, is_no_label, validate_label
 from dli_perception.core.logtext import quoted
 from dli_perception.core.recording_jobs import (
-    BAD_FRAME,
     BUSY,
     CLASS_FULL,
     DATASET_ERROR,
     INVALID_LABEL,
+    INVALID_TARGET,
     NO_FRAME,
     NO_LABEL,
+    NO_TARGET,
     SHUTTING_DOWN,
     STALE_FRAME,
+    WRONG_TASK,
     Frame,
     Job,
     JobQueue,
@@ -47,17 +51,28 @@ from dli_perception.core.recording_jobs import (
     undo_last,
     write_frame,
 )
-from dli_perception.errors import DatasetError, InvalidLabelError
+from dli_perception.core.recording_status import RecorderStatus
+from dli_perception.core.recording_targets import (
+    AUTO,
+    Target,
+    check_labels,
+    check_xy,
+    no_target,
+    resolve_task,
+    wrong_task,
+)
+from dli_perception.errors import DatasetError, InvalidLabelError, TargetError
 
 DRAIN_TIMEOUT_S = 3.0
 """Longest :meth:`Recorder.close` waits for queued frames to be written (launch sends SIGTERM after 5 s)."""
 
-THROTTLE_S = 5.0
-"""Repeated warnings of one kind (a refused or dropped frame while recording) are logged this often, seconds."""
 
+class Recorder(RecorderStatus):
+    """Saves the newest frame under the current label on request or continuously; see the module doc.
 
-class Recorder:
-    """Saves the newest frame under the current label on request or continuously; see the module doc."""
+    Its counts, refusal counters and diagnostics status are
+    :class:`~dli_perception.core.recording_status.RecorderStatus`'s.
+    """
 
     def __init__(
         self,
@@ -70,9 +85,15 @@ class Recorder:
         image_topic: str = "image_raw",
         label_topic: str = "teach_label",
         hooks: RecorderHooks | None = None,
+        task: str = AUTO,
+        xy_topic: str = "teach_xy",
+        labels_topic: str = "teach_labels",
     ) -> None:
         self.store = store
         self.hooks = hooks or RecorderHooks()
+        self.task, self.task_conflict = resolve_task(task, store.task)
+        self.xy_topic, self.labels_topic = xy_topic, labels_topic
+        self._target: Target | None = None  # regression and multi-label; classification keeps ``label``
         self.rate_hz = capture_rate_hz
         self.max_frame_age_s = max_frame_age_s
         self.write_timeout_s = write_timeout_s
@@ -98,6 +119,8 @@ class Recorder:
         """Start the writer thread and hand out the counts."""
         self._worker.start()
         self.publish_counts()
+        if self.task_conflict:
+            self.hooks.log("error", f"captures will be refused: {self.task_conflict}")
 
     # -- settings and inputs --------------------------------------------------------------------
     def configure(
@@ -142,15 +165,76 @@ class Recorder:
                 self.hooks.log("warning", f"teach label {quoted(label, 80)} cannot be a class name: {exc}")
         return True
 
+    def set_xy(self, x: object, y: object) -> Outcome:
+        """Take ``(x, y)`` (normalised, [-1, 1]) as the regression target of the next captures.
+
+        Refused (counted, logged, the target unchanged) when this recorder records another task or
+        the point is not a finite one inside the image.
+        """
+        return self._set_target(tasks.REGRESSION, f"XY target ({x}, {y})", lambda: Target(xy=check_xy(x, y)))
+
+    def set_labels(self, labels: str | bytes | Iterable[object]) -> Outcome:
+        """Take a label set (a list, or text as :func:`~dli_perception.core.tasks.parse_label_set` reads it)
+        as the multi-label target of the next captures; the empty set is a valid target (none shown).
+
+        Refused (counted, logged, the target unchanged) for another task, invalid names, or names
+        outside the declared ``known_labels``.
+        """
+        return self._set_target(
+            tasks.MULTILABEL, "label set", lambda: Target(labels=check_labels(labels, self.known_labels))
+        )
+
+    def _set_target(self, task: str, what: str, make: Callable[[], Target]) -> Outcome:
+        if self.task != task:
+            outcome = Outcome(False, f"{what} refused: {wrong_task(self.task, task)}", WRONG_TASK)
+        else:
+            try:
+                target = make()
+            except TargetError as exc:
+                outcome = Outcome(False, f"{what} refused: {exc}", INVALID_TARGET)
+            else:
+                with self.lock:
+                    changed, self._target = target != self._target, target
+                if changed:
+                    self.hooks.log("info", f"teach target: {target.describe()}")
+                return Outcome(True, f"teach target {target.describe()}")
+        self._count_refusal(outcome)
+        self._warn_throttled(f"target_{outcome.reason}", outcome.message)
+        return outcome
+
+    known_labels = property(
+        lambda self: self.store.label_vocabulary, doc="The labels the dataset declares (labels.txt), or None: any."
+    )
+    xy = property(lambda self: None if self._target is None else self._target.xy, doc="The current XY target.")
+    label_set = property(lambda self: None if self._target is None else self._target.labels, doc="The label set.")
+
+    def target(self) -> Target | None:
+        """The current target of this recorder's task, or None when none was given yet."""
+        with self.lock:
+            return self._current_target()
+
+    def _current_target(self) -> Target | None:
+        if self.task == tasks.CLASSIFICATION:
+            return None if self.label is None else Target(label=self.label)
+        return self._target
+
     # -- capture and undo -----------------------------------------------------------------------
     def check_capture(self) -> Job | Outcome:
-        """The save job for the newest frame and current label, or the refusal (counted)."""
+        """The save job for the newest frame and current target, or the refusal (counted)."""
         with self.lock:
-            frame, raw_label, closing = self.frame, self.label, self._closing
+            frame, raw_label, closing, target = self.frame, self.label, self._closing, self._target
         refusal = None
         label = ""
+        classification = self.task == tasks.CLASSIFICATION
         if closing:
             refusal = Outcome(False, "the recorder is shutting down; nothing was saved", SHUTTING_DOWN)
+        elif self.task_conflict:
+            refusal = Outcome(False, f"{self.task_conflict}; nothing was saved", WRONG_TASK)
+        elif not classification:
+            if target is None:
+                topic = self.xy_topic if self.task == tasks.REGRESSION else self.labels_topic
+                refusal = Outcome(False, f"{no_target(self.task, topic)}; nothing was saved", NO_TARGET)
+            label = tasks.TARGET_DIRS[self.task]
         elif raw_label is None:
             refusal = Outcome(
                 False,
@@ -174,7 +258,9 @@ class Recorder:
                     f"(max_frame_age_s={self.max_frame_age_s:g}); is the camera running? Nothing was saved",
                     STALE_FRAME,
                 )
-            elif (limit := self.store.max_per_class) is not None and self.cached_count(label) >= limit:
+            elif (limit := self.store.max_per_class) is not None and self.cached_count(
+                label if classification else TOTAL_KEY
+            ) >= limit:
                 refusal = Outcome(
                     False,
                     f"class {label!r} is full ({limit} images, max_per_class); undo some captures or "
@@ -184,7 +270,9 @@ class Recorder:
         if refusal is not None:
             self._count_refusal(refusal)
             return refusal
-        return Job("save", frame=frame, label=label)
+        if classification:
+            return Job("save", frame=frame, label=label)
+        return Job("save", frame=frame, label=label, xy=target.xy, labels=target.labels)
 
     async def capture(self) -> Outcome:
         """Save the newest frame: the writer's outcome, or a refusal, within ``write_timeout_s``."""
@@ -225,14 +313,18 @@ class Recorder:
             if self._closing:
                 return Outcome(False, "the recorder is shutting down", SHUTTING_DOWN)
             self.recording = bool(on)
-            label = self.label
+            target = self._current_target()
             if self.recording:
                 self._last_queued_seq = self.frame.seq - 1 if self.frame is not None else -1
                 self.hooks.pace(1.0 / self.rate_hz)
             else:
                 self.hooks.pace(None)
         if on:
-            note = f" under {label!r}" if label else "; no teach label yet: frames are skipped until one arrives"
+            if target is None:
+                what = "teach label" if self.task == tasks.CLASSIFICATION else "target"
+                note = f"; no {what} yet: frames are skipped until one arrives"
+            else:
+                note = f" {'under' if target.label is not None else 'with'} {target.describe()}"
             return Outcome(True, f"recording at {self.rate_hz:g} Hz{note}")
         return Outcome(True, f"recording stopped; dataset has {self.cached_count(TOTAL_KEY)} images")
 
@@ -300,12 +392,15 @@ class Recorder:
         with self.lock:
             self.saved += 1
         counts = self._refresh_counts()
-        return Outcome(
-            True,
-            f"saved {result.path} as {result.label!r} ({counts.get(result.label, 0)} in class, "
-            f"{counts[TOTAL_KEY]} in total)",
-            path=str(result.path),
-        )
+        if job.xy is not None or job.labels is not None:
+            target = Target(xy=job.xy, labels=job.labels if job.xy is None else None)
+            text = f"saved {result.path} as {result.label!r} with {target.describe()} ({counts[TOTAL_KEY]} in total)"
+        else:
+            text = (
+                f"saved {result.path} as {result.label!r} ({counts.get(result.label, 0)} in class, "
+                f"{counts[TOTAL_KEY]} in total)"
+            )
+        return Outcome(True, text, path=str(result.path))
 
     def _undo(self) -> Outcome:
         entry = undo_last(self.store)
@@ -314,88 +409,14 @@ class Recorder:
         with self.lock:
             self.undone += 1
         counts = self._refresh_counts()
-        return Outcome(
-            True,
-            f"removed {entry.file} ({entry.label!r} now has {counts.get(entry.label, 0)}, "
-            f"{counts[TOTAL_KEY]} in total)",
-            path=str(self.store.path_of(entry)),
-        )
-
-    # -- counts, refusals, status ---------------------------------------------------------------
-    @property
-    def pending_jobs(self) -> int:
-        """Jobs queued or being written (0: the writer is idle and everything asked for is on disk)."""
-        return self.jobs.unfinished
-
-    def _count_refusal(self, outcome: Outcome) -> None:
-        with self.lock:
-            self.refused[outcome.reason] += 1
-            if outcome.reason in (DATASET_ERROR, BAD_FRAME, BUSY):
-                self.last_error = outcome.message
-
-    def _warn_throttled(self, kind: str, text: str) -> None:
-        now = time.monotonic()
-        with self.lock:
-            if now - self._warned.get(kind, -THROTTLE_S) < THROTTLE_S:
-                return
-            self._warned[kind] = now
-        self.hooks.log("warning", text)
-
-    def _read_counts(self) -> dict[str, int]:
-        """Per-class counts and the total from the store (start-up, the writer thread and close only)."""
-        counts: dict[str, int] = dict(self.store.counts())
-        counts[TOTAL_KEY] = sum(counts.values())
-        return counts
-
-    def _refresh_counts(self) -> dict[str, int]:
-        """Writer thread, after a write or undo: re-read the counts into the cache and hand them out."""
-        counts = self._read_counts()
-        with self.lock:
-            self._counts = counts
-        self.publish_counts()
-        return counts
-
-    def cached_count(self, key: str) -> int:
-        """The cached count of class ``key`` (or of all, ``TOTAL_KEY``); never touches the store."""
-        with self.lock:
-            return self._counts.get(key, 0)
-
-    def counts(self) -> Counts:
-        """The cached per-class counts."""
-        with self.lock:
-            return Counts({name: n for name, n in self._counts.items() if name != TOTAL_KEY})
-
-    def publish_counts(self) -> None:
-        """Hand the cached counts to the ``counts`` hook."""
-        self.hooks.counts(self.counts())
-
-    def status(self) -> tuple[str, str, dict[str, Any]]:
-        """``(level, summary, values)`` for diagnostics; level is ``"ok"``, ``"warn"`` or ``"error"``."""
-        store = self.store
-        with self.lock:
-            values = {
-                "dataset": str(store.root),
-                "images": self._counts[TOTAL_KEY],
-                "classes": len(self._counts) - 1,
-                "label": self.label or "",
-                "recording": self.recording,
-                "capture_rate_hz": self.rate_hz,
-                "saved": self.saved,
-                "undone": self.undone,
-                "dropped": self.dropped,
-                "queue_depth": self.pending_jobs,
-                "frames_received": self.frames_received,
-                "frame_age_s": -1.0 if self.frame is None else time.monotonic() - self.frame.received,
-                **{f"refused_{reason}": n for reason, n in sorted(self.refused.items())},
-                "last_error": self.last_error,
-            }
-        if store.readonly:
-            return "error", f"dataset is read-only: {store.readonly_reason}", values
-        if self.last_error:
-            return "warn", self.last_error, values
-        if self.recording:
-            return "ok", f"recording {self.label!r}" if self.label else "recording: waiting for a label", values
-        return "ok", "idle", values
+        if entry.task != tasks.CLASSIFICATION:
+            text = f"removed {entry.file} ({counts[TOTAL_KEY]} in total)"
+        else:
+            text = (
+                f"removed {entry.file} ({entry.label!r} now has {counts.get(entry.label, 0)}, "
+                f"{counts[TOTAL_KEY]} in total)"
+            )
+        return Outcome(True, text, path=str(self.store.path_of(entry)))
 
     # -- shutdown -------------------------------------------------------------------------------
     def close(self, drain_timeout_s: float = DRAIN_TIMEOUT_S) -> bool:

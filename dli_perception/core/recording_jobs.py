@@ -24,7 +24,7 @@ from typing import Any
 
 from dli_perception.core.contracts import Counts
 from dli_perception.core.dataset import CaptureResult, DatasetStore, ManifestEntry
-from dli_perception.errors import ClassFullError, DatasetError, ImageConversionError, InvalidLabelError
+from dli_perception.errors import ClassFullError, DatasetError, ImageConversionError, InvalidLabelError, TargetError
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,9 @@ BAD_FRAME = "bad_frame"
 BUSY = "busy"
 SHUTTING_DOWN = "shutting_down"
 NOTHING_TO_UNDO = "nothing_to_undo"
+NO_TARGET = "no_target"
+INVALID_TARGET = "invalid_target"
+WRONG_TASK = "wrong_task"
 
 MAX_WAITING_CALLS = 32
 """Most ``~/capture``/``~/undo`` calls waiting for the writer at once; more are refused as busy."""
@@ -97,12 +100,15 @@ class Frame:
 
 @dataclass
 class Job:
-    """A ``"save"`` of ``frame`` under ``label``, or an ``"undo"``; ``reply`` is set for service calls."""
+    """A ``"save"`` of ``frame`` under ``label`` (or with the regression target ``xy``, or the label set
+    ``labels``), or an ``"undo"``; ``reply`` is set for service calls."""
 
     kind: str
     frame: Any = None
     label: str = ""
     reply: Future | None = None
+    xy: tuple[float, float] | None = None
+    labels: tuple[str, ...] | None = None
 
 
 class NextWake:
@@ -215,7 +221,7 @@ class JobQueue:
 
 # -- what the writer does to the store ---------------------------------------------------------------
 def write_frame(store: DatasetStore, job: Job, topic: str) -> CaptureResult | Outcome:
-    """Encode and save ``job``'s frame under its label: the store's result, or the refusal (nothing saved)."""
+    """Encode and save ``job``'s frame with its target: the store's result, or the refusal (nothing saved)."""
     from dli_perception.core.imaging import to_rgb8
 
     try:
@@ -223,9 +229,14 @@ def write_frame(store: DatasetStore, job: Job, topic: str) -> CaptureResult | Ou
     except ImageConversionError as exc:
         return Outcome(False, f"the frame cannot be converted: {exc}; nothing was saved", BAD_FRAME)
     try:
-        result = store.add_encoded(encoded, job.label, job.frame.stamp_ns, topic)
+        if job.xy is not None or job.labels is not None:
+            result = store.add_encoded(encoded, None, job.frame.stamp_ns, topic, xy=job.xy, labels=job.labels)
+        else:
+            result = store.add_encoded(encoded, job.label, job.frame.stamp_ns, topic)
     except ClassFullError as exc:
         return Outcome(False, f"{exc}; nothing was saved", CLASS_FULL)
+    except TargetError as exc:
+        return Outcome(False, f"target refused: {exc}", INVALID_TARGET)
     except InvalidLabelError as exc:
         return Outcome(False, f"invalid label: {exc}", INVALID_LABEL)
     except DatasetError as exc:

@@ -320,3 +320,15 @@ def iter_samples(
     for index in range(start_index, start_index + per_class):
         for name in scenes.classes:
             yield name, index, scenes.render(name, index)
+
+
+_TARGET_NAMES = ("TargetScenes", "make_xy_dataset", "make_multilabel_dataset", "write_jetbot_folder")
+
+
+def __getattr__(name: str):
+    """The regression and multi-label scenes live in :mod:`.synthetic_targets`; reachable from here too."""
+    if name in _TARGET_NAMES:
+        from dli_perception.core import synthetic_targets
+
+        return getattr(synthetic_targets, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

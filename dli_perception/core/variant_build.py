@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from dli_perception.core import tasks
 from dli_perception.core import variants as V
 from dli_perception.core.fsutil import atomic_write_text, fsync_dir, sha256_file
 from dli_perception.core.modeldir import METADATA_FILE, ModelMetadata, load_metadata, metadata_json
@@ -48,17 +49,20 @@ class VariantData:
     """Images for building and checking variants: training images to calibrate on, labelled validation images."""
 
     calibration: list[Path]
-    validation: list[tuple[Path, int]]
+    validation: list[tuple[Path, Any]]
     classes: list[str]
-    """Class names of the validation labels (labels index this list, not the model's outputs)."""
+    """Class names of the validation labels (labels index this list, not the model's outputs); for the other
+    tasks the output names the targets are given in (``x, y`` or the dataset's labels)."""
     source: str = ""
     dataset_sha256: str = ""
+    task: str = tasks.CLASSIFICATION
 
 
-def _round_robin(samples: Sequence[tuple[str, int]], limit: int) -> list[tuple[str, int]]:
-    by_class: dict[int, list[tuple[str, int]]] = {}
-    for path, label in sorted(samples):
-        by_class.setdefault(label, []).append((path, label))
+def _round_robin(samples: Sequence[tuple[str, Any]], limit: int) -> list[tuple[str, Any]]:
+    by_class: dict[int, list[tuple[str, Any]]] = {}
+    for path, label in sorted(samples, key=lambda s: s[0]):
+        key = label if isinstance(label, (int, np.integer)) else 0  # regression/multilabel: one bucket
+        by_class.setdefault(int(key), []).append((path, label))
     groups = [by_class[k] for k in sorted(by_class)]
     out: list[tuple[str, int]] = []
     depth = 0
@@ -87,10 +91,14 @@ def data_from_dataset(
     data = load_data(root, config if config is not None else TrainConfig(weights="none"))
     return VariantData(
         calibration=[Path(p) for p, _ in _round_robin(data.train, max(1, calibration_images))],
-        validation=[(Path(p), int(label)) for p, label in _round_robin(data.val, max(1, validation_images))],
+        validation=[
+            (Path(p), int(label) if data.task == tasks.CLASSIFICATION else np.asarray(label, dtype=np.float32))
+            for p, label in _round_robin(data.val, max(1, validation_images))
+        ],
         classes=list(data.classes),
         source=data.summary.root,
         dataset_sha256=data.summary.sha256,
+        task=data.task,
     )
 
 
@@ -125,12 +133,29 @@ def _session(path: Path):
 
 
 class _Checker:
-    """fp32 predictions on the check inputs, computed once; variants are compared against them."""
+    """fp32 predictions on the check inputs, computed once; variants are compared against them.
+
+    What "agree" means depends on the task (see :mod:`dli_perception.core.variants`): the same top-1 class
+    (classification), outputs within :data:`~.variants.XY_DELTA_BOUND` on average (regression), the same
+    active label set at the model's thresholds (multilabel).
+    """
 
     def __init__(self, fp32_path: Path, meta: ModelMetadata, data: VariantData | None) -> None:
         self.meta = meta
+        self.task = meta.task
+        if data is not None and data.task != meta.task:
+            raise DatasetError(f"the dataset is {data.task} but the model is {meta.task}")
         self.kind = "validation" if data and data.validation else "random"
-        if self.kind == "validation":
+        if self.kind == "validation" and self.task != tasks.CLASSIFICATION:
+            if list(data.classes) != list(meta.classes):
+                raise DatasetError(f"the dataset's outputs {data.classes} differ from the model's ({meta.classes})")
+            paths = [p for p, _ in data.validation]
+            self.batches = [
+                (b, [data.validation[i][1] for i in idx]) for b, idx in _image_batches(paths, meta.preprocess)
+            ]
+            if not self.batches:
+                raise DatasetError("no validation image could be read")
+        elif self.kind == "validation":
             unknown = sorted(set(data.classes) - set(meta.classes))
             if unknown:
                 raise DatasetError(f"the dataset has classes {unknown} the model does not know ({meta.classes})")
@@ -148,28 +173,55 @@ class _Checker:
             self.batches = [
                 (rng.standard_normal(shape).astype(np.float32), None) for _ in range(RANDOM_CHECK_INPUTS // BATCH)
             ]
+        limits = tasks.check_thresholds(meta.thresholds, meta.classes) if self.task == tasks.MULTILABEL else {}
+        self.limits = np.asarray([limits[c] for c in meta.classes]) if limits else None
         self.fp32 = self.predict(fp32_path)
         self.labels = (
             np.concatenate([np.asarray(lbl) for _, lbl in self.batches]) if self.kind == "validation" else None
         )
 
-    def predict(self, path: Path) -> np.ndarray:
+    def outputs(self, path: Path) -> np.ndarray:
+        """Raw outputs ``(n, C)`` of the model at ``path`` on the check inputs."""
         session = _session(path)
         name = self.meta.input_name
-        return np.concatenate([np.argmax(session.run(None, {name: b})[0], axis=1) for b, _ in self.batches])
+        return np.concatenate([session.run(None, {name: b})[0] for b, _ in self.batches]).astype(np.float64)
+
+    def predict(self, path: Path) -> np.ndarray:
+        """What the task compares: top-1 class, raw XY, or the active-label matrix at the model's thresholds."""
+        out = self.outputs(path)
+        if self.task == tasks.CLASSIFICATION:
+            return np.argmax(out, axis=1)
+        if self.task == tasks.MULTILABEL:
+            return tasks.sigmoid(out) >= self.limits
+        return out
 
     def accuracy(self, pred: np.ndarray) -> float | None:
-        return None if self.labels is None else float(np.mean(pred == self.labels))
+        """Top-1 accuracy, exact-match ratio (multilabel) or mean Euclidean error (regression) on the labels."""
+        if self.labels is None:
+            return None
+        if self.task == tasks.REGRESSION:
+            return float(np.sqrt(((pred - self.labels) ** 2).sum(axis=1)).mean())
+        if self.task == tasks.MULTILABEL:
+            return float(np.mean(np.all(pred == (self.labels > 0.5), axis=1)))
+        return float(np.mean(pred == self.labels))
 
     def compare(self, path: Path) -> dict[str, Any]:
         pred = self.predict(path)
-        return {
-            "agreement": float(np.mean(pred == self.fp32)),
-            "accuracy": self.accuracy(pred),
-            "fp32_accuracy": self.accuracy(self.fp32),
-            "val_images": len(pred),
-            "check_data": self.kind,
-        }
+        figures: dict[str, Any] = {"val_images": len(pred), "check_data": self.kind, "task": self.task}
+        if self.task == tasks.REGRESSION:
+            delta = np.abs(pred - self.fp32)
+            figures.update(
+                mean_abs_delta=float(delta.mean()),
+                max_abs_delta=float(delta.max()),
+                mean_error=self.accuracy(pred),
+                fp32_mean_error=self.accuracy(self.fp32),
+            )
+            return figures
+        agree = np.all(pred == self.fp32, axis=1) if self.task == tasks.MULTILABEL else pred == self.fp32
+        figures.update(
+            agreement=float(np.mean(agree)), accuracy=self.accuracy(pred), fp32_accuracy=self.accuracy(self.fp32)
+        )
+        return figures
 
 
 def _calibration_batches(paths: Sequence[Path], cfg: PreprocessConfig) -> list[np.ndarray]:
@@ -226,13 +278,18 @@ def _build_one(name: str, out_dir: Path, fp32: Path, meta: ModelMetadata, data, 
         path.unlink(missing_ok=True)
         raise ModelError(f"ONNX Runtime cannot run the {name} model ({type(exc).__name__}: {exc})") from exc
     extra.update(figures)
-    agreement = figures["agreement"]
     where = V.describe_entry(name, figures)
-    if agreement < threshold:
+    if meta.task == tasks.REGRESSION:
+        extra["threshold"] = V.XY_DELTA_BOUND
+        passed = figures["mean_abs_delta"] <= V.XY_DELTA_BOUND
+        required = f"above the {V.XY_DELTA_BOUND} bound"
+    else:
+        passed = figures["agreement"] >= threshold
+        required = f"below the {100 * threshold:.0f} % required"
+    if not passed:
         path.unlink(missing_ok=True)
         reason = (
-            f"{where}, below the {100 * threshold:.0f} % required; not written, fp32 serves instead "
-            "(more or more varied training images usually help)"
+            f"{where}, {required}; not written, fp32 serves instead (more or more varied training images usually help)"
         )
         log.warning("%s variant refused: %s", name, reason)
         return _entry(name, status=V.REFUSED, reason=reason, **extra)
@@ -268,7 +325,7 @@ def build_variants(
             "file": V.VARIANT_FILES[V.FP32],
             "status": V.ACCEPTED,
             "sha256": meta.onnx_sha256 or sha256_file(fp32),
-            "accuracy": checker.accuracy(checker.fp32),
+            ("mean_error" if meta.task == tasks.REGRESSION else "accuracy"): checker.accuracy(checker.fp32),
             "val_images": len(checker.fp32),
             "check_data": checker.kind,
         }

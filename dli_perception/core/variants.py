@@ -4,8 +4,9 @@ Export writes up to three ONNX files of the same network (see :mod:`.variant_bui
 
 - ``fp32`` — ``model.onnx``, always present;
 - ``int8_qdq`` — ``model.int8.onnx``, explicit INT8 quantization (Q/DQ), calibrated on the training
-  images and written only when its top-1 agreement with fp32 on the validation split is at least
-  :data:`AGREEMENT_THRESHOLD`;
+  images and written only when it agrees with fp32 on the validation split: top-1 agreement (classification)
+  or active-label-set agreement (multilabel) of at least :data:`AGREEMENT_THRESHOLD`, or a mean output
+  difference of at most :data:`XY_DELTA_BOUND` (regression);
 - ``fp16`` — ``model.fp16.onnx``, float16 weights and activations with float32 input and output,
   for strongly typed TensorRT (11.x has no FP16 builder flag).
 
@@ -37,7 +38,13 @@ BUILT_VARIANTS = (INT8_QDQ, FP16)
 """The variants export derives from the fp32 model."""
 
 AGREEMENT_THRESHOLD = 0.98
-"""Least top-1 agreement with fp32 on the validation split for a reduced-precision variant to be written."""
+"""Least agreement with fp32 on the validation split for a reduced-precision variant to be written: the share
+of images with the same top-1 class (classification) or the same active label set at the model's thresholds
+(multilabel)."""
+
+XY_DELTA_BOUND = 0.05
+"""Regression: the largest mean |output - fp32 output| (normalised units, 2.5 % of the image half-width) a
+reduced-precision variant may show on the validation split; above it the variant is refused."""
 
 ACCEPTED, REFUSED, FAILED, SKIPPED = "accepted", "refused", "failed", "skipped"
 
@@ -76,9 +83,13 @@ class Resolution:
 def describe_entry(name: str, info: dict[str, Any]) -> str:
     """Short account of a variant's check, e.g. ``99.2 % top-1 agreement with fp32 on 120 validation images``."""
     agreement, images = info.get("agreement"), info.get("val_images")
+    where = "validation images" if info.get("check_data") != "random" else "random inputs"
+    delta = info.get("mean_abs_delta")
+    if isinstance(delta, (int, float)) and images:
+        return f"mean |XY - fp32 XY| {delta:.4f} (max {info.get('max_abs_delta', 0.0):.4f}) on {images} {where}"
     if isinstance(agreement, (int, float)) and images:
-        where = "validation images" if info.get("check_data") != "random" else "random inputs"
-        return f"{100 * agreement:.1f} % top-1 agreement with fp32 on {images} {where}"
+        kind = "active-label-set" if info.get("task") == "multilabel" else "top-1"
+        return f"{100 * agreement:.1f} % {kind} agreement with fp32 on {images} {where}"
     return f"{name} variant"
 
 

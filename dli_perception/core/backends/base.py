@@ -2,10 +2,14 @@
 
 A backend is loaded from a model directory (:mod:`dli_perception.core.modeldir`),
 takes a float32 ``(N, 3, S, S)`` batch made by the shared preprocessing and
-returns class probabilities ``(N, C)``. Softmax is applied here, in one place,
-so every backend returns the same kind of numbers; :meth:`Backend.classify`
-goes from RGB frames to named predictions with the model's own
-:class:`~dli_perception.core.preprocess.PreprocessConfig`.
+returns the model's raw outputs ``(N, C)`` (:meth:`Backend.outputs`), whatever
+the task and the width. :meth:`Backend.infer` adds the softmax for
+classification models only, here, in one place, so every backend returns the
+same kind of numbers; regression (``x, y``) and multi-label outputs (logits) are
+returned raw and decoded by :func:`dli_perception.core.tasks.decode_xy` and
+:func:`~dli_perception.core.tasks.decode_multilabel` (:meth:`Backend.predict`).
+:meth:`Backend.classify` goes from RGB frames to named class predictions with
+the model's own :class:`~dli_perception.core.preprocess.PreprocessConfig`.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 
+from dli_perception.core import tasks
 from dli_perception.core.fsutil import sha256_file
 from dli_perception.core.modeldir import ONNX_FILE, ModelMetadata, load_metadata
 from dli_perception.core.preprocess import preprocess_batch
@@ -182,8 +187,19 @@ class Backend(abc.ABC):
             raise ConfigError(f"infer expects float32 input, got {batch.dtype}")
         return np.ascontiguousarray(batch)
 
+    @property
+    def task(self) -> str:
+        """The model's task (:mod:`dli_perception.core.tasks`)."""
+        return self.metadata.task
+
     def infer(self, batch: np.ndarray) -> np.ndarray:
-        """Class probabilities ``(N, C)`` float32 (rows sum to 1) for a preprocessed batch."""
+        """A classification model's class probabilities ``(N, C)`` float32 (rows sum to 1) for a preprocessed
+        batch; for regression and multilabel models their raw outputs (:meth:`outputs`), never a softmax."""
+        outputs = self.outputs(batch)
+        return softmax(outputs) if self.metadata.task == tasks.CLASSIFICATION else outputs
+
+    def outputs(self, batch: np.ndarray) -> np.ndarray:
+        """The model's raw outputs ``(N, C)`` float32 for a preprocessed batch (logits, or ``x, y``)."""
         batch = self.validate_batch(batch)
         with self._lock:
             if self._closed:
@@ -195,10 +211,30 @@ class Backend(abc.ABC):
                 f"{self.name}: model returned shape {logits.shape}, expected "
                 f"({batch.shape[0]}, {self.num_classes}); the model directory is inconsistent"
             )
-        return softmax(logits)
+        return np.asarray(logits, dtype=np.float32)
+
+    def predict(
+        self, images_rgb: Sequence[np.ndarray], thresholds: Mapping[str, float] | None = None
+    ) -> list[Prediction | tuple[float, float] | tasks.LabelSetPrediction]:
+        """Each HxWx3 uint8 RGB frame's decoded result for the model's task: a :class:`Prediction`
+        (classification), ``(x, y)`` (regression, :func:`~dli_perception.core.tasks.decode_xy`) or a
+        :class:`~dli_perception.core.tasks.LabelSetPrediction` at ``thresholds`` (default: the model's own)."""
+        if self.metadata.task == tasks.CLASSIFICATION:
+            return list(self.classify(images_rgb))
+        if len(images_rgb) == 0:
+            return []
+        out = self.outputs(preprocess_batch(images_rgb, self.metadata.preprocess))
+        if self.metadata.task == tasks.REGRESSION:
+            return [tasks.decode_xy(row) for row in out]
+        limits = self.metadata.thresholds if thresholds is None else thresholds
+        return [tasks.decode_multilabel(row, self.metadata.classes, limits) for row in out]
 
     def classify(self, images_rgb: Sequence[np.ndarray]) -> list[Prediction]:
-        """Top class of each HxWx3 uint8 RGB frame, preprocessed with the model's own config."""
+        """Top class of each HxWx3 uint8 RGB frame, preprocessed with the model's own config.
+
+        Classification models only (:class:`ModelError` otherwise: use :meth:`predict`)."""
+        if self.metadata.task != tasks.CLASSIFICATION:
+            raise ModelError(f"{self.model_dir} is a {self.metadata.task} model; it has no top class (use predict)")
         if len(images_rgb) == 0:
             return []
         probs = self.infer(preprocess_batch(images_rgb, self.metadata.preprocess))

@@ -140,7 +140,9 @@ class OnnxRuntimeBackend(Backend):
 
     Options: ``device`` ("auto"|"cpu"|"cuda"), ``providers`` (exact list, overrides
     ``device``), ``intra_op_threads`` / ``inter_op_threads`` (0 = ONNX Runtime's
-    choice), ``io_binding`` (bind input/output buffers explicitly), ``trt_cache_dir``
+    choice), ``spin`` (let idle thread-pool workers spin for the next run instead of sleeping; off:
+    on a small CPU they take the core the node's executor and transport threads need),
+    ``io_binding`` (bind input/output buffers explicitly), ``trt_cache_dir``
     (engine cache of the TensorRT execution provider; default under
     :func:`~dli_perception.core.backends.tensorrt.default_engine_cache_dir`).
     ``precision`` (default ``auto``) picks the model directory's variant: ``auto`` and
@@ -158,6 +160,7 @@ class OnnxRuntimeBackend(Backend):
         "io_binding",
         "trt_cache_dir",
         "precision",
+        "spin",
     )
 
     def __init__(self, model_dir, metadata, session, io_binding: bool) -> None:
@@ -183,6 +186,7 @@ class OnnxRuntimeBackend(Backend):
         providers: Sequence[str] | str | None = None,
         intra_op_threads: int = 0,
         inter_op_threads: int = 0,
+        spin: bool = False,
         io_binding: bool = False,
         trt_cache_dir: str | os.PathLike | None = None,
         precision: str = "auto",
@@ -211,6 +215,10 @@ class OnnxRuntimeBackend(Backend):
         so.intra_op_num_threads = intra_op_threads
         so.inter_op_num_threads = inter_op_threads
         so.log_severity_level = 3  # errors only: provider fall-backs are reported by us
+        # Spinning thread-pool workers keep burning a core after each run, waiting for the next one;
+        # on a small CPU that core is the one the node's executor and transport threads need.
+        for pool in ("intra_op", "inter_op"):
+            so.add_session_config_entry(f"session.{pool}.allow_spinning", "1" if spin else "0")
         popts = {"trt_cache_dir": trt_cache_dir}
 
         def open_session(plist: list[str]):

@@ -9,6 +9,7 @@ Where each part lives:
 - :mod:`.bags`: opening bags, their topics, message definitions (which typestore), label
   messages and the robot a bag came from;
 - :mod:`.to_dataset`: :func:`bag_to_dataset`, how images get their time and label;
+- :mod:`.targets`: the target topics (class label, XY PointStamped, label set) and their timelines;
 - :mod:`.pipeline`: decoding and writing on worker threads in a deterministic order;
 - :mod:`.to_bag`: :func:`dataset_to_bag`.
 """
@@ -20,14 +21,16 @@ from dli_perception.core.bagio.bags import (
     IMAGE_TYPES,
     LABEL_TYPE,
     STORAGES,
-    ProgressCallback,
     available_distros,
     bag_topics,
     robot_name,
     typestore_for,
 )
+from dli_perception.core.bagio.stats import BagConversionStats
+from dli_perception.core.bagio.targets import XY_TYPE
 from dli_perception.core.bagio.to_bag import BagWriteStats, dataset_to_bag
-from dli_perception.core.bagio.to_dataset import BagConversionStats, bag_to_dataset
+from dli_perception.core.bagio.to_dataset import bag_to_dataset
+from dli_perception.core.progress import ProgressCallback
 
 __all__ = [
     "COMPRESSED_TYPE",
@@ -36,6 +39,7 @@ __all__ = [
     "IMAGE_TYPES",
     "LABEL_TYPE",
     "STORAGES",
+    "XY_TYPE",
     "BagConversionStats",
     "BagWriteStats",
     "ProgressCallback",

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +27,6 @@ IMAGE_TYPES = (IMAGE_TYPE, COMPRESSED_TYPE)
 STORAGES = ("sqlite3", "mcap")
 #: Used when neither the caller nor the bag names a distribution (Humble bags do not).
 FALLBACK_DISTRO = "humble"
-
-#: ``progress(done, total)`` as the conversions call it.
-ProgressCallback = Callable[[int, int], None]
 
 
 def available_distros() -> list[str]:

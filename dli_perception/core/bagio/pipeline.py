@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING, Any
 
 from dli_perception.core.dataset import CaptureResult, DatasetStore, EncodedImage, Reservation
 from dli_perception.core.fsutil import sha256_bytes
-from dli_perception.errors import ClassFullError, DatasetError, ImageConversionError
+from dli_perception.errors import ClassFullError, DatasetError, ImageConversionError, TargetError
 
 if TYPE_CHECKING:
-    from dli_perception.core.bagio.to_dataset import BagConversionStats
+    from dli_perception.core.bagio.stats import BagConversionStats
 
 logger = logging.getLogger(__name__)
 
@@ -83,12 +83,15 @@ class Pipeline:
         self, store: DatasetStore, pool: ThreadPoolExecutor | None, window: int, stats: BagConversionStats
     ) -> None:
         self.store, self.pool, self.window, self.stats = store, pool, window, stats
-        self.encoding: collections.deque[tuple[Future | None, Any, str, int, str, dict[str, str]]] = collections.deque()
+        self.encoding: collections.deque[tuple[Future | None, Any, dict[str, Any], int, str, dict[str, str]]] = (
+            collections.deque()
+        )
         self.writing: collections.deque[tuple[Future | None, Reservation]] = collections.deque()
 
-    def submit(self, msg: Any, label: str, t_img: int, source: str, provenance: dict[str, str]) -> None:
+    def submit(self, msg: Any, target: dict[str, Any], t_img: int, source: str, provenance: dict[str, str]) -> None:
+        """Queue one image with its target (``{"label": c}``, ``{"xy": (x, y)}`` or ``{"labels": (...)}``)."""
         fut = self.pool.submit(_decode_encode, msg, self.store) if self.pool is not None else None
-        self.encoding.append((fut, msg, label, t_img, source, provenance))
+        self.encoding.append((fut, msg, target, t_img, source, provenance))
         while len(self.encoding) > self.window:
             self._reserve_one()
         while len(self.writing) > self.window:
@@ -118,7 +121,7 @@ class Pipeline:
                 self.store.commit(reservation)
 
     def _reserve_one(self) -> None:
-        fut, msg, label, t_img, source, provenance = self.encoding.popleft()
+        fut, msg, target, t_img, source, provenance = self.encoding.popleft()
         try:
             encoded = fut.result() if fut is not None else _decode_encode(msg, self.store)
         except _Undecodable as err:
@@ -126,9 +129,15 @@ class Pipeline:
             logger.debug("skipping an undecodable image at %d ns: %s", t_img, err)
             return
         try:
-            reservation = self.store.reserve(encoded, label, t_img, source, **provenance)
+            reservation = self.store.reserve(encoded, stamp_ns=t_img, source=source, **target, **provenance)
         except ClassFullError:
             self.stats.skipped_full += 1
+            return
+        except TargetError as err:  # a target the dataset refuses (e.g. a label labels.txt does not declare)
+            self.stats.skipped_invalid_target += 1
+            text = str(target.get("labels", target.get("xy", "")))
+            self.stats.invalid_targets[text] = self.stats.invalid_targets.get(text, 0) + 1
+            logger.debug("skipping an image at %d ns: %s", t_img, err)
             return
         if isinstance(reservation, CaptureResult):
             self.stats.duplicates += 1
@@ -152,5 +161,7 @@ class Pipeline:
                 self.store.release(reservation)
                 raise
         self.store.commit(reservation)
-        label = reservation.entry.label
-        self.stats.counts[label] = self.stats.counts.get(label, 0) + 1
+        entry = reservation.entry
+        self.stats.saved_images += 1
+        for label in entry.labels if entry.labels is not None else (entry.label,):
+            self.stats.counts[label] = self.stats.counts.get(label, 0) + 1

@@ -14,16 +14,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dli_perception.core import tasks
 from dli_perception.core.bagio.bags import (
     COMPRESSED_TYPE,
     IMAGE_TYPE,
     LABEL_TYPE,
     STORAGES,
-    ProgressCallback,
     typestore_for,
 )
+from dli_perception.core.bagio.targets import XY_TYPE
 from dli_perception.core.dataset import DatasetStore, ManifestEntry
 from dli_perception.core.fsutil import fsync_dir
+from dli_perception.core.progress import ProgressCallback
 from dli_perception.errors import BagError, ConfigError
 
 logger = logging.getLogger(__name__)
@@ -54,13 +56,19 @@ def dataset_to_bag(
     period_ns: int = 33_333_333,
     progress: ProgressCallback | None = None,
     stop_event: threading.Event | None = None,
+    xy_topic: str = "/teach_xy",
+    labels_topic: str = "/teach_labels",
 ) -> BagWriteStats:
     """Write a dataset as a rosbag2 bag that :func:`bag_to_dataset` turns back into the same dataset.
 
     Images go to ``image_topic`` in manifest order: sensor_msgs/Image ``bgr8`` decoded from the
     stored files, or with ``compressed`` sensor_msgs/CompressedImage holding the stored JPEG/PNG
     bytes unchanged. A std_msgs/String on ``label_topic`` precedes each change of class, at the
-    same time as the image. Times are the images' ``stamp_ns`` when all are non-zero and
+    same time as the image. A regression dataset writes each image's target as a
+    geometry_msgs/PointStamped (normalised XY, header stamped like the image) on ``xy_topic``
+    instead, a multi-label dataset its label set (comma-separated std_msgs/String, empty for
+    none) on ``labels_topic``; each target just before its image, at the same time (the
+    ``labels`` count of the stats counts these). Times are the images' ``stamp_ns`` when all are non-zero and
     increasing, else ``start_ns`` (default: now) plus ``period_ns`` per image; the header stamp
     equals the bag time. ``storage`` is ``sqlite3`` or ``mcap``; ``distro`` picks the message
     definitions written into the bag. The bag appears complete or not at all (cancel included).
@@ -80,17 +88,25 @@ def dataset_to_bag(
     started = time.perf_counter()
     try:
         entries = store.entries
+        task = store.task or tasks.CLASSIFICATION
         times = _timeline(entries, start_ns, int(period_ns))
+        target_topic, target_type = {
+            tasks.REGRESSION: (xy_topic, XY_TYPE),
+            tasks.MULTILABEL: (labels_topic, LABEL_TYPE),
+        }.get(task, (label_topic, LABEL_TYPE))
 
         def write(writer: Any) -> bool:
             image_conn = writer.add_connection(image_topic, messages.image_type, typestore=messages.typestore)
-            label_conn = writer.add_connection(label_topic, LABEL_TYPE, typestore=messages.typestore)
+            label_conn = writer.add_connection(target_topic, target_type, typestore=messages.typestore)
             current = None
             for i, (entry, t_ns) in enumerate(zip(entries, times, strict=True), 1):
                 if stop_event is not None and stop_event.is_set():
                     stats.cancelled = True
                     return False
-                if entry.label != current:
+                if task != tasks.CLASSIFICATION:
+                    writer.write(label_conn, t_ns, messages.target(entry, t_ns))
+                    stats.labels += 1
+                elif entry.label != current:
                     writer.write(label_conn, t_ns, messages.label(entry.label))
                     stats.labels += 1
                     current = entry.label
@@ -131,6 +147,20 @@ class _Messages:
         string_cls = self.typestore.types[LABEL_TYPE]
         return self.typestore.serialize_cdr(string_cls(data=label), LABEL_TYPE)
 
+    def target(self, entry: ManifestEntry, t_ns: int) -> bytes:
+        """A regression entry's target as a PointStamped stamped ``t_ns``, a multi-label one's as a String."""
+        if entry.xy is None:
+            return self.label(",".join(entry.labels or ()))
+        types = self.typestore.types
+        point = types["geometry_msgs/msg/Point"](x=float(entry.xy[0]), y=float(entry.xy[1]), z=0.0)
+        msg = types[XY_TYPE](header=self._header(t_ns), point=point)
+        return self.typestore.serialize_cdr(msg, XY_TYPE)
+
+    def _header(self, t_ns: int) -> Any:
+        types = self.typestore.types
+        stamp = types["builtin_interfaces/msg/Time"](sec=t_ns // 1_000_000_000, nanosec=t_ns % 1_000_000_000)
+        return types["std_msgs/msg/Header"](stamp=stamp, frame_id=self.frame_id)
+
     def image(self, path: Path, t_ns: int) -> bytes:
         """The stored file as an image message stamped ``t_ns``: its bytes unchanged when compressed,
         else decoded to ``bgr8``. :class:`BagError` when the file does not decode."""
@@ -140,8 +170,7 @@ class _Messages:
         from dli_perception.core.imaging import to_rosbags_image
 
         types = self.typestore.types
-        stamp = types["builtin_interfaces/msg/Time"](sec=t_ns // 1_000_000_000, nanosec=t_ns % 1_000_000_000)
-        header = types["std_msgs/msg/Header"](stamp=stamp, frame_id=self.frame_id)
+        header = self._header(t_ns)
         if self.compressed:
             blob = path.read_bytes()
             fmt = "png" if path.suffix.lower() == ".png" else "jpeg"

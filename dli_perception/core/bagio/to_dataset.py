@@ -4,12 +4,11 @@ Labels and time: an image's time is its header stamp when non-zero, else the tim
 recorder received it (the bag timestamp). A label (``std_msgs/String``, no header) is
 timed by the bag timestamp. Each image gets the latest label at or before its time;
 images before the first label, or while the label is ``none``/``unknown``/empty, are
-skipped and counted.
+skipped and counted. XY points and label sets are matched the same way (see :mod:`.targets`).
 """
 
 from __future__ import annotations
 
-import bisect
 import contextlib
 import logging
 import os
@@ -17,14 +16,12 @@ import threading
 import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from dli_perception.core.bagio.bags import (
     IMAGE_TYPES,
     LABEL_TYPE,
-    ProgressCallback,
     bag_typestore,
     connections_for,
     header_stamp,
@@ -33,57 +30,13 @@ from dli_perception.core.bagio.bags import (
     robot_name,
 )
 from dli_perception.core.bagio.pipeline import Pipeline
-from dli_perception.core.dataset import DatasetStore, is_no_label, validate_label
-from dli_perception.errors import ConfigError, DatasetError, InvalidLabelError
+from dli_perception.core.bagio.stats import BagConversionStats
+from dli_perception.core.bagio.targets import KIND_TASK, XY_TYPE, Targets, read_points
+from dli_perception.core.dataset import DatasetStore, validate_label
+from dli_perception.core.progress import ProgressCallback
+from dli_perception.errors import ConfigError, DatasetError, TargetError
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class BagConversionStats:
-    """What :func:`bag_to_dataset` did. ``images`` counts image messages read; each one is
-    saved (``counts``), a duplicate, or skipped for exactly one reason."""
-
-    counts: dict[str, int] = field(default_factory=dict)
-    images: int = 0
-    skipped_no_label: int = 0
-    skipped_unknown: int = 0
-    skipped_invalid_label: int = 0
-    skipped_bad: int = 0
-    skipped_full: int = 0
-    duplicates: int = 0
-    invalid_labels: dict[str, int] = field(default_factory=dict)
-    bytes_read: int = 0
-    seconds: float = 0.0
-    cancelled: bool = False
-    distro: str = ""
-    definitions: str = ""
-    robot: str = ""
-
-    @property
-    def saved(self) -> int:
-        return sum(self.counts.values())
-
-    @property
-    def images_per_s(self) -> float:
-        return self.images / self.seconds if self.seconds > 0 else 0.0
-
-    @property
-    def mb_per_s(self) -> float:
-        return self.bytes_read / 1e6 / self.seconds if self.seconds > 0 else 0.0
-
-    def summary(self) -> str:
-        """A few lines for people: per-class counts, then skipped counts and speed."""
-        lines = [f"  {label}: {n}" for label, n in self.counts.items()] or ["  (no images saved)"]
-        skipped = (
-            f"saved {self.saved} of {self.images} images; skipped: no label yet {self.skipped_no_label}, "
-            f"label none/unknown {self.skipped_unknown}, invalid label {self.skipped_invalid_label}, "
-            f"undecodable {self.skipped_bad}, class full {self.skipped_full}; duplicates {self.duplicates}"
-        )
-        speed = f"{self.images_per_s:.0f} images/s, {self.mb_per_s:.1f} MB/s" + (
-            " (cancelled)" if self.cancelled else ""
-        )
-        return "\n".join(["per class:", *lines, skipped, speed])
 
 
 def bag_to_dataset(
@@ -97,37 +50,51 @@ def bag_to_dataset(
     distro: str | None = None,
     workers: int | None = None,
     robot: str | None = None,
+    xy_topic: str | None = None,
+    labels_topic: str | None = None,
 ) -> BagConversionStats:
-    """Save the images of a rosbag2 bag into ``store``, labelled by a label topic or a topic-to-class map.
+    """Save the images of a rosbag2 bag into ``store``, labelled by a target topic or a topic-to-class map.
 
-    Give ``image_topic`` and ``label_topic`` (std_msgs/String, the class being shown), or
-    ``class_map`` ``{image topic: class}`` (``image_topic`` then optional, and must be one of
-    its keys). Images are sensor_msgs/Image in any encoding the converter knows, or
-    sensor_msgs/CompressedImage. ``progress(done, total)`` reports image messages read;
+    Give ``image_topic`` and one target topic: ``label_topic`` (std_msgs/String, the class being
+    shown), ``xy_topic`` (geometry_msgs/PointStamped, normalised XY targets: a regression dataset)
+    or ``labels_topic`` (std_msgs/String label sets: a multi-label dataset); see :mod:`.targets`.
+    Or give ``class_map`` ``{image topic: class}`` (``image_topic`` then optional, and must be one of
+    its keys). A target that is not valid (XY outside [-1, 1], a label the dataset's ``labels.txt``
+    does not declare) skips its images, counted in ``invalid_targets``. Images are
+    sensor_msgs/Image in any encoding the converter knows, or sensor_msgs/CompressedImage. ``progress(done, total)`` reports image messages read;
     setting ``stop_event`` stops early (what was saved stays). ``distro`` forces the fallback
     typestore. ``workers`` threads decode and encode (default: up to 4, by CPU count).
     Each saved image records its provenance in the manifest: ``robot`` (default:
     :func:`robot_name`), the bag's directory name, the topic and the image's stamp.
 
     Raises :class:`BagError` (unreadable bag, missing topic, wrong type, listing the bag's
-    topics), :class:`InvalidLabelError` (bad class in ``class_map``) and
+    topics), :class:`InvalidLabelError` (bad class in ``class_map``), :class:`TargetError` (the
+    dataset holds another task; nothing is read) and
     :class:`~dli_perception.errors.DatasetError` (disk full, read-only: images saved before stay).
     """
-    topic_class = _topic_classes(image_topic, label_topic, class_map)
+    kind, target_topic = _target_topic(label_topic, xy_topic, labels_topic, class_map)
+    topic_class = _topic_classes(image_topic, target_topic, class_map)
     image_topics = list(topic_class) if topic_class is not None else [str(image_topic)]
     bag_path = Path(bag_path)
     workers = min(4, os.cpu_count() or 1) if workers is None else max(0, int(workers))
     if store.readonly:
         raise DatasetError(f"dataset {store.root} is read-only ({store.readonly_reason}); nothing was read")
-    stats = BagConversionStats()
+    if store.task not in (None, KIND_TASK[kind]):
+        raise TargetError(
+            f"dataset {store.root} holds a {store.task} task; the {kind} topic gives {KIND_TASK[kind]} images "
+            "(one task per dataset): convert into another dataset; nothing was read"
+        )
+    stats = BagConversionStats(task=KIND_TASK[kind])
     started = time.perf_counter()
     reader = open_reader(bag_path)
     try:
         image_conns = [c for t in image_topics for c in connections_for(reader, t, IMAGE_TYPES, bag_path)]
-        label_conns = connections_for(reader, label_topic, (LABEL_TYPE,), bag_path) if label_topic is not None else []
+        target_type = XY_TYPE if kind == "xy" else LABEL_TYPE
+        label_conns = connections_for(reader, target_topic, (target_type,), bag_path) if target_topic else []
         typestore, stats.distro, stats.definitions = bag_typestore(reader, image_conns + label_conns, distro)
         stats.robot = robot_name(bag_path) if robot is None else str(robot)
-        labels = _Labels(topic_class, *read_labels(reader, label_conns, typestore), stats)
+        timeline = (read_points if kind == "xy" else read_labels)(reader, label_conns, typestore)
+        labels = Targets(kind, topic_class, *timeline, stats, store.label_vocabulary)
         saving = _Saving(store, typestore, labels, stats, bag_path.name)
         saving.run(reader, image_conns, workers, progress, stop_event)
     finally:
@@ -136,6 +103,17 @@ def bag_to_dataset(
     stats.seconds = time.perf_counter() - started
     logger.info("bag %s: %s", bag_path, stats.summary().replace("\n", "; "))
     return stats
+
+
+def _target_topic(
+    label_topic: str | None, xy_topic: str | None, labels_topic: str | None, class_map: Mapping[str, str] | None
+) -> tuple[str, str | None]:
+    """The kind of target (``label``, ``xy`` or ``labels``) and its topic (None with ``class_map``)."""
+    given = {"label": label_topic, "xy": xy_topic, "labels": labels_topic}
+    named = [kind for kind, topic in given.items() if topic is not None]
+    if len(named) + (class_map is not None) != 1:
+        raise ConfigError("give exactly one of label_topic, xy_topic, labels_topic (with image_topic) or class_map")
+    return (named[0], given[named[0]]) if named else ("label", None)
 
 
 def _topic_classes(
@@ -156,54 +134,11 @@ def _topic_classes(
     return topic_class
 
 
-class _Labels:
-    """The class of each image: its topic's class in the map, or the latest label at or before its time."""
-
-    def __init__(
-        self, topic_class: dict[str, str] | None, times: list[int], values: list[str], stats: BagConversionStats
-    ) -> None:
-        self.topic_class, self.times, self.values, self.stats = topic_class, times, values, stats
-        self._valid: dict[str, str | None] = {}
-
-    def class_of(self, topic: str, t_ns: int) -> str | None:
-        """The canonical class, or None after counting in the stats why the image is skipped."""
-        if self.topic_class is not None:
-            raw: str | None = self.topic_class[topic]
-        else:
-            i = bisect.bisect_right(self.times, t_ns) - 1
-            raw = self.values[i] if i >= 0 else None
-        return _classify_label(raw, self._valid, self.stats)
-
-
-def _classify_label(raw: str | None, cache: dict[str, str | None], stats: BagConversionStats) -> str | None:
-    """Canonical class for a raw label, or None after counting why the image is skipped."""
-    if raw is None:
-        stats.skipped_no_label += 1
-        return None
-    if raw in cache:
-        label = cache[raw]
-    else:
-        label = None
-        if not is_no_label(raw):
-            try:
-                label = validate_label(raw)
-            except InvalidLabelError as err:
-                logger.warning("label %r cannot be a class name (%s); its images are skipped", raw, err)
-        cache[raw] = label
-    if label is None:
-        if is_no_label(raw):
-            stats.skipped_unknown += 1
-        else:
-            stats.skipped_invalid_label += 1
-            stats.invalid_labels[raw] = stats.invalid_labels.get(raw, 0) + 1
-    return label
-
-
 class _Saving:
     """The loop over a bag's image messages: deserialize, time, label, hand to the pipeline."""
 
     def __init__(
-        self, store: DatasetStore, typestore: Any, labels: _Labels, stats: BagConversionStats, bag_name: str
+        self, store: DatasetStore, typestore: Any, labels: Targets, stats: BagConversionStats, bag_name: str
     ) -> None:
         self.store, self.typestore, self.labels, self.stats, self.bag_name = store, typestore, labels, stats, bag_name
 
@@ -250,7 +185,7 @@ class _Saving:
             logger.debug("skipping a message on %s that does not deserialize: %s", conn.topic, err)
             return
         t_img = t_header if t_header > 0 else t_bag
-        label = self.labels.class_of(conn.topic, t_img)
-        if label is not None:
+        target = self.labels.target_of(conn.topic, t_img)
+        if target is not None:
             provenance = {"robot": self.stats.robot, "bag": self.bag_name, "topic": conn.topic}
-            pipeline.submit(msg, label, t_img, f"{self.bag_name}:{conn.topic}", provenance)
+            pipeline.submit(msg, target, t_img, f"{self.bag_name}:{conn.topic}", provenance)

@@ -18,10 +18,11 @@ from dli_perception.errors import ConfigError
 class SyntheticSource(FrameSource):
     """Labelled synthetic frames from :class:`SyntheticScenes`, cycling classes every ``scene_period`` s.
 
-    ``realtime=True``: each frame is stamped with ``time_ns()`` at ``read()`` and
-    shows the class scheduled at that time since ``open()`` (what a live camera
-    would do). ``realtime=False``: frame ``i`` is stamped ``start + i / fps``
-    and shows the class scheduled then, independent of how fast it is read.
+    ``realtime=True``: each frame shows the class scheduled at ``read()`` since
+    ``open()`` and is stamped with ``time_ns()`` when rendered (what a live camera
+    would do: its frame is stamped when the driver hands it over). ``realtime=False``:
+    frame ``i`` is stamped ``start + i / fps`` and shows the class scheduled then,
+    independent of how fast it is read.
     Frame ``i`` always renders ``scenes.render(label, i)``; ``max_frames``
     (``None``: endless) ends the stream.
     """
@@ -68,13 +69,15 @@ class SyntheticSource(FrameSource):
         if self.max_frames is not None and index >= self.max_frames:
             return None
         if self.realtime:
-            stamp = int(self._time_ns())
-            t = (stamp - self.start_ns) / 1e9
-        else:
-            t = index / self._fps
-            stamp = self.start_ns + round(index * 1e9 / self._fps)
+            t = (int(self._time_ns()) - self.start_ns) / 1e9
+            label = self.class_at(t)
+            image = self.scenes.render(label, index)
+            # Stamped once the pixels exist, as the camera sources stamp when their read returns:
+            # rendering (7.6 ms for 1280x720) is the fake camera's work, not the transport's.
+            return image, int(self._time_ns()), label
+        t = index / self._fps
         label = self.class_at(t)
-        return self.scenes.render(label, index), stamp, label
+        return self.scenes.render(label, index), self.start_ns + round(index * 1e9 / self._fps), label
 
     def _close(self) -> None:
         pass

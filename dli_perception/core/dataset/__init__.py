@@ -4,7 +4,9 @@ Layout::
 
     ROOT/
       manifest.jsonl          one JSON object per image, in capture order
-      <class>/<seq>_<sha12>.jpg
+      <class>/<seq>_<sha12>.jpg    classification; regression images live in xy/, multi-label ones
+                              in multilabel/, their targets in the manifest
+      labels.txt              multi-label only, optional: the declared label vocabulary
       .lock                   flock'ed by the one process that writes the store
 
 ``torchvision.datasets.ImageFolder(ROOT)`` reads the directory as-is (it only
@@ -20,6 +22,8 @@ Where each part lives:
 - :mod:`.directory`: ROOT, its writer lock and its class directories;
 - :mod:`.repair`: the read path that repairs what a crash left (:class:`RepairReport`);
 - :mod:`.importing`: importing an ImageFolder directory (:class:`ImportStats`);
+- :mod:`.targets`: per-task targets, counts and the multi-label vocabulary (``labels.txt``);
+- :mod:`.jetbot`: importing the JetBot road-following layout (:class:`JetbotImportStats`);
 - :mod:`.disk` and :mod:`.layout`: disk errors in words, durable writes, the directory's file names.
 
 A full disk or a read-only directory makes a write fail with
@@ -28,19 +32,22 @@ stay as they were. Every class directory is resolved and checked to lie inside R
 """
 
 from dli_perception.core.dataset.encoding import IMAGE_FORMATS, EncodedImage, encode_image, probe_image
-from dli_perception.core.dataset.importing import ImportStats, ProgressCallback
+from dli_perception.core.dataset.importing import ImportStats, ProgressCallback, import_folder
 from dli_perception.core.dataset.index import CaptureResult, Reservation
+from dli_perception.core.dataset.jetbot import JetbotImportStats, import_jetbot
 from dli_perception.core.dataset.labels import MAX_LABEL_LENGTH, NO_LABEL_NAMES, is_no_label, validate_label
 from dli_perception.core.dataset.layout import CORRUPT_SUFFIX, LOCK_NAME, MANIFEST_NAME
 from dli_perception.core.dataset.manifest import ManifestEntry
 from dli_perception.core.dataset.repair import RepairReport
 from dli_perception.core.dataset.store import DatasetStore
+from dli_perception.core.dataset.targets import LABELS_NAME
 from dli_perception.core.imagefiles import IMAGE_EXTENSIONS
 
 __all__ = [
     "CORRUPT_SUFFIX",
     "IMAGE_EXTENSIONS",
     "IMAGE_FORMATS",
+    "LABELS_NAME",
     "LOCK_NAME",
     "MANIFEST_NAME",
     "MAX_LABEL_LENGTH",
@@ -49,6 +56,9 @@ __all__ = [
     "DatasetStore",
     "EncodedImage",
     "ImportStats",
+    "import_folder",
+    "import_jetbot",
+    "JetbotImportStats",
     "ManifestEntry",
     "ProgressCallback",
     "RepairReport",

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from dli_perception.core import fsutil
+from dli_perception.core.imagefiles import decode_rgb
 from dli_perception.errors import ConfigError, ImageConversionError
 
 #: Extensions torchvision's ImageFolder loads; files with these in a class directory are images.
@@ -88,11 +89,9 @@ def read_image_file(path: Path, encode: Callable[[np.ndarray], EncodedImage]) ->
         return EncodedImage(data, ".jpg", width, height, fsutil.sha256_bytes(data))
     if fmt == "PNG" and len(data) > 25 and data[24] == 8:  # 8 bits per sample: ImageFolder reads it
         return EncodedImage(data, ".png", width, height, fsutil.sha256_bytes(data))
-    import cv2
-
-    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)  # scales 16-bit to 8-bit
-    if bgr is not None:
-        return encode(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+    rgb = decode_rgb(data)  # OpenCV scales 16-bit to 8-bit
+    if rgb is not None:
+        return encode(rgb)
     from PIL import Image
 
     with Image.open(io.BytesIO(data)) as im:

@@ -3,7 +3,10 @@
 Each line holds ``file`` (path relative to ROOT, ``/``-separated), ``class``, ``stamp_ns``,
 ``source`` (topic, bag or ``"capture"``), ``width``, ``height``, ``sha256`` (of the file) and
 ``added`` (ISO 8601, UTC); images from a fleet also carry ``robot``, ``bag`` and ``topic``,
-written only when known. :class:`ManifestFile` appends lines durably, rewrites the file
+written only when known. The image's target depends on the dataset's task
+(:mod:`dli_perception.core.tasks`): ``class`` alone for classification; ``xy`` (``[x, y]`` in
+[-1, 1]) for regression; ``labels`` (a list of names, maybe empty) for multi-label. For the last
+two, ``class`` names the directory that holds the images (``xy`` or ``multilabel``). :class:`ManifestFile` appends lines durably, rewrites the file
 atomically, and in a batch holds lines back until their image files are on disk.
 """
 
@@ -16,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dli_perception.core import fsutil
+from dli_perception.core import fsutil, tasks
 from dli_perception.core.dataset.disk import os_message, sync_files
 from dli_perception.core.dataset.layout import MANIFEST_NAME
 from dli_perception.errors import DatasetError
@@ -37,6 +40,19 @@ class ManifestEntry:
     robot: str = ""
     bag: str = ""
     topic: str = ""
+    xy: tuple[float, float] | None = None
+    """Regression target, normalised to [-1, 1] (see :mod:`dli_perception.core.tasks`)."""
+    labels: tuple[str, ...] | None = None
+    """Multi-label target: the labels the image shows, sorted (empty: none of them)."""
+
+    @property
+    def task(self) -> str:
+        """The task this entry's target belongs to: classification, regression or multilabel."""
+        if self.xy is not None:
+            return tasks.REGRESSION
+        if self.labels is not None:
+            return tasks.MULTILABEL
+        return tasks.CLASSIFICATION
 
     def to_json(self) -> dict[str, Any]:
         data = {
@@ -50,6 +66,10 @@ class ManifestEntry:
             "added": self.added,
         }
         data.update((k, v) for k, v in self.provenance().items() if v)
+        if self.xy is not None:
+            data["xy"] = [self.xy[0], self.xy[1]]
+        if self.labels is not None:
+            data["labels"] = list(self.labels)
         return data
 
     def provenance(self) -> dict[str, Any]:
@@ -73,7 +93,16 @@ class ManifestEntry:
         strs = {k: data.get(k, "") for k in ("source", "sha256", "added", "robot", "bag", "topic")}
         if any(not isinstance(v, str) for v in strs.values()):
             raise ValueError("manifest line has a bad source, sha256, added, robot, bag or topic")
-        return cls(file=file, label=label, **ints, **strs)
+        xy, labels = data.get("xy"), data.get("labels")
+        if xy is not None and labels is not None:
+            raise ValueError("manifest line has both 'xy' and 'labels'; an image has one task's target")
+        if xy is not None:
+            if not isinstance(xy, list) or len(xy) != 2:
+                raise ValueError(f"manifest line has a bad 'xy' {xy!r}; expected [x, y]")
+            xy = tasks.validate_xy(*xy)  # TargetError is a ValueError
+        if labels is not None:
+            labels = tasks.validate_label_set(labels)
+        return cls(file=file, label=label, **ints, **strs, xy=xy, labels=labels)
 
 
 class ManifestFile:

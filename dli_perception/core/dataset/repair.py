@@ -16,7 +16,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dli_perception.core import fsutil
+from dli_perception.core import fsutil, tasks
 from dli_perception.core.dataset.encoding import probe_image
 from dli_perception.core.dataset.labels import is_canonical_label, validate_label
 from dli_perception.core.dataset.layout import CORRUPT_SUFFIX, UTC, is_temp_name
@@ -39,6 +39,10 @@ class RepairReport:
     without files, removed (ImageFolder refuses empty classes). ``foreign``: directories
     and links ImageFolder would trip over but the store leaves alone. ``hash_mismatch``:
     files whose content no longer matches the manifest (only with ``verify=True``).
+    ``no_target``: image files without a manifest line under ``xy/`` or ``multilabel/`` (regression
+    and multi-label images): their target lived only in the lost line, so they are never adopted
+    (least of all as a class named ``xy``); they are left where they are, unused, and reported
+    each time until they are deleted or added again with their targets.
     """
 
     adopted: list[str] = field(default_factory=list)
@@ -50,6 +54,7 @@ class RepairReport:
     empty_dirs_removed: list[str] = field(default_factory=list)
     foreign: list[str] = field(default_factory=list)
     hash_mismatch: list[str] = field(default_factory=list)
+    no_target: list[str] = field(default_factory=list)
     manifest_rewritten: bool = False
     applied: bool = True
 
@@ -66,6 +71,7 @@ class RepairReport:
             or self.empty_dirs_removed
             or self.foreign
             or self.hash_mismatch
+            or self.no_target
         )
 
     def summary(self) -> str:
@@ -81,6 +87,7 @@ class RepairReport:
             "empty_dirs_removed",
             "foreign",
             "hash_mismatch",
+            "no_target",
         ):
             items = getattr(self, name)
             if items:
@@ -88,6 +95,9 @@ class RepairReport:
                 parts.append(f"{name}={len(items)} [{shown}]")
         if not parts:
             return "dataset is consistent"
+        if self.no_target:
+            parts.append("images without a manifest line under xy/ or multilabel/ are left in place unused (their "
+                         "target is unknown): delete them or add them again with their targets")  # fmt: skip
         return "; ".join(parts) + ("" if self.applied else " (not repaired: store is read-only)")
 
 
@@ -111,7 +121,8 @@ def reconcile(
         if verify and fsutil.sha256_file(path) != entry.sha256:
             report.hash_mismatch.append(entry.file)
         kept.append(entry)
-    adopted = scan_disk(root, {e.file for e in entries}, report)
+    class_dirs = {e.label for e in entries if e.task == tasks.CLASSIFICATION}
+    adopted = scan_disk(root, {e.file for e in entries}, report, class_dirs)
     kept.extend(adopted)
     return kept, rewrite or bool(adopted)
 
@@ -153,8 +164,14 @@ def check_entry_file(entry: ManifestEntry) -> None:
         raise ValueError(f"file name {name!r} is not an image file name")
 
 
-def scan_disk(root: Path, listed: set[str], report: RepairReport) -> list[ManifestEntry]:
-    """Walk ROOT: remove temp files, adopt orphan images, report foreign entries."""
+def scan_disk(
+    root: Path, listed: set[str], report: RepairReport, class_dirs: set[str] | frozenset[str] = frozenset()
+) -> list[ManifestEntry]:
+    """Walk ROOT: remove temp files, adopt orphan images, report foreign entries.
+
+    Orphans under ``xy/`` or ``multilabel/`` are adopted only when the manifest has classification
+    images in that directory (a class of that name); otherwise they go to ``report.no_target``.
+    """
     adopted: list[ManifestEntry] = []
     for top in sorted(os.scandir(root), key=lambda d: d.name):
         if top.is_file(follow_symlinks=False):
@@ -167,11 +184,12 @@ def scan_disk(root: Path, listed: set[str], report: RepairReport) -> list[Manife
         if not is_canonical_label(top.name):
             report.foreign.append(top.name + "/")
             continue
-        adopted.extend(_scan_class_dir(top, listed, report))
+        no_target = top.name in tasks.TARGET_DIRS.values() and top.name not in class_dirs
+        adopted.extend(_scan_class_dir(top, listed, report, no_target))
     return adopted
 
 
-def _scan_class_dir(top: os.DirEntry, listed: set[str], report: RepairReport) -> list[ManifestEntry]:
+def _scan_class_dir(top: os.DirEntry, listed: set[str], report: RepairReport, no_target: bool) -> list[ManifestEntry]:
     """One class directory: its temp files, its images without a line, and whether it is empty."""
     adopted: list[ManifestEntry] = []
     n_files = 0
@@ -188,6 +206,9 @@ def _scan_class_dir(top: os.DirEntry, listed: set[str], report: RepairReport) ->
             continue
         if not item.is_file(follow_symlinks=False):
             report.foreign.append(rel)
+            continue
+        if no_target:
+            report.no_target.append(rel)
             continue
         entry = _adopt(Path(item.path), top.name, rel, report)
         if entry is not None:

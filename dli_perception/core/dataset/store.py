@@ -11,32 +11,35 @@ import contextlib
 import logging
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from dli_perception.core import fsutil
-from dli_perception.core.dataset import importing
+from dli_perception.core import fsutil, tasks
+from dli_perception.core.dataset import targets
 from dli_perception.core.dataset.directory import make_class_dir, open_root, take_writer_lock
 from dli_perception.core.dataset.disk import os_message
 from dli_perception.core.dataset.encoding import IMAGE_FORMATS, EncodedImage, encode_image
 from dli_perception.core.dataset.index import CaptureResult, Reservation, StoreIndex
-from dli_perception.core.dataset.labels import validate_label
 from dli_perception.core.dataset.layout import utc_now
 from dli_perception.core.dataset.manifest import ManifestEntry, ManifestFile
 from dli_perception.core.dataset.repair import RepairReport, reconcile
 from dli_perception.core.splits import stratified_split
-from dli_perception.errors import ClassFullError, ConfigError, DatasetError
+from dli_perception.errors import ClassFullError, ConfigError, DatasetError, TargetError
 
 logger = logging.getLogger(__name__)
 
 
 class DatasetStore:
-    """A labelled image dataset on disk (ImageFolder layout + ``manifest.jsonl``).
+    """A labelled image dataset on disk (ImageFolder layout + ``manifest.jsonl``), of one task:
+    classification, regression (XY targets) or multi-label (see :mod:`.targets`).
 
     ``max_per_class`` (``None``: unlimited) refuses further images of a full class with
-    :class:`ClassFullError`; ``dedupe`` skips images whose file content is already stored;
+    :class:`ClassFullError`; for regression and multi-label datasets it limits the whole dataset
+    (all their images share one directory). ``known_labels`` declares a multi-label dataset's
+    label vocabulary (written to ``labels.txt``; it may add labels to a declared one, never drop
+    any); label sets naming other labels are then refused. ``dedupe`` skips images whose file content is already stored;
     ``image_format`` is ``"jpg"`` (default, ``jpeg_quality`` 1-100) or ``"png"`` (lossless).
     Opening creates ROOT if needed, takes the writer lock and repairs what a crash left
     (see :attr:`repair_report`). ``readonly=True`` (or a read-only ROOT) opens without
@@ -52,6 +55,7 @@ class DatasetStore:
         dedupe: bool = True,
         image_format: str = "jpg",
         readonly: bool = False,
+        known_labels: Sequence[str] | None = None,
     ) -> None:
         if max_per_class is not None and int(max_per_class) < 1:
             raise ConfigError(f"max_per_class must be >= 1 or None, got {max_per_class}")
@@ -71,6 +75,7 @@ class DatasetStore:
         self._reserved = 0
         self._batch_sync_every = 0
         self._closed = False
+        self._vocabulary: tuple[str, ...] | None = None
         self.readonly_reason = "opened with readonly=True" if readonly else ""
 
         self.root = open_root(root, readonly)
@@ -83,12 +88,16 @@ class DatasetStore:
         try:
             try:
                 self.repair_report = self.check(repair=not self.readonly)
+            except TargetError:
+                raise  # the dataset's targets disagree (mixed tasks, labels.txt): opening read-only would not help
             except DatasetError as err:
                 if self.readonly:
                     raise
                 self.readonly_reason = f"repair failed: {err}"
                 logger.warning("dataset %s opened read-only: %s", self.root, self.readonly_reason)
                 self.repair_report = self.check(repair=False)
+            if known_labels is not None:
+                self._adopt_known_labels(known_labels)
         except BaseException:
             self.close()
             raise
@@ -140,14 +149,46 @@ class DatasetStore:
             return list(self._index.entries)
 
     def counts(self) -> dict[str, int]:
-        """Images per class, sorted by class name."""
+        """Images per class (classification), ``{"xy": n}`` (regression) or images per label
+        (multi-label; a label without images is absent), sorted by name."""
         with self._lock:
-            counts = self._index.counts
-            return {k: counts[k] for k in sorted(counts) if counts[k] > 0}
+            return targets.counts_of(self._index.entries, self.task, self._index.counts)
 
     def classes(self) -> list[str]:
-        """Class names in ImageFolder's order (sorted), only classes with images."""
-        return list(self.counts())
+        """What a model trained on this dataset outputs, in order: the class names with images
+        (ImageFolder's sorted order), the label vocabulary (``labels.txt``, else the labels in use,
+        sorted) or ``["x", "y"]`` for regression."""
+        with self._lock:
+            task = self.task
+            if task == tasks.REGRESSION:
+                return list(tasks.XY_NAMES)
+            if task == tasks.MULTILABEL and self._vocabulary is not None:
+                return list(self._vocabulary)
+            return list(self.counts())
+
+    @property
+    def label_vocabulary(self) -> tuple[str, ...] | None:
+        """The labels declared in ``labels.txt`` (multi-label datasets), or None when none are declared."""
+        return self._vocabulary
+
+    def declare_labels(self, labels: Iterable[str]) -> tuple[str, ...]:
+        """Declare (or redeclare) this multi-label dataset's label vocabulary; ``labels.txt`` is written
+        atomically. :class:`TargetError` when the dataset holds another task or images use a label
+        left out (nothing changes then); :class:`DatasetError` when read-only."""
+        names = tasks.validate_label_set(labels)
+        with self._lock:
+            self.check_writable()
+            targets.check_consistent(self.root, self._index.entries, names)
+            self._vocabulary = targets.write_vocabulary(self.root, names)
+            return self._vocabulary
+
+    def _adopt_known_labels(self, known_labels: Sequence[str]) -> None:
+        known = targets.widened_vocabulary(self.root, self._vocabulary, known_labels)
+        if known != self._vocabulary and self.readonly:
+            targets.check_consistent(self.root, self._index.entries, known)
+            self._vocabulary = known
+        elif known != self._vocabulary:
+            self.declare_labels(known)
 
     def path_of(self, entry: ManifestEntry | str) -> Path:
         """Absolute path of an entry (or of a manifest ``file`` string)."""
@@ -164,7 +205,7 @@ class DatasetStore:
         """
         if not 0.0 <= float(val_fraction) < 1.0:
             raise ConfigError(f"val_fraction must be in [0, 1), got {val_fraction}")
-        classes = sorted({entry.label for entry in self.entries})
+        classes = sorted({entry.label for entry in self.entries})  # one bucket for regression and multilabel
         index = {label: i for i, label in enumerate(classes)}
         ordered = sorted(self.entries, key=lambda e: (index[e.label], e.file))
         train_idx, val_idx = stratified_split([index[e.label] for e in ordered], val_fraction, seed, allow_single=True)
@@ -176,25 +217,51 @@ class DatasetStore:
         """Encode an image with this store's format and quality (thread-safe, no disk access)."""
         return encode_image(image_rgb, self.image_format, self.jpeg_quality)
 
-    def add(self, image_rgb: np.ndarray, label: str, stamp_ns: int = 0, source: str = "") -> CaptureResult:
-        """Save one ``HxWx3`` RGB uint8 image under class ``label``.
+    @property
+    def task(self) -> str | None:
+        """The dataset's task (see :mod:`dli_perception.core.tasks`): its images', else multilabel when
+        it declares a label vocabulary, else None (an empty dataset)."""
+        with self._lock:
+            task = tasks.task_of(self._index.entries[:1])
+            return task or (tasks.MULTILABEL if self._vocabulary is not None else None)
+
+    def add(
+        self,
+        image_rgb: np.ndarray,
+        label: str | None = None,
+        stamp_ns: int = 0,
+        source: str = "",
+        *,
+        xy: tuple[float, float] | None = None,
+        labels: Iterable[str] | None = None,
+    ) -> CaptureResult:
+        """Save one ``HxWx3`` RGB uint8 image under class ``label``, or with a regression target
+        ``xy`` (normalised, see :mod:`dli_perception.core.tasks`) or a multi-label set ``labels``.
 
         Raises :class:`InvalidLabelError` (bad name), :class:`ClassFullError` (``max_per_class``
         reached) or :class:`DatasetError` (disk full, read-only); in every case nothing was written.
         A duplicate (``dedupe``) is not written and returned with ``duplicate=True``.
         """
-        label = validate_label(label)
+        targets.target_of(label, xy, labels)  # refuse a bad target before spending time on encoding
         self.check_writable()
-        return self.add_encoded(self.encode(image_rgb), label, stamp_ns, source)
+        return self.add_encoded(self.encode(image_rgb), label, stamp_ns, source, xy=xy, labels=labels)
 
     def add_encoded(
-        self, encoded: EncodedImage, label: str, stamp_ns: int = 0, source: str = "", **provenance: str
+        self,
+        encoded: EncodedImage,
+        label: str | None = None,
+        stamp_ns: int = 0,
+        source: str = "",
+        *,
+        xy: tuple[float, float] | None = None,
+        labels: Iterable[str] | None = None,
+        **provenance: str,
     ) -> CaptureResult:
         """Save an already encoded image (see :meth:`encode`); same rules and errors as :meth:`add`.
 
         ``provenance``: ``robot``, ``bag``, ``topic`` recorded in the manifest line.
         """
-        reservation = self.reserve(encoded, label, stamp_ns, source, **provenance)
+        reservation = self.reserve(encoded, label, stamp_ns, source, xy=xy, labels=labels, **provenance)
         if isinstance(reservation, CaptureResult):
             return reservation
         try:
@@ -209,15 +276,28 @@ class DatasetStore:
     # order on one thread, write_reserved() anywhere in between.
 
     def reserve(
-        self, encoded: EncodedImage, label: str, stamp_ns: int = 0, source: str = "", **provenance: str
+        self,
+        encoded: EncodedImage,
+        label: str | None = None,
+        stamp_ns: int = 0,
+        source: str = "",
+        *,
+        xy: tuple[float, float] | None = None,
+        labels: Iterable[str] | None = None,
+        **provenance: str,
     ) -> Reservation | CaptureResult:
-        """Claim a file name for an image: checks label, duplicates and the class limit.
+        """Claim a file name for an image: checks the target, duplicates and the class limit.
+
+        A target of another task than the dataset's is refused (:class:`TargetError`): one
+        dataset holds one task. For regression and multi-label images the class limit counts
+        every image of the dataset.
 
         Returns a :class:`CaptureResult` with ``duplicate=True`` when nothing needs writing,
         else a :class:`Reservation` that must be passed to :meth:`write_reserved` and then
         :meth:`commit`, or to :meth:`release`. Raises like :meth:`add`.
         """
-        label = validate_label(label)
+        label, xy, label_set = targets.target_of(label, xy, labels)
+        task = targets.target_task(xy, label_set)
         if encoded.ext not in (".jpg", ".png"):
             raise ConfigError(f"encoded image extension must be .jpg or .png, got {encoded.ext!r}")
         stamp_ns = int(stamp_ns)
@@ -228,6 +308,14 @@ class DatasetStore:
             raise ConfigError(f"unknown provenance fields {sorted(unknown)}; use robot, bag, topic")
         with self._lock:
             self.check_writable()
+            current = self.task
+            if current is not None and current != task:
+                raise TargetError(
+                    f"dataset {self.root} holds a {current} task; an image with a "
+                    f"{task} target cannot join it (one task per dataset); nothing was written"
+                )
+            if label_set is not None and self._vocabulary is not None:
+                tasks.validate_label_set(label_set, known=self._vocabulary)
             if self.dedupe and (old := self._index.stored_as(encoded.sha256)) is not None:
                 return CaptureResult(self.path_of(old), old.file, old.label, old.sha256, old.width, old.height, True)
             count = self._index.counts[label]
@@ -248,6 +336,8 @@ class DatasetStore:
                 sha256=encoded.sha256,
                 added=utc_now(),
                 **{k: str(v or "") for k, v in provenance.items()},
+                xy=xy,
+                labels=label_set,
             )
             self._index.claim(entry)
             self._reserved += 1
@@ -363,21 +453,6 @@ class DatasetStore:
             logger.info("dataset %s: undid %d capture(s)", self.root, n)
             return list(removed)
 
-    def import_folder(
-        self,
-        src_root: str | os.PathLike,
-        progress: importing.ProgressCallback | None = None,
-        stop_event: threading.Event | None = None,
-    ) -> importing.ImportStats:
-        """Import an ImageFolder-style directory (``SRC/<class>/<image>``) into this store.
-
-        JPEG and PNG files are copied byte for byte; other formats are re-encoded. Files
-        that do not decode completely are skipped and counted, directories with invalid
-        class names are skipped and counted. ``progress(done, total)`` is called as files
-        are processed; setting ``stop_event`` stops early (what was imported stays).
-        """
-        return importing.import_folder(self, src_root, progress, stop_event)
-
     # ----------------------------------------------------------------- check / repair
 
     def check(self, repair: bool = True, verify: bool = False) -> RepairReport:
@@ -394,6 +469,9 @@ class DatasetStore:
             self._manifest.flush()
             report = RepairReport(applied=repair)
             kept, rewrite = reconcile(self.root, self._manifest.read_bytes(), report, verify)
+            vocabulary = targets.read_vocabulary(self.root)
+            targets.check_consistent(self.root, kept, vocabulary)  # TargetError before anything is rewritten
+            self._vocabulary = vocabulary
             if rewrite and repair:
                 self._manifest.rewrite(kept)
                 report.manifest_rewritten = True

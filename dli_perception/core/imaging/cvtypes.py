@@ -2,9 +2,9 @@
 
 An OpenCV type packs a depth (8U, 8S, 16U, 16S, 32S, 32F, 64F) and a channel count into one
 integer. ROS names the same layouts ``<depth>C<channels>`` (``sensor_msgs/image_encodings``
-"generic" encodings, 1 to :data:`MAX_CHANNELS` channels), and :func:`cv_type` also accepts the
-colour encodings (``bgr8`` is ``CV_8UC3``) and a bare depth (``"16U"`` is one channel), as
-cv_bridge's ``getCvType`` does. The numbers are those of the installed OpenCV (OpenCV 5 packs
+"generic" encodings, 1 to :data:`MAX_CHANNELS` channels); :func:`cv_type_of` gives the number of a
+dtype and channel count, and :func:`~dli_perception.core.imaging.encoding_table.cv_type` that of any
+encoding name, as cv_bridge's ``getCvType`` does. The numbers are those of the installed OpenCV (OpenCV 5 packs
 them differently from OpenCV 4), so only the name functions work without cv2.
 """
 
@@ -19,7 +19,7 @@ import numpy as np
 
 from dli_perception.errors import ImageConversionError
 
-__all__ = ["DEPTHS", "MAX_CHANNELS", "cv_type", "cv_type_layout", "generic_name", "parse_generic"]
+__all__ = ["DEPTHS", "MAX_CHANNELS", "cv_type_layout", "cv_type_of", "generic_name", "parse_generic"]
 
 MAX_CHANNELS = 512
 """Most channels of a generic encoding (OpenCV 4's ``CV_CN_MAX``, which cv_bridge is built with)."""
@@ -84,27 +84,16 @@ def _pack(depth: str, channels: int) -> int:
     return number
 
 
-def cv_type(encoding: str) -> int:
-    """OpenCV type number of an encoding: colour names, generic names or a bare depth.
+def cv_type_of(dtype: Any, channels: int) -> int:
+    """The installed OpenCV's type number for a numpy dtype and channel count (``uint8``, 3 -> ``CV_8UC3``).
 
-    ``cv_type("bgr8") == cv2.CV_8UC3``, ``cv_type("8U") == cv2.CV_8UC1``. Raises
-    ImageConversionError for names that are none of these.
+    Raises ImageConversionError for dtypes OpenCV images cannot hold and channel counts it cannot pack.
     """
-    from dli_perception.core.imaging.encoding_table import ENCODINGS  # it imports this module: import on use
-
-    if not isinstance(encoding, str):
-        raise ImageConversionError(f"image encoding must be a string, got {type(encoding).__name__}")
-    info = ENCODINGS.get(encoding)
-    if info is not None:
-        return _pack(_DEPTH_BY_DTYPE[(info.dtype.kind, info.dtype.itemsize)], info.channels)
-    parsed = parse_generic(encoding, bare_depth=True)
-    if parsed is None:
-        raise ImageConversionError(
-            f"unrecognized image encoding {encoding!r}: expected a ROS colour encoding (bgr8, mono16 ...), "
-            "a generic type such as 32FC1, or a bare depth such as 16U"
-        )
-    dtype, channels = parsed
-    return _pack(_DEPTH_BY_DTYPE[(dtype.kind, dtype.itemsize)], channels)
+    dt = np.dtype(dtype)
+    depth = _DEPTH_BY_DTYPE.get((dt.kind, dt.itemsize))
+    if depth is None:
+        raise ImageConversionError(f"OpenCV images cannot hold dtype {dt}")
+    return _pack(depth, channels)
 
 
 def cv_type_layout(cvtype: int) -> tuple[np.dtype, int]:

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from dli_perception.core.imaging.cvtypes import DEPTHS, generic_name, parse_generic
+from dli_perception.core.imaging.cvtypes import DEPTHS, cv_type_of, generic_name, parse_generic
 from dli_perception.errors import ImageConversionError
 
 PASSTHROUGH = "passthrough"
@@ -143,3 +143,23 @@ def _known(name: str | None) -> EncodingInfo | None:
         return encoding_info(name)
     except ImageConversionError:
         return None
+
+
+def cv_type(encoding: str) -> int:
+    """OpenCV type number of an encoding: colour names, generic names or a bare depth.
+
+    ``cv_type("bgr8") == cv2.CV_8UC3``, ``cv_type("8U") == cv2.CV_8UC1``. Raises
+    ImageConversionError for names that are none of these.
+    """
+    if not isinstance(encoding, str):
+        raise ImageConversionError(f"image encoding must be a string, got {type(encoding).__name__}")
+    info = ENCODINGS.get(encoding)
+    if info is not None:
+        return cv_type_of(info.dtype, info.channels)
+    parsed = parse_generic(encoding, bare_depth=True)
+    if parsed is None:
+        raise ImageConversionError(
+            f"unrecognized image encoding {encoding!r}: expected a ROS colour encoding (bgr8, mono16 ...), "
+            "a generic type such as 32FC1, or a bare depth such as 16U"
+        )
+    return cv_type_of(*parsed)

@@ -5,7 +5,9 @@ The package is split by concern; this module re-exports the names callers use, s
 
 * :mod:`.backbones`: backbones and their initial weights (:func:`build_model`);
 * :mod:`.config`: :class:`TrainConfig`;
+* :mod:`.samples`: samples, a loaded dataset (:class:`TrainData`) and its summary;
 * :mod:`.data`: scanning, splitting and serving the images (:func:`load_data`);
+* :mod:`.store_data`: regression and multi-label datasets, read through their manifest;
 * :mod:`.steps`: :func:`train_one_epoch` and :func:`evaluate`;
 * :mod:`.features`: the head-mode feature cache (:func:`extract_features`);
 * :mod:`.run`: the state of one run (``_Run``, subclassed by the distributed run);
@@ -48,15 +50,7 @@ from dli_perception.core.training.config import (
     SCHEDULES,
     TrainConfig,
 )
-from dli_perception.core.training.data import (
-    DatasetSummary,
-    ImageSamples,
-    Sample,
-    TrainData,
-    augment_image,
-    load_data,
-    scan_image_folder,
-)
+from dli_perception.core.training.data import ImageSamples, augment_image, load_data, scan_image_folder
 from dli_perception.core.training.features import epoch_views, extract_features, feature_train_batches
 from dli_perception.core.training.loop import train
 from dli_perception.core.training.results import (
@@ -68,6 +62,7 @@ from dli_perception.core.training.results import (
     per_class_metrics,
 )
 from dli_perception.core.training.run import _Run
+from dli_perception.core.training.samples import DatasetSummary, Sample, TrainData
 from dli_perception.core.training.steps import FINETUNE_MICRO_BATCH, BatchCallback, _parts, evaluate, train_one_epoch
 
 __all__ = [

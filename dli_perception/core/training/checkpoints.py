@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dli_perception.core import fsutil
+from dli_perception.core import fsutil, tasks
 from dli_perception.core.training.backbones import WeightsInfo, backbone_spec, build_model
 from dli_perception.core.training.config import TrainConfig
-from dli_perception.core.training.data import DatasetSummary, TrainData
 from dli_perception.core.training.results import EpochStats, EvalResult, TrainResult, per_class_metrics
+from dli_perception.core.training.samples import DatasetSummary, TrainData
 from dli_perception.errors import TrainingError
 
 if TYPE_CHECKING:
@@ -80,6 +80,7 @@ def result_from_checkpoint(path: str | os.PathLike) -> TrainResult:
     history = [EpochStats(**h) for h in ckpt["history"]]
     dataset = DatasetSummary(**{k: v for k, v in ckpt["dataset"].items() if k not in ("num_images", "num_skipped")})
     confusion = ckpt.get("best_confusion") or []
+    task = str(ckpt.get("task", tasks.CLASSIFICATION))
     return TrainResult(
         model=model_from_checkpoint(ckpt),
         classes=list(ckpt["classes"]),
@@ -87,7 +88,7 @@ def result_from_checkpoint(path: str | os.PathLike) -> TrainResult:
         weights=weights,
         history=history,
         best_epoch=int(ckpt["best_epoch"]),
-        best_val_acc=float(ckpt["best_val_acc"]),
+        best_val_acc=max(float(ckpt["best_val_acc"]), 0.0) if task == tasks.CLASSIFICATION else 0.0,
         best_val_loss=float(ckpt["best_val_loss"]) if math.isfinite(ckpt["best_val_loss"]) else None,
         confusion=confusion,
         per_class=per_class_metrics(confusion, ckpt["classes"]) if confusion else {},
@@ -95,6 +96,11 @@ def result_from_checkpoint(path: str | os.PathLike) -> TrainResult:
         status=str(ckpt.get("status", "completed")),
         dataset=dataset,
         checkpoint_path=str(Path(path).resolve()),
+        task=task,
+        metrics=dict(ckpt.get("best_metrics") or {}),
+        thresholds=dict(ckpt.get("best_thresholds") or {}),
+        val_outputs=ckpt.get("best_val_outputs"),
+        val_targets=ckpt.get("best_val_targets"),
     )
 
 
@@ -128,20 +134,29 @@ class _Best:
     """The best epoch so far. Patience counts epochs without higher accuracy; equal accuracy with a
     lower loss still makes a new best (small validation sets tie often)."""
 
-    acc: float = -1.0
+    acc: float = -math.inf
+    """The best validation score (higher is better: accuracy, -mean error, macro F1; see :mod:`.targets`)."""
     loss: float = math.inf
     epoch: int = 0
     bad_epochs: int = 0
     state: dict[str, Any] | None = None
     confusion: list[list[int]] = field(default_factory=list)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    thresholds: dict[str, float] = field(default_factory=dict)
+    outputs: list | None = None
+    targets: list | None = None
 
     def update(self, val: EvalResult, epoch: int, model: torch.nn.Module) -> bool:
-        self.bad_epochs = 0 if val.accuracy > self.acc else self.bad_epochs + 1
-        improved = val.accuracy > self.acc or (val.accuracy == self.acc and val.loss < self.loss)
+        score = float(val.score if val.score is not None else val.accuracy)
+        self.bad_epochs = 0 if score > self.acc else self.bad_epochs + 1
+        improved = score > self.acc or (score == self.acc and val.loss < self.loss)
         if improved:
-            self.acc, self.loss, self.epoch = val.accuracy, val.loss, epoch
+            self.acc, self.loss, self.epoch = score, val.loss, epoch
             self.state = _state_to_cpu(model)
             self.confusion = val.confusion.tolist()
+            self.metrics, self.thresholds = dict(val.metrics), dict(val.thresholds)
+            self.outputs = val.outputs.tolist() if val.outputs is not None else None
+            self.targets = val.targets.tolist() if val.targets is not None else None
         return improved
 
 
@@ -226,6 +241,11 @@ def _checkpoint_dict(
         "best_epoch": best.epoch,
         "bad_epochs": best.bad_epochs,
         "best_confusion": best.confusion,
+        "task": run.task,
+        "best_metrics": best.metrics,
+        "best_thresholds": best.thresholds,
+        "best_val_outputs": best.outputs,
+        "best_val_targets": best.targets,
         "history": [h.to_dict() for h in history],
         "weights": weights.to_dict(),
         "dataset": run.data.summary.to_dict(),
@@ -237,6 +257,11 @@ def _restore(
     ckpt: Mapping[str, Any], data: TrainData, config: TrainConfig, resume: Any, run: _Run
 ) -> tuple[torch.nn.Module, WeightsInfo, list[EpochStats], _Best, int]:
     """Model, history, best-epoch state and next epoch from a training checkpoint, checked against the run."""
+    if ckpt.get("task", tasks.CLASSIFICATION) != data.task:
+        raise TrainingError(
+            f"checkpoint {resume} was trained for task {ckpt.get('task', tasks.CLASSIFICATION)} but the dataset is "
+            f"{data.task}; resume needs the same task (start a new run instead)"
+        )
     if list(ckpt["classes"]) != list(data.classes):
         raise TrainingError(
             f"checkpoint {resume} was trained on classes {ckpt['classes']} but the dataset has "
@@ -259,6 +284,10 @@ def _restore(
         epoch=int(ckpt["best_epoch"]),
         bad_epochs=int(ckpt["bad_epochs"]),
         confusion=ckpt["best_confusion"],
+        metrics=dict(ckpt.get("best_metrics") or {}),
+        thresholds=dict(ckpt.get("best_thresholds") or {}),
+        outputs=ckpt.get("best_val_outputs"),
+        targets=ckpt.get("best_val_targets"),
     )
     if best.epoch == ckpt["epoch"]:
         best.state = {k: v.clone() for k, v in ckpt["model"].items()}

@@ -31,10 +31,15 @@ class TrainConfig:
     aspect ratio ``crop_ratio`` of the evaluation view, colour jitter of brightness, contrast
     and saturation by up to ``color_jitter``, horizontal flip only if ``hflip`` (it changes the
     meaning of left/right classes). With the head-mode feature cache, ``feature_views`` > 1
-    adds augmented views to the cache (view 0 is never augmented). ``deterministic`` turns on
+    adds augmented views to the cache (view 0 is never augmented). ``task`` is ``auto`` (the dataset's
+    own task) or one of :data:`~dli_perception.core.tasks.TASKS`; ``loss`` is the regression loss
+    (``mse`` or ``smooth_l1``); regression runs never crop (a crop moves the target) and a flip
+    negates x. ``deterministic`` turns on
     ``torch.use_deterministic_algorithms`` (warn-only) for a CPU run; CUDA runs are not bit-exact.
     """
 
+    task: str = "auto"
+    loss: str = "mse"
     mode: str = "head-then-finetune"
     backbone: str = "resnet18"
     weights: str = "imagenet"
@@ -77,7 +82,11 @@ class TrainConfig:
         self.crop_ratio = tuple(float(v) for v in self.crop_ratio)
         if self.max_images_per_class is not None and int(self.max_images_per_class) <= 0:
             self.max_images_per_class = None
+        from dli_perception.core.training.targets import REGRESSION_LOSSES, TASK_CHOICES
+
         choices = {
+            "task": TASK_CHOICES,
+            "loss": REGRESSION_LOSSES,
             "mode": MODES,
             "optimizer": OPTIMIZERS,
             "schedule": SCHEDULES,

@@ -12,61 +12,23 @@ import logging
 import os
 import threading
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from dli_perception.core import tasks
 from dli_perception.core.imagefiles import IMAGE_EXTENSIONS, decode_rgb, read_rgb
 from dli_perception.core.preprocess import PreprocessConfig, normalize, resize, train_view
 from dli_perception.core.splits import stratified_split as split_stratified
+from dli_perception.core.training.samples import DatasetSummary, Sample, TrainData
+from dli_perception.core.training.store_data import load_store_data, resolve_task
 from dli_perception.errors import DatasetError, TrainingCancelledError
 
 if TYPE_CHECKING:
     from dli_perception.core.training.config import TrainConfig
 
 logger = logging.getLogger(__name__)
-
-Sample = tuple[str, int]
-
-
-@dataclass
-class DatasetSummary:
-    """What a run trained on: usable image counts, skipped files and a content hash.
-
-    ``sha256`` covers every readable image (sorted relative path + file sha256), so two runs
-    with the same hash saw the same files. ``skipped`` lists unreadable images with the reason.
-    """
-
-    root: str
-    classes: list[str]
-    counts: dict[str, int]
-    train_counts: dict[str, int] = field(default_factory=dict)
-    val_counts: dict[str, int] = field(default_factory=dict)
-    skipped: list[dict[str, str]] = field(default_factory=list)
-    ignored_files: int = 0
-    sha256: str = ""
-
-    @property
-    def num_images(self) -> int:
-        return sum(self.counts.values())
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["num_images"] = self.num_images
-        d["num_skipped"] = len(self.skipped)
-        return d
-
-
-@dataclass
-class TrainData:
-    """A loaded dataset: class names (sorted folder names), training and validation samples."""
-
-    classes: list[str]
-    train: list[Sample]
-    val: list[Sample]
-    summary: DatasetSummary
 
 
 def _visible(path: Path) -> bool:
@@ -159,7 +121,14 @@ def load_data(
     *,
     cancel: threading.Event | None = None,
 ) -> TrainData:
-    """Scan an ImageFolder directory, subsample (``max_images_per_class``) and split it (seeded)."""
+    """Scan an ImageFolder directory, subsample (``max_images_per_class``) and split it (seeded).
+
+    The task is ``config.task`` (``auto``: the dataset's own, see :func:`.store_data.resolve_task`); regression
+    and multi-label datasets are read through their manifest (:func:`.store_data.load_store_data`).
+    """
+    task = resolve_task(dataset, config.task)
+    if task != tasks.CLASSIFICATION:
+        return load_store_data(dataset, task, config, cancel=cancel)
     classes, samples, summary = scan_image_folder(dataset, cancel=cancel)
     if config.max_images_per_class:
         kept: list[Sample] = []
@@ -199,7 +168,7 @@ def augment_image(
     """Training view of an HxWx3 uint8 RGB image with ``config``'s augmentation: size x size x 3 uint8.
 
     :func:`~dli_perception.core.preprocess.train_view` with ``crop_scale``, ``crop_ratio``, ``color_jitter``
-    and ``hflip`` of ``config``.
+    and ``hflip`` of ``config`` (for classification and multi-label images; see :func:`augment_sample`).
     """
     return train_view(
         image,
@@ -212,8 +181,33 @@ def augment_image(
     )
 
 
+def augment_sample(
+    image: np.ndarray,
+    target: Any,
+    preprocess: PreprocessConfig,
+    config: TrainConfig,
+    rng: np.random.Generator,
+    task: str,
+) -> tuple[np.ndarray, Any]:
+    """Training view of an image and its target, kept consistent.
+
+    Regression: colour jitter only, no random crop (a crop moves the point, and a point cropped away has no
+    place in the image), and with ``hflip`` a horizontal flip half of the time that negates ``x`` (the view
+    is centred, so the mirror of ``x`` is ``-x``). Other tasks: :func:`augment_image`.
+    """
+    if task != tasks.REGRESSION:
+        return augment_image(image, preprocess, config, rng), target
+    view = train_view(
+        image, preprocess, rng, crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), color_jitter=config.color_jitter
+    )
+    if config.hflip and rng.random() < 0.5:
+        view = np.ascontiguousarray(view[:, ::-1])
+        target = np.asarray(target, dtype=np.float32) * np.asarray([-1.0, 1.0], dtype=np.float32)
+    return view, target
+
+
 class ImageSamples:
-    """Map-style dataset of ``(path, label)`` samples for a ``DataLoader``: (float32 CHW, label).
+    """Map-style dataset of ``(path, target)`` samples for a ``DataLoader``: (float32 CHW, target).
 
     With ``augment`` set, sample ``i`` in epoch ``e`` is augmented with an RNG seeded by
     ``(seed, e, i)``: the same views whatever the worker count, and again after a resume.
@@ -225,8 +219,10 @@ class ImageSamples:
         preprocess: PreprocessConfig,
         augment: TrainConfig | None = None,
         seed: int = 0,
+        task: str = tasks.CLASSIFICATION,
     ) -> None:
         self.samples = list(samples)
+        self.task = task
         self.preprocess = preprocess
         self.augment = augment
         self.seed = int(seed)
@@ -235,12 +231,14 @@ class ImageSamples:
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
+    def __getitem__(self, index: int) -> tuple[np.ndarray, Any]:
         path, label = self.samples[index]
         image = read_rgb(path)
+        if self.task != tasks.CLASSIFICATION:
+            label = np.asarray(label, dtype=np.float32)
         if self.augment is not None:
             rng = np.random.default_rng([self.seed, 3, int(self.epoch), int(index)])
-            image = augment_image(image, self.preprocess, self.augment, rng)
+            image, label = augment_sample(image, label, self.preprocess, self.augment, rng, self.task)
         else:
             image = resize(image, self.preprocess)
         return normalize(image, self.preprocess), label

@@ -25,7 +25,8 @@ def extract_features(
     cancel: threading.Event | None = None,
     on_batch: BatchCallback | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Backbone features (input of the head, float32 on the CPU) and labels for all ``batches``.
+    """Backbone features (input of the head, float32 on the CPU) and targets for all ``batches`` (class
+    indices as int64; XY and label vectors stay float).
 
     Runs in eval mode without gradients; the training mode is restored afterwards.
     """
@@ -50,7 +51,8 @@ def extract_features(
         model.train(was_training)
     if not feats:
         return torch.zeros((0, backbone_spec(backbone).feature_dim)), torch.zeros((0,), dtype=torch.int64)
-    return torch.cat(feats), torch.cat(labels_out).long()
+    labels = torch.cat(labels_out)
+    return torch.cat(feats), labels if labels.is_floating_point() else labels.long()
 
 
 def epoch_views(seed: int, epoch: int, feature_views: int, n: int) -> np.ndarray:
@@ -80,4 +82,7 @@ def feature_train_batches(
     view = torch.zeros_like(idx) if views is None else torch.as_tensor(views, device=device)
     for start in range(0, len(order), batch_size):
         sl = slice(start, start + batch_size)
-        yield features["train"][view[sl], idx[sl]], features["train_y"][idx[sl]]
+        if "train_y_views" in features:  # targets that depend on the view (regression flips)
+            yield features["train"][view[sl], idx[sl]], features["train_y_views"][view[sl], idx[sl]]
+        else:
+            yield features["train"][view[sl], idx[sl]], features["train_y"][idx[sl]]

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from dli_perception.core import tasks
 from dli_perception.core.training.backbones import WeightsInfo, build_model
 from dli_perception.core.training.checkpoints import (
     _Best,
@@ -40,7 +41,7 @@ from dli_perception.core.training.checkpoints import (
     load_training_checkpoint,
 )
 from dli_perception.core.training.config import TrainConfig
-from dli_perception.core.training.data import TrainData, load_data
+from dli_perception.core.training.data import load_data
 from dli_perception.core.training.results import (
     EpochStats,
     ProgressCallback,
@@ -49,6 +50,7 @@ from dli_perception.core.training.results import (
     per_class_metrics,
 )
 from dli_perception.core.training.run import _deterministic, _mix, _resolve_device, _Run
+from dli_perception.core.training.samples import TrainData
 from dli_perception.errors import TrainingCancelledError
 
 if TYPE_CHECKING:
@@ -86,22 +88,25 @@ def _epoch(
         lrs.get("backbone"),
         elapsed,
         improved,
+        run.head.metric_of(float(val.score)),
     )
     logger.info(
-        "epoch %d/%d (%s): train loss %.4f acc %.3f, val loss %.4f acc %.3f%s (%.2f s)",
+        "epoch %d/%d (%s): train loss %.4f, val loss %.4f %s %.4f%s (%.2f s)",
         epoch,
         config.epochs,
         stage,
         train_loss,
-        train_acc,
         val.loss,
-        val.accuracy,
+        run.head.metric_name,
+        stats.val_metric,
         " *" if improved else "",
         elapsed,
     )
     stop = bool(config.early_stop_patience) and best.bad_epochs >= config.early_stop_patience
     if stop and stage == "head" and config.mode == "head-then-finetune":
-        logger.info("no better accuracy for %d epochs: the head stage ends, fine-tuning starts", best.bad_epochs)
+        logger.info(
+            "no better validation score for %d epochs: the head stage ends, fine-tuning starts", best.bad_epochs
+        )
         run.finetune_start, best.bad_epochs, stop = epoch + 1, 0, False
     return stats, stop
 
@@ -157,7 +162,7 @@ def train(
         if resume_from is None:
             model, weights = build_model(
                 config.backbone,
-                num_classes=len(data.classes),
+                num_classes=len(data.classes),  # output names: classes, labels or x, y
                 weights=config.weights,
                 download=config.download_weights,
             )
@@ -179,25 +184,25 @@ def train(
                     defer=defer and not ends_stage,
                 )
                 run.emit(
-                    ProgressEvent(
+                    run.event(
                         "epoch",
                         epoch,
-                        config.epochs,
                         loss=stats.train_loss,
-                        accuracy=stats.train_acc,
+                        running=stats.train_acc,
                         eta_s=run.eta.estimate(run.remaining(epoch, "done", 0)),
                         stage=stats.stage,
                         val_loss=stats.val_loss,
-                        val_accuracy=stats.val_acc,
-                        best_val_accuracy=best.acc,
+                        val_score=run.head.metric_of(stats.val_metric),
+                        best=best.acc,
                         message="improved" if stats.improved else "",
                     )
                 )
                 if stop:
                     logger.info(
-                        "early stop: no better validation accuracy for %d epochs (best %.3f at epoch %d)",
+                        "early stop: no better validation %s for %d epochs (best %.3f at epoch %d)",
+                        run.head.metric_name,
                         best.bad_epochs,
-                        best.acc,
+                        run.head.metric_of(best.acc),
                         best.epoch,
                     )
                     status = "early_stopped"
@@ -243,6 +248,7 @@ def _finish(
     timings["total_s"] = time.perf_counter() - t_start
     best_path = checkpoints.best_path
     classes = list(run.data.classes)
+    classification = run.task == tasks.CLASSIFICATION
     result = TrainResult(
         model=model,
         classes=classes,
@@ -250,7 +256,7 @@ def _finish(
         weights=weights,
         history=history,
         best_epoch=best.epoch,
-        best_val_acc=max(best.acc, 0.0),
+        best_val_acc=max(best.acc, 0.0) if classification else 0.0,
         best_val_loss=best.loss if math.isfinite(best.loss) else None,
         confusion=best.confusion,
         per_class=per_class_metrics(best.confusion, classes) if best.confusion else {},
@@ -258,16 +264,12 @@ def _finish(
         status=status,
         dataset=run.data.summary,
         checkpoint_path=str(best_path) if best_path is not None and best_path.is_file() else None,
+        task=run.task,
+        metrics=dict(best.metrics),
+        thresholds=dict(best.thresholds),
+        val_outputs=best.outputs,
+        val_targets=best.targets,
     )
     last_epoch = history[-1].epoch if history else 0
-    run.emit(
-        ProgressEvent(
-            "done",
-            last_epoch,
-            run.cfg.epochs,
-            eta_s=0.0,
-            best_val_accuracy=result.best_val_acc,
-            message=status,
-        )
-    )
+    run.emit(run.event("done", last_epoch, eta_s=0.0, best=best.acc if best.epoch else None, message=status))
     return result

@@ -14,6 +14,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from dli_perception.core.choices import check_value
 from dli_perception.core.preprocess import PreprocessConfig
 from dli_perception.core.training.backbones import BACKBONES
 from dli_perception.core.training.config import (
@@ -24,6 +25,7 @@ from dli_perception.core.training.config import (
     SCHEDULES,
     TrainConfig,
 )
+from dli_perception.core.training.targets import REGRESSION_LOSSES, TASK_CHOICES
 
 _DEFAULTS = TrainConfig()
 _CONFIG_FIELDS = frozenset(f.name for f in fields(TrainConfig))
@@ -88,11 +90,7 @@ class TrainOption:
 
     def validate(self, value: Any) -> str | None:
         """None when ``value`` is acceptable, else the reason (choices, then ``check``)."""
-        if self.choices is not None and value not in self.choices:
-            return f"{self.name}={value!r} is not one of {list(self.choices)}"
-        if self.check is not None:
-            return self.check(value)
-        return None
+        return check_value(self.name, value, self.choices, self.check)
 
 
 TRAIN_OPTIONS: tuple[TrainOption, ...] = (
@@ -117,6 +115,20 @@ TRAIN_OPTIONS: tuple[TrainOption, ...] = (
         "Where best.pt and last.pt go; empty: <model_dir>.checkpoints.",
         metavar="DIR",
         cli_type=Path,
+    ),
+    TrainOption(
+        "task",
+        _DEFAULTS.task,
+        "What to learn: auto (the dataset's own task), classification (one class per image, cross-entropy), "
+        "regression (an XY target per image, 2 outputs) or multilabel (a set of labels per image, BCE with "
+        "per-label positive weights and thresholds tuned on the validation split).",
+        choices=TASK_CHOICES,
+    ),
+    TrainOption(
+        "loss",
+        _DEFAULTS.loss,
+        "Regression loss on the normalised XY targets: mse or smooth_l1 (ignored by the other tasks).",
+        choices=REGRESSION_LOSSES,
     ),
     TrainOption(
         "mode",
@@ -175,7 +187,8 @@ TRAIN_OPTIONS: tuple[TrainOption, ...] = (
     TrainOption(
         "early_stop_patience",
         _DEFAULTS.early_stop_patience,
-        "Stop after this many epochs without better validation accuracy; 0: never.",
+        "Stop after this many epochs without a better validation score (accuracy; mean error for regression, "
+        "macro F1 for multilabel); 0: never.",
         min=0,
         max=100_000,
         flag="--early-stop",
@@ -189,8 +202,16 @@ TRAIN_OPTIONS: tuple[TrainOption, ...] = (
         max=10**9,
         flag="--max-per-class",
     ),
-    TrainOption("augment", _DEFAULTS.augment, "Random crops and colour jitter on training images."),
-    TrainOption("hflip", _DEFAULTS.hflip, "Random horizontal flips (they swap left and right classes)."),
+    TrainOption(
+        "augment",
+        _DEFAULTS.augment,
+        "Random crops and colour jitter on training images (regression: colour jitter only, a crop moves the target).",
+    ),
+    TrainOption(
+        "hflip",
+        _DEFAULTS.hflip,
+        "Random horizontal flips (they swap left and right classes; for regression they negate x).",
+    ),
     TrainOption(
         "feature_cache",
         _DEFAULTS.feature_cache,

@@ -3,48 +3,25 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from dli_perception.core.contracts import TrainProgress
 from dli_perception.core.preprocess import PreprocessConfig
 
 if TYPE_CHECKING:
     from dli_perception.core.training.backbones import WeightsInfo
     from dli_perception.core.training.config import TrainConfig
-    from dli_perception.core.training.data import DatasetSummary
+    from dli_perception.core.training.samples import DatasetSummary
 
 ProgressCallback = Callable[["ProgressEvent"], None]
 
 
-@dataclass
-class ProgressEvent:
-    """One progress report.
-
-    ``phase`` is ``"load"``, ``"features"`` (head-mode feature cache), ``"train"``, ``"val"``,
-    ``"epoch"`` (an epoch ended: ``loss``/``accuracy`` are the training values and ``val_*``
-    are set) or ``"done"``. ``epoch`` counts from 1 (0 before the first epoch), ``batch``
-    from 1; ``loss``/``accuracy`` are running means of the current phase; ``eta_s`` is the
-    estimated time to the end of the run in seconds (None until something was timed).
-    """
-
-    phase: str
-    epoch: int
-    epochs: int
-    batch: int = 0
-    batches: int = 0
-    loss: float | None = None
-    accuracy: float | None = None
-    eta_s: float | None = None
-    stage: str = ""
-    val_loss: float | None = None
-    val_accuracy: float | None = None
-    best_val_accuracy: float | None = None
-    message: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+# The core's progress event is the trainer's published contract itself: one definition of its fields,
+# its meaning and its checks (dli_perception.core.contracts.TrainProgress).
+ProgressEvent = TrainProgress
 
 
 @dataclass
@@ -61,6 +38,8 @@ class EpochStats:
     backbone_lr: float | None
     time_s: float
     improved: bool
+    val_metric: float | None = None
+    """The task's validation metric (accuracy, mean error or macro F1; see :class:`ProgressEvent`)."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -74,6 +53,18 @@ class EvalResult:
     accuracy: float
     confusion: np.ndarray
     count: int
+    score: float | None = None
+    """Higher is better: accuracy, the negated mean error (regression) or macro F1 (multilabel)."""
+    metrics: dict[str, Any] = field(default_factory=dict)
+    """Regression/multilabel metrics (see :mod:`.targets`)."""
+    thresholds: dict[str, float] = field(default_factory=dict)
+    outputs: np.ndarray | None = None
+    """Raw validation outputs ``(n, C)`` and their ``targets`` (regression, multilabel), for the report."""
+    targets: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.score is None:
+            self.score = self.accuracy
 
 
 def per_class_metrics(confusion: Any, classes: Sequence[str]) -> dict[str, dict[str, float]]:
@@ -117,10 +108,34 @@ class TrainResult:
     status: str
     dataset: DatasetSummary
     checkpoint_path: str | None = None
+    task: str = "classification"
+    metrics: dict[str, Any] = field(default_factory=dict)
+    """The best epoch's validation metrics of a regression/multilabel run (see :mod:`.targets`)."""
+    thresholds: dict[str, float] = field(default_factory=dict)
+    """Multilabel: per-label thresholds tuned on the validation split at the best epoch."""
+    val_outputs: Any = None
+    """The best epoch's raw validation outputs and targets (regression/multilabel; for the report)."""
+    val_targets: Any = None
 
     @property
     def cancelled(self) -> bool:
         return self.status == "cancelled"
+
+    def headline(self) -> str:
+        """The best epoch's validation figure in words, e.g. ``validation accuracy 93.2%`` or
+        ``validation mean XY error 0.081 (mean-target baseline 0.412)``."""
+        m = self.metrics
+        if self.task == "regression" and m.get("mean_error") is not None:
+            base = m.get("baseline_mean_error")
+            return f"validation mean XY error {m['mean_error']:.3f}" + (
+                f" (mean-target baseline {base:.3f})" if base is not None else ""
+            )
+        if self.task == "multilabel" and m.get("macro_f1") is not None:
+            return (
+                f"validation macro F1 {m['macro_f1']:.3f}, micro F1 {m.get('micro_f1', 0.0):.3f}, "
+                f"exact match {100 * m.get('exact_match', 0.0):.1f}%"
+            )
+        return f"validation accuracy {100 * self.best_val_acc:.1f}%"
 
     @property
     def backbone(self) -> str:
@@ -147,4 +162,7 @@ class TrainResult:
             "dataset": self.dataset.to_dict(),
             "config": self.config.to_dict(),
             "checkpoint_path": self.checkpoint_path,
+            "task": self.task,
+            "metrics": self.metrics,
+            "thresholds": self.thresholds,
         }

@@ -16,12 +16,15 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from dli_perception.core import tasks
 from dli_perception.core.training.backbones import get_head
 from dli_perception.core.training.config import TrainConfig
-from dli_perception.core.training.data import ImageSamples, Sample, TrainData
+from dli_perception.core.training.data import ImageSamples
 from dli_perception.core.training.features import epoch_views, extract_features, feature_train_batches
 from dli_perception.core.training.results import EvalResult, ProgressCallback, ProgressEvent
+from dli_perception.core.training.samples import Sample, TrainData
 from dli_perception.core.training.steps import FINETUNE_MICRO_BATCH, evaluate, train_one_epoch
+from dli_perception.core.training.targets import TaskHead
 from dli_perception.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -128,7 +131,12 @@ class _Run:
             logger.warning("amp='on' needs CUDA; training in float32 on %s", self.device)
         self.num_classes = len(data.classes)
         self.batch_size = config.batch_size  # per process: a distributed run splits the batch
-        self.train_labels = np.asarray([s[1] for s in data.train], dtype=np.int64)
+        self.task = data.task
+        self.train_targets = data.targets(data.train)
+        self.head = TaskHead(data.task, list(data.classes), self.train_targets, config.class_balance, config.loss)
+        self.train_labels = (
+            self.train_targets if data.task == tasks.CLASSIFICATION else np.zeros(len(data.train), dtype=np.int64)
+        )
         self.finetune_start = config.resolved_head_epochs + 1
         self.stage = ""
         self.optimizer: Any = None
@@ -137,11 +145,8 @@ class _Run:
         self.features: dict[str, Any] | None = None
         self.eta = _Eta()
         self.callback_failed = False
-        counts = np.bincount(self.train_labels, minlength=self.num_classes).astype(np.float64)
-        weight = None
-        if config.class_balance == "loss":
-            weight = torch.as_tensor(counts.sum() / (self.num_classes * counts), dtype=torch.float32)
-        self.criterion = torch.nn.CrossEntropyLoss(weight=weight).to(self.device)
+        counts = np.bincount(self.train_labels, minlength=1).astype(np.float64)
+        self.criterion = self.head.criterion(self.device)
         self.sample_prob = (1.0 / counts)[self.train_labels]
         self.sample_prob /= self.sample_prob.sum()
         self.timings: dict[str, Any] = {
@@ -153,6 +158,37 @@ class _Run:
         }
 
     # -- helpers
+    def event(
+        self,
+        phase: str,
+        epoch: int,
+        *,
+        running: float | None = None,
+        val_score: float | None = None,
+        best: float | None = None,
+        **fields: Any,
+    ) -> ProgressEvent:
+        """A progress event with the task's figures: ``running`` is the phase's running batch figure (accuracy,
+        mean error, exact-match ratio), ``val_score``/``best`` internal scores (higher is better)."""
+        head = self.head
+        best_metric = head.metric_of(best) if best is not None and math.isfinite(best) else None
+        val_metric = head.metric_of(val_score) if val_score is not None else None
+        cls = self.task == tasks.CLASSIFICATION
+        return ProgressEvent(
+            phase,
+            epoch,
+            self.cfg.epochs,
+            accuracy=None if self.task == tasks.REGRESSION else running,
+            val_accuracy=val_metric if cls else None,
+            best_val_accuracy=best_metric if cls else None,
+            task=self.task,
+            metric_name=head.metric_name,
+            metric=running if self.task != tasks.MULTILABEL else None,
+            val_metric=val_metric,
+            best_val_metric=best_metric,
+            **fields,
+        )
+
     def emit(self, event: ProgressEvent) -> None:
         if self.on_progress is None:
             return
@@ -201,7 +237,9 @@ class _Run:
     def loader(self, samples: Sequence[Sample], order: Sequence[int] | None, augment: bool, epoch: int):
         import torch
 
-        dataset = ImageSamples(samples, self.cfg.preprocess, self.cfg if augment else None, seed=self.cfg.seed)
+        dataset = ImageSamples(
+            samples, self.cfg.preprocess, self.cfg if augment else None, seed=self.cfg.seed, task=self.task
+        )
         dataset.epoch = epoch
         return torch.utils.data.DataLoader(
             dataset,
@@ -282,6 +320,7 @@ class _Run:
         cfg = self.cfg
         t0 = time.perf_counter()
         views: list[torch.Tensor] = []
+        view_targets: list[torch.Tensor] = []
         n_all = len(self.data.train) * cfg.feature_views + len(self.data.val)
         batches_per_view = math.ceil(len(self.data.train) / self.batch_size)
         total_batches = batches_per_view * cfg.feature_views + math.ceil(len(self.data.val) / self.batch_size)
@@ -307,7 +346,7 @@ class _Run:
 
         for view in range(cfg.feature_views):
             loader = self.loader(self.data.train, None, augment=view > 0, epoch=1_000_000 + view)
-            f, _ = extract_features(
+            f, view_y = extract_features(
                 model,
                 cfg.backbone,
                 loader,
@@ -317,6 +356,7 @@ class _Run:
                 on_batch=on_batch,
             )
             views.append(f)
+            view_targets.append(view_y)  # augmented views' targets (a regression flip negates x)
             state["batch0"] += batches_per_view
         val_f, val_y = extract_features(
             model,
@@ -329,10 +369,12 @@ class _Run:
         )
         self.features = {
             "train": torch.stack(views).to(self.device),
-            "train_y": torch.as_tensor(self.train_labels).to(self.device),
+            "train_y": torch.as_tensor(self.train_targets).to(self.device),
             "val": val_f.to(self.device),
             "val_y": val_y.to(self.device),
         }
+        if self.task == tasks.REGRESSION:
+            self.features["train_y_views"] = torch.stack(view_targets).to(self.device)
         self.timings["features_s"] += time.perf_counter() - t0
         logger.info("cached %d feature vectors in %.2f s", n_all, time.perf_counter() - t0)
 
@@ -382,7 +424,7 @@ class _Run:
         n_train_batches = math.ceil(len(order) / self.batch_size)
         n_val_batches = math.ceil(len(self.data.val) / self.batch_size)
         state = {"t": time.perf_counter(), "done": 0}
-        best = None if best_acc < 0 else best_acc
+        best = best_acc if math.isfinite(best_acc) else None
 
         def progress(phase: str, batches: int):
             kind = self.kind(phase, stage)
@@ -394,7 +436,17 @@ class _Run:
                 state["done"] += n
                 eta = self.eta.estimate(self.remaining(epoch, phase, state["done"]))
                 self.emit(
-                    ProgressEvent(phase, epoch, cfg.epochs, i, batches, loss, acc, eta, stage, best_val_accuracy=best)
+                    self.event(
+                        phase,
+                        epoch,
+                        batch=i,
+                        batches=batches,
+                        loss=loss,
+                        running=acc,
+                        eta_s=eta,
+                        stage=stage,
+                        best=best,
+                    )
                 )
 
             return on_batch
@@ -410,6 +462,7 @@ class _Run:
             cancel=self.cancel,
             on_batch=progress("train", n_train_batches),
             micro_batch=FINETUNE_MICRO_BATCH if stage == "finetune" else 0,
+            score=self.head.batch_score,
         )
         state.update(t=time.perf_counter(), done=0)
         result = evaluate(
@@ -420,5 +473,6 @@ class _Run:
             amp=self.amp,
             cancel=self.cancel,
             on_batch=progress("val", n_val_batches),
+            head=self.head,
         )
         return train_loss, train_acc, result

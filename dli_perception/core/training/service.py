@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -119,6 +119,35 @@ def torch_threads(threads: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+@contextlib.contextmanager
+def training_dataset(job: TrainJob, say: Any = None) -> Iterator[TrainJob]:
+    """``job`` itself, or for a road-following folder as it is (``xy_<x>_<y>_<id>.jpg`` files, see
+    :func:`~dli_perception.core.dataset.jetbot.is_jetbot_folder`) a copy of ``job`` reading a regression
+    dataset imported from it into a temporary directory, removed afterwards.
+
+    The import is deterministic (files in name order), so the split and a resumed run see the same
+    images. ``say(text)`` reports what was imported (and what was left out). Use it around training
+    AND export: the INT8 variant calibrates on the training images.
+    """
+    import tempfile
+
+    from dli_perception.core.dataset import DatasetStore
+    from dli_perception.core.dataset.jetbot import import_jetbot, is_jetbot_folder
+
+    if not is_jetbot_folder(job.dataset_dir):
+        yield job
+        return
+    with tempfile.TemporaryDirectory(prefix="dli_jetbot_") as tmp:
+        root = Path(tmp) / job.dataset_dir.name
+        with DatasetStore(root, image_format="png") as store:
+            stats = import_jetbot(store, job.dataset_dir, stop_event=job.cancel)
+        if say is not None:
+            say(f"{job.dataset_dir} is a road-following folder (xy_<x>_<y>_<id>.jpg): {stats.summary()}")
+        if not stats.saved:
+            raise DatasetError(f"no image of {job.dataset_dir} could be imported: {stats.summary()}")
+        yield replace(job, dataset_dir=root)
+
+
 def train_job(job: TrainJob, *, on_progress: ProgressCallback | None = None) -> TrainResult:
     """Check the pretrained weights (before the dataset is read), then train ``job`` with its checkpoints.
 
@@ -183,7 +212,7 @@ def train_and_export(
     **export_options: Any,
 ) -> TrainOutcome:
     """:func:`train_job` then :func:`export_job`, with torch limited to ``job.torch_threads`` CPU threads."""
-    with torch_threads(job.torch_threads):
+    with torch_threads(job.torch_threads), training_dataset(job) as job:
         result = train_job(job, on_progress=on_progress)
         exported = export_job(job, result, on_progress=on_progress, export_cancelled=export_cancelled, **export_options)
     return TrainOutcome(result, exported)

@@ -10,11 +10,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from dli_perception.core import tasks
 from dli_perception.core.training.results import EvalResult
 from dli_perception.errors import TrainingCancelledError, TrainingError
 
 if TYPE_CHECKING:
     import torch
+
+    from dli_perception.core.training.targets import TaskHead
 
 FINETUNE_MICRO_BATCH = 8
 """Fine-tuning runs forward/backward over parts of at most this many images (one optimiser step per
@@ -51,8 +54,12 @@ def train_one_epoch(
     cancel: threading.Event | None = None,
     on_batch: BatchCallback | None = None,
     micro_batch: int = 0,
+    score: Callable[[Any, Any], float] | None = None,
 ) -> tuple[float, float]:
-    """One pass over ``batches`` of (inputs, labels); returns (mean loss, accuracy 0-1).
+    """One pass over ``batches`` of (inputs, targets); returns (mean loss, mean of ``score``).
+
+    ``score(outputs, targets)`` sums a per-image figure over a batch (default: correct top-1, so the
+    second value is the accuracy 0-1; see :meth:`.targets.TaskHead.batch_score` for the other tasks).
 
     The model is used in the mode the caller set (``train()`` to fine-tune, ``eval()`` for a
     frozen backbone's batch norm). ``micro_batch`` > 0 runs forward and backward over parts of at
@@ -70,7 +77,7 @@ def train_one_epoch(
         labels = torch.as_tensor(labels).to(device, non_blocking=True)
         optimizer.zero_grad(set_to_none=True)
         parts = _parts(int(labels.shape[0]), micro_batch)
-        weight = getattr(criterion, "weight", None)
+        weight = getattr(criterion, "weight", None) if labels.dtype == torch.int64 else None
         whole = weight[labels].sum() if weight is not None else float(labels.shape[0])
         loss_sum, all_logits = None, []
         for part in parts:
@@ -96,7 +103,10 @@ def train_one_epoch(
             optimizer.step()
         n = int(labels.shape[0])
         total_loss += float(loss.detach()) * n
-        correct += int((logits.detach().argmax(dim=1) == labels).sum())
+        if score is None:
+            correct += int((logits.detach().argmax(dim=1) == labels).sum())
+        else:
+            correct += score(logits.detach(), labels)
         seen += n
         if on_batch is not None:
             on_batch(i, total_loss / seen, correct / seen, n)
@@ -122,13 +132,17 @@ def evaluate(
     amp: bool = False,
     cancel: threading.Event | None = None,
     on_batch: BatchCallback | None = None,
+    head: TaskHead | None = None,
 ) -> EvalResult:
     """Mean cross-entropy, accuracy and confusion matrix of ``model`` on ``batches`` (eval mode, no grad).
 
+    With a regression or multilabel ``head``: its loss and metrics instead (:func:`_evaluate_task`).
     The model's training mode is restored afterwards. Raises :class:`TrainingCancelledError`.
     """
     import torch
 
+    if head is not None and head.task != tasks.CLASSIFICATION:
+        return _evaluate_task(model, batches, head, device=device, amp=amp, cancel=cancel, on_batch=on_batch)
     was_training = model.training
     model.eval()
     confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
@@ -154,4 +168,56 @@ def evaluate(
         raise TrainingError("no validation batch was produced; the validation split is empty")
     return EvalResult(
         loss=total_loss / seen, accuracy=float(np.trace(confusion)) / seen, confusion=confusion, count=seen
+    )
+
+
+def _evaluate_task(
+    model: torch.nn.Module,
+    batches: Iterable[tuple[Any, Any]],
+    head: TaskHead,
+    *,
+    device: torch.device,
+    amp: bool = False,
+    cancel: threading.Event | None = None,
+    on_batch: BatchCallback | None = None,
+) -> EvalResult:
+    """Validation of a regression or multilabel model: mean loss, the head's metrics, the raw outputs."""
+    import torch
+
+    was_training = model.training
+    model.eval()
+    outputs, targets = [], []
+    total_loss, running, seen = 0.0, 0.0, 0
+    try:
+        with torch.inference_mode():
+            for i, (inputs, target) in enumerate(batches, start=1):
+                _check_cancel(cancel, "validation")
+                inputs = torch.as_tensor(inputs).to(device, non_blocking=True)
+                target = torch.as_tensor(target).to(device, non_blocking=True).float()
+                with _autocast(device, amp):
+                    out = model(inputs).float()
+                total_loss += head.loss_sum(out, target)
+                running += head.batch_score(out, target)
+                outputs.append(out.cpu().numpy())
+                targets.append(target.cpu().numpy())
+                seen += int(target.shape[0])
+                if on_batch is not None:
+                    on_batch(i, total_loss / seen, running / seen, int(target.shape[0]))
+    finally:
+        model.train(was_training)
+    if seen == 0:
+        raise TrainingError("no validation batch was produced; the validation split is empty")
+    out_np, tgt_np = np.concatenate(outputs), np.concatenate(targets)
+    score, metrics, thresholds = head.metrics(out_np, tgt_np)
+    accuracy = metrics.get("exact_match", 0.0) if head.task == tasks.MULTILABEL else 0.0
+    return EvalResult(
+        loss=total_loss / seen,
+        accuracy=float(accuracy),
+        confusion=np.zeros((0, 0), dtype=np.int64),
+        count=seen,
+        score=float(score),
+        metrics=metrics,
+        thresholds=thresholds,
+        outputs=out_np,
+        targets=tgt_np,
     )
