@@ -12,8 +12,11 @@ Every action returns a :class:`Reply` whose :class:`Result` tells the caller wha
 the graph, ``TIMED_OUT``, ``INVALID`` input refused before anything was sent; these values live in
 :mod:`dli_perception.graph_client_types` and are re-exported here); the last failure is kept in
 :attr:`Teacher.last_error`. What the nodes publish is decoded into the typed results of
-:mod:`dli_perception.core.contracts` and kept, newest only; ``on_update(kind, value)`` is called
-(on an executor thread) whenever one arrives.
+:mod:`dli_perception.core.contracts` and kept, newest only (``history=N`` keeps the last N of each
+kind too, for callers that check a sequence: tests, tools); ``on_update(kind, value)`` is called
+(on an executor thread) whenever one arrives. The watches and the waits on results are in
+:mod:`dli_perception.graph_client_watch`, the regression and multi-label targets and results in
+:mod:`dli_perception.graph_client_tasks`.
 
     teacher = Teacher()
     teacher.wait_for_nodes(timeout_s=10)
@@ -31,9 +34,20 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from dli_perception.core.contracts import ClassList, Counts, ReactionState, Scores, TrainProgress, TrainStatus
+from dli_perception.core.contracts import (
+    ClassList,
+    Counts,
+    LabelSet,
+    ReactionState,
+    Scores,
+    TrainProgress,
+    TrainStatus,
+    XYResult,
+)
 from dli_perception.errors import BadMessageError, InvalidLabelError
+from dli_perception.graph_client_tasks import TaskTargets
 from dli_perception.graph_client_types import HEALTH_STALE_S, LEVELS, NodeHealth, NodeNames, Reply, Result
+from dli_perception.graph_client_watch import Watching
 from dli_perception.nodes.runtime import BackgroundSpin, init_rclpy
 
 __all__ = ["HEALTH_STALE_S", "LABEL_REPEAT_S", "LEVELS", "NodeHealth", "NodeNames", "Reply", "Result", "Teacher"]
@@ -46,8 +60,13 @@ _SAVED = re.compile(r"^saved (?P<path>.+) as ['\"]")
 _REMOVED = re.compile(r"^removed (?P<path>.+?) \(")
 
 
-class Teacher:
-    """Teaches, trains and drives the robot through its nodes; see the module docstring."""
+class Teacher(Watching, TaskTargets):
+    """Teaches, trains and drives the robot through its nodes; see the module docstring.
+
+    The watches (frames, camera, models, velocity, log), the histories kept with ``history=N`` and the waits
+    on them are in :class:`~dli_perception.graph_client_watch.Watching`; the regression and multi-label
+    targets and results in :class:`~dli_perception.graph_client_tasks.TaskTargets`.
+    """
 
     def __init__(
         self,
@@ -58,6 +77,7 @@ class Teacher:
         on_update: Callable[[str, Any], None] | None = None,
         stamped_cmd_vel: bool = False,
         context: Any | None = None,
+        history: int = 0,
     ) -> None:
         from geometry_msgs.msg import Twist, TwistStamped
         from rclpy.executors import SingleThreadedExecutor
@@ -68,6 +88,7 @@ class Teacher:
         from dli_perception.nodes.qos import EVENTS, LATCHED
 
         transport.apply_default_profile()
+        transport.keep_frame_buffers()
         self.names = names or NodeNames()
         self.namespace = "/" + namespace.strip("/") if namespace.strip("/") else ""
         self.on_update = on_update
@@ -80,6 +101,8 @@ class Teacher:
         self._twist_types = (Twist, TwistStamped)
         self._frame_subs: list = []
         self._watching: set[str] = set()
+        self._history: dict = {}
+        self._history_limit = max(0, int(history))  # values kept per kind; 0: the newest only
 
         # A caller's initialised Context (nodes of the same process then share its participant); else a private one.
         self._owns_context = context is None
@@ -104,6 +127,8 @@ class Teacher:
             ("classes", f"{n.classifier}/classes", ClassList.decode, LATCHED),
             ("label", "label", str, EVENTS),
             ("reaction_state", f"{n.reaction}/state", ReactionState.decode, LATCHED),
+            ("xy_result", f"{n.classifier}/xy_result", XYResult.decode, EVENTS),
+            ("label_set", f"{n.classifier}/label_set", LabelSet.decode, EVENTS),
         )
         self._subs = [
             node.create_subscription(String, topic, self._decoder(kind, decode), qos)
@@ -147,6 +172,7 @@ class Teacher:
             with self._lock:
                 self._latest[kind] = value
                 self._latest[f"{kind}@"] = time.monotonic()
+                self._record(kind, value)
             self._notify(kind, value)
 
         return on_msg
@@ -172,6 +198,7 @@ class Teacher:
             )
             with self._lock:
                 self._health[status.name] = health
+                self._record("health", health)
             changed.append(health)
         for health in changed:
             self._notify("health", health)
@@ -244,10 +271,14 @@ class Teacher:
             self.last_error = f"not on the graph after {timeout_s:g} s: {', '.join(missing)}"
         return missing
 
-    def wait_for_services(self, timeout_s: float = 10.0) -> list[str]:
-        """Wait until every service the client calls is ready; returns the names still missing."""
-        self._wait(lambda: all(c.service_is_ready() for c in self._clients.values()), timeout_s)
-        return sorted(c.srv_name for c in self._clients.values() if not c.service_is_ready())
+    def wait_for_services(self, timeout_s: float = 10.0, services: Iterable[str] | None = None) -> list[str]:
+        """Wait until the services the client calls are ready; returns the names still missing.
+
+        ``services``: which (``capture``, ``undo``, ``set_recording``, ``train``, ``cancel``, ``enable``); all when None.
+        """
+        clients = [self._clients[name] for name in (services if services is not None else self._clients)]
+        self._wait(lambda: all(c.service_is_ready() for c in clients), timeout_s)
+        return sorted(c.srv_name for c in clients if not c.service_is_ready())
 
     # -- teaching -------------------------------------------------------------------------------
     def set_label(self, label: str | None, timeout_s: float = 3.0) -> Reply:
@@ -355,13 +386,13 @@ class Teacher:
         """Wait until the classifier publishes results from ``model_dir`` (any model when None)."""
 
         def serving() -> bool:
-            scores = self.scores()
-            if scores is None:
+            result = self.served_result()
+            if result is None:
                 return False
-            return model_dir is None or scores.model.rstrip("/") == model_dir.rstrip("/")
+            return model_dir is None or result.model.rstrip("/") == model_dir.rstrip("/")
 
         if self._wait(serving, timeout_s):
-            return Reply(Result.SUCCEEDED, f"{self.names.classifier} serves {self.scores().model}")
+            return Reply(Result.SUCCEEDED, f"{self.names.classifier} serves {self.served_result().model}")
         return self._fail(
             Reply(
                 Result.TIMED_OUT,
@@ -410,79 +441,6 @@ class Teacher:
 
     def node_health(self, node: str) -> NodeHealth | None:
         return self.health().get(self._status_name(node))
-
-    # -- frames ---------------------------------------------------------------------------------
-    def watch_frames(self, topic: str, callback: Callable[[Any], None]) -> None:
-        """Call ``callback(msg)`` with each sensor_msgs/Image on ``topic`` (sensor-data QoS, newest only)."""
-        from sensor_msgs.msg import Image
-
-        from dli_perception.nodes.qos import SENSOR_DATA
-
-        self._frame_subs.append(self.node.create_subscription(Image, topic, callback, SENSOR_DATA))
-
-    def watch_camera(self, topic: str = "camera_info") -> None:
-        """Start listening to the camera's ``camera_info`` (idempotent); :meth:`wait_for_camera` reads it."""
-        from sensor_msgs.msg import CameraInfo
-
-        from dli_perception.nodes.qos import SENSOR_DATA
-
-        if "camera" in self._watching:
-            return
-        self._watching.add("camera")
-
-        def on_info(msg: Any) -> None:
-            stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
-            with self._lock:
-                first = self._latest.get("camera_first_stamp_ns")
-                if first is None or stamp < first:
-                    self._latest["camera_first_stamp_ns"] = stamp
-
-        self._frame_subs.append(self.node.create_subscription(CameraInfo, topic, on_info, SENSOR_DATA))
-
-    def wait_for_camera(self, timeout_s: float = 10.0) -> int | None:
-        """Wait until the camera publishes; the stamp (ns) of the earliest frame heard, or None at the deadline.
-
-        Listens from the first call of this or :meth:`watch_camera` (call that before the camera starts to
-        hear its very first frame).
-        """
-        self.watch_camera()
-        if not self._wait(lambda: self.latest("camera_first_stamp_ns") is not None, timeout_s):
-            self.last_error = f"no camera frame within {timeout_s:g} s"
-            return None
-        return self.latest("camera_first_stamp_ns")
-
-    def watch_velocity(self, callback: Callable[[float, float], None]) -> None:
-        """Call ``callback(linear_x m/s, angular_z rad/s)`` for every command on ``cmd_vel`` (anyone's)."""
-        from dli_perception.nodes.qos import EVENTS
-
-        twist_cls, stamped_cls = self._twist_types
-
-        def on_cmd(msg: Any) -> None:
-            twist = msg.twist if self._stamped else msg
-            callback(twist.linear.x, twist.angular.z)
-
-        self._frame_subs.append(
-            self.node.create_subscription(stamped_cls if self._stamped else twist_cls, "cmd_vel", on_cmd, EVENTS)
-        )
-
-    def watch_log(self, callback: Callable[[str, int, str], None]) -> None:
-        """Call ``callback(logger name, level, text)`` for the log messages of this namespace's nodes (``/rosout``).
-
-        Levels are rcl's (10 debug, 20 info, 30 warn, 40 error, 50 fatal); messages logged before the
-        subscription matched still arrive (the ROSOUT profile keeps them).
-        """
-        from rcl_interfaces.msg import Log
-
-        from dli_perception.nodes.qos import ROSOUT
-
-        prefix = self.namespace.strip("/").replace("/", ".") + "." if self.namespace else ""
-
-        def on_log(msg: Any) -> None:
-            if prefix and not msg.name.startswith(prefix):
-                return  # another namespace's (or process's) node
-            callback(msg.name, int(msg.level), msg.msg)
-
-        self._frame_subs.append(self.node.create_subscription(Log, "/rosout", on_log, ROSOUT))
 
     # -- end ------------------------------------------------------------------------------------
     def interrupt(self) -> None:

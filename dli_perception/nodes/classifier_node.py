@@ -1,5 +1,10 @@
 """classifier_node: classifies the newest camera frame and says what it sees.
 
+It serves a model of any task (``metadata.json`` ``task``): single-label classification (``label``,
+``~/scores``), regression (an XY target on ``xy`` and ``~/xy_result``) and multi-label (``labels``,
+``~/label_set``); see ``nodes/task_outputs.py`` for the last two.
+Its parameters are the table in ``nodes/classifier_params.py`` (re-exported here).
+
 The work is :class:`~dli_perception.core.live_classifier.LiveClassifier`'s; this node wires
 parameters, topics and diagnostics to it. Threads: the executor only runs callbacks that store
 things (a model request, parameter changes) and the diagnostics timer; the core's **worker**
@@ -27,8 +32,14 @@ Topics:
   "changed", "latency_ms" (frame received -> result published), "inference_ms", "model",
   "stages_ms": {"transport" (source stamp -> received here, wall clocks), "wait" (received ->
   worker started), "convert", "preprocess", "inference", "publish" (the label)}}``;
-  stamp and frame_id are the source image's;
-* ``~/classes`` (std_msgs/String, LATCHED): JSON list of the serving model's class names;
+  stamp and frame_id are the source image's; like ``~/classification``, built and published
+  only while someone subscribes;
+* ``~/classes`` (std_msgs/String, LATCHED): JSON list of the serving model's output names (class
+  names, label names, or ``["x", "y"]``);
+* ``xy`` (geometry_msgs/PointStamped, EVENTS) and ``~/xy_result`` (std_msgs/String, EVENTS):
+  regression models only; ``labels`` and ``~/label_set`` (std_msgs/String, EVENTS): multi-label
+  models only (``nodes/task_outputs.py``). ``label``, ``~/scores`` and ``~/classification`` carry
+  classification models' results only;
 * ``~/overlay`` (sensor_msgs/Image rgb8, SENSOR_DATA): the frame annotated with the result,
   drawn only while someone subscribes;
 * ``~/classification`` (vision_msgs/Classification, EVENTS) when vision_msgs is installed;
@@ -40,10 +51,10 @@ Topics:
 
 Hot reload: ``model_updated`` or a change of ``model_dir`` / ``backend`` / ``device`` /
 ``threads`` / ``precision`` / ``engine_cache_dir`` / ``calibration_dir`` loads the model in the background; the
-worker swaps to it between two frames (with a fresh decision filter) and publishes the new
-classes. A parameter change is accepted at once (the load takes too long to wait for); if the
-load fails, the old model keeps serving and the failure is logged and shown in diagnostics
-(``status``, ``last_error``), and a ``model_dir`` that failed is set back to the directory still
+worker swaps to it between two frames (with a fresh decision filter or task head) and publishes
+the new classes; a model of another task may replace the serving one (logged: its topics change).
+A parameter change is accepted at once (the load takes too long to wait for); if the load fails,
+the old model keeps serving and the failure is logged and shown in diagnostics (``status``, ``last_error``), and a ``model_dir`` that failed is set back to the directory still
 serving (or to its previous value when none serves), so a parameter dump never carries it into
 the next start. A successful load clears ``last_error``. ``model_updated`` does
 not change the ``model_dir`` parameter; diagnostics show the directory actually serving.
@@ -59,133 +70,41 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 from std_msgs.msg import String
 
-from dli_perception.core.backend_options import BackendOptions
-from dli_perception.core.backends.select import CHOICES as BACKEND_CHOICES
 from dli_perception.core.contracts import ClassList
-from dli_perception.core.decision import SMOOTHING, DecisionConfig
 from dli_perception.core.imaging import cv2_to_imgmsg
 from dli_perception.core.live_classifier import LiveClassifier, LiveResult, LoadRequest, Outputs
 from dli_perception.core.logtext import quoted
+from dli_perception.core.tasks import CLASSIFICATION
 from dli_perception.errors import ConfigError
-from dli_perception.nodes import localframes
+from dli_perception.nodes import localframes, task_outputs
+from dli_perception.nodes.classifier_params import (
+    COUNTERS,
+    DECISION_PARAMS,
+    DEVICES,
+    MODEL_PARAMS,
+    PARAMS,
+    PRECISIONS,
+    backend_options,
+    decision_config,
+)
 from dli_perception.nodes.diagnostics import ERROR, OK, WARN, DiagnosticsPublisher
 from dli_perception.nodes.framegate import DropCounter, FrameGate, FrameWaiter, SubscriptionFeed
-from dli_perception.nodes.params import Param, declare
+from dli_perception.nodes.params import declare
 from dli_perception.nodes.qos import EVENTS, LATCHED, SENSOR_DATA, overridable
 from dli_perception.nodes.runtime import node_main
 
-DEVICES = ("auto", "cpu", "cuda")
-PRECISIONS = ("auto", "fp32", "fp16", "int8")
-
-
-def _positive(value: Any) -> str | None:
-    return None if value > 0 else "must be > 0"
-
-
-def _non_empty(value: Any) -> str | None:
-    return None if isinstance(value, str) and value.strip() else "must be a non-empty string"
-
-
-PARAMS = [
-    Param(
-        "model_dir",
-        "",
-        "Model directory (model.onnx, labels.txt, metadata.json); empty: wait for one on "
-        "model_updated. Changing it loads the model in the background.",
-    ),
-    Param(
-        "backend",
-        "auto",
-        "Inference backend; auto tries tensorrt, then onnxruntime, then torch.",
-        choices=BACKEND_CHOICES,
-    ),
-    Param("device", "auto", "Inference device (auto: a GPU when the backend can use one).", choices=DEVICES),
-    Param(
-        "threads",
-        0,
-        "CPU threads for inference (onnxruntime intra-op; torch: its thread pool); 0 = the library's default.",
-        min=0,
-        max=256,
-    ),
-    Param(
-        "precision",
-        "auto",
-        "Precision variant: auto serves the fastest one the model directory holds that passed its export "
-        "check (INT8 Q/DQ on the CPU and TensorRT, else FP16 on TensorRT, else fp32); the one served and why "
-        "are logged and on /diagnostics.",
-        choices=PRECISIONS,
-    ),
-    Param(
-        "engine_cache_dir",
-        "",
-        "Directory of cached TensorRT engines; empty: $DLI_PERCEPTION_ENGINE_CACHE or ~/.cache/dli_perception/engines.",
-    ),
-    Param(
-        "calibration_dir",
-        "",
-        "Dataset folder (one sub-folder per class) for TensorRT's implicit INT8 calibrator (precision int8, "
-        "TensorRT < 11, model without an INT8 Q/DQ variant only).",
-    ),
-    Param("smoothing", "ema", "Temporal smoothing of the probabilities.", choices=SMOOTHING),
-    Param(
-        "ema_alpha",
-        0.5,
-        "Weight of the newest frame in the moving average (1 = no smoothing).",
-        min=0.0,
-        max=1.0,
-        check=_positive,
-    ),
-    Param(
-        "threshold",
-        0.5,
-        "Smoothed probability (0-1) a class needs; below it the label is unknown_label.",
-        min=0.0,
-        max=1.0,
-    ),
-    Param(
-        "hysteresis",
-        0.1,
-        "Probability margin (0-1) a new class must win by, and the current one may fall "
-        "below threshold by, before the label changes.",
-        min=0.0,
-        max=1.0,
-    ),
-    Param("k", 3, "k_of_n smoothing: votes of the last n frames a label needs.", min=1, max=1000),
-    Param("n", 5, "k_of_n smoothing: number of frames voting.", min=1, max=1000),
-    Param("unknown_label", "unknown", "Label published when no class is confident enough.", check=_non_empty),
-    Param(
-        "max_rate_hz",
-        0.0,
-        "Most frames classified per second; 0 = as fast as the backend goes.",
-        min=0.0,
-        max=1000.0,
-    ),
+__all__ = [
+    "COUNTERS",
+    "DECISION_PARAMS",
+    "DEVICES",
+    "MODEL_PARAMS",
+    "PARAMS",
+    "PRECISIONS",
+    "ClassifierNode",
+    "backend_options",
+    "decision_config",
+    "main",
 ]
-
-MODEL_PARAMS = (
-    "model_dir",
-    "backend",
-    "device",
-    "threads",
-    "precision",
-    "engine_cache_dir",
-    "calibration_dir",
-)
-DECISION_PARAMS = ("smoothing", "ema_alpha", "threshold", "hysteresis", "k", "n", "unknown_label")
-COUNTERS = (
-    "received", "dropped", "without_model", "classified", "bad", "errors", "loads", "load_failures", "max_pending"
-)  # fmt: skip
-"""Counters of :class:`~dli_perception.core.live_stats.LiveStats`, also readable as node attributes."""
-
-
-def decision_config(values: dict[str, Any]) -> DecisionConfig:
-    """The :class:`DecisionConfig` of the decision parameters in ``values``; ConfigError if inconsistent."""
-    return DecisionConfig(**{name: values[name] for name in DECISION_PARAMS})
-
-
-def backend_options(values: dict[str, Any]) -> BackendOptions:
-    """The :class:`BackendOptions` of the backend parameters in ``values``."""
-    return BackendOptions(**{name: values[name] for name in MODEL_PARAMS if name != "model_dir"})
 
 
 class ClassifierNode(Node):
@@ -194,6 +113,8 @@ class ClassifierNode(Node):
     The work is :class:`~dli_perception.core.live_classifier.LiveClassifier`'s (``self.core``);
     this node wires it to parameters, topics and diagnostics.
     """
+
+    MOVES_FRAMES = True  # run_nodes keeps frame-sized buffers in the heap
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__("classifier_node", **kwargs)
@@ -207,6 +128,7 @@ class ClassifierNode(Node):
         self.overlays = 0
         # Cross-parameter check (k <= n, unknown_label not a class) for launch-time and run-time values.
         self.add_on_set_parameters_callback(self._check_decision)
+        self.add_on_set_parameters_callback(self._check_task_params)
         p = declare(self, PARAMS, on_change=self._on_params)
         self._values.update(p)
         self._declared = True
@@ -215,19 +137,27 @@ class ClassifierNode(Node):
         self.label_pub = self.create_publisher(String, "label", **overridable(self, EVENTS))
         self.scores_pub = self.create_publisher(String, "~/scores", EVENTS)
         self.classes_pub = self.create_publisher(String, "~/classes", LATCHED)
+        self.tasks = task_outputs.TaskPublishers(self)  # xy, ~/xy_result, labels, ~/label_set
         self.overlay_pub = self.create_publisher(image_type, "~/overlay", **overridable(self, SENSOR_DATA))
         vision = _vision_msgs()
         self._vision = vision
         self.classification_pub = (
             self.create_publisher(vision[0], "~/classification", EVENTS) if vision is not None else None
         )
-        outputs = Outputs(label=self._publish_label, result=self._publish_result, classes=self._publish_classes)
+        outputs = Outputs(
+            label=self._publish_label,
+            result=self._publish_result,
+            classes=self._publish_classes,
+            point=self.tasks.publish_point,
+            labels=self.tasks.publish_labels,
+        )
         self.core = LiveClassifier(
             decision_config(p),
             outputs,
             log=self._log,
             max_rate_hz=float(p["max_rate_hz"]),
             on_load_failed=self._restore_model_dir,
+            task_config=task_outputs.task_config(p),
         )
         self._drops = DropCounter()
         # In the one-process runner, frames of an in-process camera arrive by direct call instead.
@@ -321,12 +251,18 @@ class ClassifierNode(Node):
         except (ConfigError, TypeError) as exc:
             return SetParametersResult(successful=False, reason=str(exc))
         model = self.model
-        if model is not None and values["unknown_label"] in model.classes:
+        if model is not None and model.task == CLASSIFICATION and values["unknown_label"] in model.classes:
             return SetParametersResult(
                 successful=False,
                 reason=f"unknown_label {values['unknown_label']!r} is a class of the serving model",
             )
         return SetParametersResult(successful=True)
+
+    def _check_task_params(self, changes) -> SetParametersResult:
+        mine = {c.name: c.value for c in changes if c.name in task_outputs.NAMES}
+        if not mine:
+            return SetParametersResult(successful=True)
+        return task_outputs.check_against_model({**self._values, **mine}, self.model)
 
     def _on_params(self, changes: dict[str, Any]) -> None:
         before = self._values["model_dir"]
@@ -339,6 +275,8 @@ class ClassifierNode(Node):
             self.core.max_rate_hz = float(changes["max_rate_hz"])
         if any(name in changes for name in DECISION_PARAMS):
             self.core.decision_config = decision_config(self._values)  # the worker resets its filter
+        if any(name in changes for name in task_outputs.NAMES):
+            self.core.task_config = task_outputs.task_config(self._values)  # the worker resets the task head
         if any(name in changes for name in MODEL_PARAMS):
             if self._values["model_dir"]:
                 changed = ", ".join(sorted(n for n in changes if n in MODEL_PARAMS))
@@ -405,10 +343,20 @@ class ClassifierNode(Node):
 
     def _publish_classes(self, classes: ClassList) -> None:
         self.classes_pub.publish(String(data=classes.encode()))
+        model = self.model
+        if model is not None and model.task != CLASSIFICATION:
+            self.get_logger().info(f"serving a {model.task} model: results on {self.tasks.topics(model.task)}")
 
     def _publish_result(self, result: LiveResult) -> None:
-        self.scores_pub.publish(String(data=result.scores.encode()))
-        if self.classification_pub is not None:
+        if result.scores is None:  # regression or multilabel
+            self.tasks.publish_result(result)
+            if self.overlay_pub.get_subscription_count() > 0:
+                self._publish_overlay(result)
+            return
+        # Built only for topics someone subscribes to (a count is microseconds; encoding is not).
+        if self.scores_pub.get_subscription_count() > 0:
+            self.scores_pub.publish(String(data=result.scores.encode()))
+        if self.classification_pub is not None and self.classification_pub.get_subscription_count() > 0:
             classification_cls, hypothesis_cls = self._vision
             out = classification_cls()
             out.header = result.header
@@ -421,13 +369,16 @@ class ClassifierNode(Node):
         from dli_perception.core.overlay import draw_overlay
 
         decision = result.decision
-        annotated = draw_overlay(
-            result.rgb,
-            decision.label,
-            decision.score,
-            result.scores.scores,
-            unknown=decision.label == self.core.decision_config.unknown_label,
-        )
+        if decision is None:  # regression: the target point; multilabel: the active labels
+            annotated = task_outputs.draw(result)
+        else:
+            annotated = draw_overlay(
+                result.rgb,
+                decision.label,
+                decision.score,
+                result.scores.scores,
+                unknown=decision.label == self.core.decision_config.unknown_label,
+            )
         self.overlay_pub.publish(cv2_to_imgmsg(annotated, encoding="rgb8", header=result.header))
         self.overlays += 1
 
@@ -439,6 +390,7 @@ class ClassifierNode(Node):
         values = {
             "status": self.status(),
             "model_dir": model.model_dir if model else "",
+            "task": model.task if model else "",
             "classes": ",".join(model.classes) if model else "",
             "backend": model.selection.chosen if model else "",
             "device": model.selection.device if model else "",

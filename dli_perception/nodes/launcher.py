@@ -10,9 +10,11 @@ recorded request and shuts down cleanly at once.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import signal
 import threading
+from collections.abc import Iterator
 
 EARLY_STOP = threading.Event()
 """Set when SIGINT or SIGTERM arrived before the runtime installed its own handlers."""
@@ -46,6 +48,20 @@ def uninstall(previous: dict) -> None:
         for sig, handler in previous.items():
             if signal.getsignal(sig) is _record and handler is not None:
                 signal.signal(sig, handler)
+
+
+@contextlib.contextmanager
+def early_stop_handlers() -> Iterator[None]:
+    """While active, SIGINT and SIGTERM are recorded in :data:`EARLY_STOP` (:func:`install`, then :func:`uninstall`).
+
+    For a long-running command's ``main`` (``dli-perception up`` and ``teach``): enter it before the
+    slow imports and the start, so that a stop at any moment of them ends in exit code 0.
+    """
+    previous = install()
+    try:
+        yield
+    finally:
+        uninstall(previous)
 
 
 def run_main(module: str) -> int:

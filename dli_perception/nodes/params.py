@@ -23,6 +23,8 @@ from rclpy.exceptions import ParameterNotDeclaredException
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 
+from dli_perception.core.choices import check_value
+
 Check = Callable[[Any], str | None]
 """A validator returns None when the value is fine, else the reason it is refused."""
 
@@ -62,11 +64,8 @@ class Param:
         return d
 
     def validate(self, value: Any) -> str | None:
-        if self.choices is not None and value not in self.choices:
-            return f"{self.name}={value!r} is not one of {list(self.choices)}"
-        if self.check is not None:
-            return self.check(value)
-        return None
+        """None when ``value`` is acceptable, else the reason (choices, then ``check``)."""
+        return check_value(self.name, value, self.choices, self.check)
 
 
 def declare(

@@ -1,11 +1,18 @@
 """reaction_node: turns the classifier's results into ``cmd_vel`` velocity commands.
 
-An action table (YAML, see :mod:`dli_perception.core.reaction`) maps each class to
-velocities. A timer publishes one command every period from
+``policy:=table`` (the default): an action table (YAML, see :mod:`dli_perception.core.action_table`) maps
+each class to velocities. A timer publishes one command every period from
 :class:`~dli_perception.core.reaction.ReactionPolicy`, which stops the robot when
 disabled, when labels stop arriving for ``stale_timeout_s``, on the unknown label,
 on a score below ``min_score`` (as the unknown label), on unmapped labels and stop actions,
 and limits speed and acceleration.
+
+``policy:=steer``: a regression model's target point on ``xy`` (geometry_msgs/PointStamped, normalised
+image coordinates, the source image's header) is followed like road following by
+:class:`~dli_perception.core.steering.SteeringPolicy` (target angle, ``steer_*`` P and D gains, speed,
+bias, clamp) under the same watchdog, ramp, enable gate and stops; ``label`` and ``<classifier>/scores``
+are not subscribed, ``max_frame_age_s`` applies to the point's header stamp, a non-finite point stops
+the robot (reason ``bad-target``), and ``<classifier>/classes`` must be ``x, y``.
 
 Topics and services (relative names, so a namespace or remapping moves them):
 
@@ -24,8 +31,8 @@ Topics and services (relative names, so a namespace or remapping moves them):
 * ``cmd_vel`` (geometry_msgs/Twist, or TwistStamped with ``stamped``; out, every 1/``rate_hz`` s).
 * ``~/state`` (std_msgs/String, latched, out; :class:`~dli_perception.core.contracts.ReactionState`):
   ``{enabled, label, reason, linear_x, angular_z, stamp, frame_id}`` whenever enable/label/reason
-  changes; ``reason`` is one of :data:`~dli_perception.core.reaction.REASONS`, or ``"shutdown"``
-  in the last one.
+  changes; ``reason`` is one of :data:`~dli_perception.core.reaction.REASONS` (steer:
+  :data:`~dli_perception.core.steering.STEER_REASONS`, ``label`` null), or ``"shutdown"`` in the last one.
 * ``~/enable`` (std_srvs/SetBool): gates all motion.
 * ``/diagnostics``: label, reason, last command, label age, labels received, stale events,
   the model's classes and the names the table and the model do not share.
@@ -40,12 +47,14 @@ at the next periodic command. It runs on the steady clock (``time.monotonic``), 
 
 from __future__ import annotations
 
+import math
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from geometry_msgs.msg import Twist, TwistStamped
+from geometry_msgs.msg import PointStamped, Twist, TwistStamped
 from rclpy.clock import Clock, ClockType
 from rclpy.duration import Duration
 from rclpy.node import Node
@@ -53,23 +62,16 @@ from std_msgs.msg import String
 from std_srvs.srv import SetBool
 
 from dli_perception import transport
+from dli_perception.core.action_table import COLLISION_AVOIDANCE, ActionTable, class_table_mismatch, load_action_table
 from dli_perception.core.contracts import ClassList, Label, ReactionState, Scores
 from dli_perception.core.logtext import quoted
-from dli_perception.core.reaction import (
-    COLLISION_AVOIDANCE,
-    MOVING,
-    STALE,
-    ActionTable,
-    Command,
-    PolicyConfig,
-    ReactionPolicy,
-    class_table_mismatch,
-    load_action_table,
-)
+from dli_perception.core.reaction import MOVING, STALE, Command, PolicyConfig, ReactionPolicy
+from dli_perception.core.steering import SteeringConfig, SteeringPolicy
 from dli_perception.errors import BadMessageError
 from dli_perception.nodes.diagnostics import OK, WARN, DiagnosticsPublisher
-from dli_perception.nodes.params import Param, declare
-from dli_perception.nodes.qos import EVENTS, LATCHED, overridable
+from dli_perception.nodes.params import declare
+from dli_perception.nodes.qos import EVENTS, LATCHED, SENSOR_DATA, overridable
+from dli_perception.nodes.reaction_params import PARAMS, POLICY_PARAMS, STEER_FIELDS
 from dli_perception.nodes.runtime import node_main
 
 DEADLINE_SLACK_S = 0.002
@@ -78,98 +80,10 @@ DEADLINE_SLACK_S = 0.002
 SHUTDOWN_ACK_TIMEOUT_S = 0.5
 """How long destroy_node waits for subscribers to acknowledge the final zero Twist."""
 
-PARAMS = [
-    Param(
-        "actions_file",
-        "",
-        "Action table YAML (label -> velocities); a bare name is looked up in the "
-        "package's config/ folder; empty: the built-in collision-avoidance table (free -> forward, "
-        "blocked -> turn).",
-        read_only=True,
-    ),
-    Param(
-        "start_enabled",
-        False,
-        "Allow motion from start-up; false: call ~/enable (SetBool) first.",
-        read_only=True,
-    ),
-    Param(
-        "stale_timeout_s",
-        0.5,
-        "Stop when no label arrived for this long, seconds (0.5 = diff_drive_controller's cmd_vel timeout).",
-        min=0.01,
-        max=10.0,
-    ),
-    Param(
-        "max_linear",
-        0.3,
-        "Largest |linear.x| sent, m/s; table values above it are clipped.",
-        min=0.0,
-        max=10.0,
-    ),
-    Param(
-        "max_angular",
-        2.0,
-        "Largest |angular.z| sent, rad/s; table values above it are clipped.",
-        min=0.0,
-        max=20.0,
-    ),
-    Param(
-        "max_linear_accel",
-        0.5,
-        "Largest growth of |linear.x|, m/s^2; 0: no ramp. Stopping is never ramped.",
-        min=0.0,
-        max=100.0,
-    ),
-    Param(
-        "max_angular_accel",
-        4.0,
-        "Largest growth of |angular.z|, rad/s^2; 0: no ramp. Stopping is never ramped.",
-        min=0.0,
-        max=200.0,
-    ),
-    Param("rate_hz", 20.0, "cmd_vel publishing rate, Hz.", min=1.0, max=200.0, read_only=True),
-    Param(
-        "min_score",
-        0.0,
-        "Treat a result whose score is below this as the unknown label (stop, unless the table maps the "
-        "unknown label), 0-1; 0: off. Scores come from the classifier's ~/scores (or JSON label messages); "
-        "a plain label has none and stops when this is > 0.",
-        min=0.0,
-        max=1.0,
-    ),
-    Param(
-        "classifier",
-        "classifier_node",
-        "Classifier node whose <classifier>/scores (stamped, scored results) drive the robot and whose "
-        "latched <classifier>/classes are checked against the action table (relative: a namespace moves "
-        "it); empty: plain labels on `label` only.",
-        read_only=True,
-    ),
-    Param(
-        "max_frame_age_s",
-        0.0,
-        "Ignore a result whose source image is older than this by this node's clock (then the robot "
-        "stops as stale), seconds; 0: off (camera and robot clocks may differ).",
-        min=0.0,
-        max=10.0,
-    ),
-    Param(
-        "stamped",
-        False,
-        "Publish geometry_msgs/TwistStamped (ros2_control diff_drive_controller on Jazzy and later) instead of Twist.",
-        read_only=True,
-    ),
-]
+__all__ = ["PARAMS", "ReactionNode", "load_table", "main", "resolve_actions_file", "steer_class_mismatch"]
 
-POLICY_PARAMS = (
-    "stale_timeout_s",
-    "max_linear",
-    "max_angular",
-    "max_linear_accel",
-    "max_angular_accel",
-    "min_score",
-)
+XY_CLASSES = ("x", "y")
+"""The output names of a regression model (what the steer policy expects on ``<classifier>/classes``)."""
 
 SOURCE_NONE: tuple[int | None, str] = (None, "")
 """The source header of a label that came without one (plain labels)."""
@@ -191,19 +105,36 @@ def load_table(actions_file: str) -> ActionTable:
     return load_action_table(resolve_actions_file(actions_file))
 
 
+def steer_class_mismatch(classes: tuple[str, ...]) -> str:
+    """Why a model with ``classes`` cannot steer (its outputs are not an XY target); "" when it can."""
+    if tuple(classes) == XY_CLASSES:
+        return ""
+    return (
+        f"the steer policy follows a regression model's XY target (outputs x, y), but the model's outputs are "
+        f"{', '.join(classes) or 'none'}: it publishes no xy and the robot stays stopped"
+    )
+
+
 class ReactionNode(Node):
-    """Subscribes ``label`` (std_msgs/String), publishes ``cmd_vel`` at ``rate_hz``; ``~/enable`` gates it."""
+    """Subscribes ``label`` and the classifier's scores (table) or ``xy`` (steer), publishes ``cmd_vel`` at
+    ``rate_hz``; ``~/enable`` gates it."""
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__("reaction_node", **kwargs)
         p = declare(self, PARAMS, on_change=self._on_params)
         self._rate_hz = p["rate_hz"]
         self._stamped = p["stamped"]
-        self._actions_source = (
-            str(resolve_actions_file(p["actions_file"])) if p["actions_file"] else "<built-in collision avoidance>"
-        )
+        self._steer = p["policy"] == "steer"
         config = PolicyConfig(max_step_s=2.0 / self._rate_hz, **{name: p[name] for name in POLICY_PARAMS})
-        self._policy = ReactionPolicy(load_table(p["actions_file"]), config, enabled=p["start_enabled"])
+        if self._steer:
+            self._actions_source = "<steer: xy targets>"
+            gains = SteeringConfig(**{field: p[name] for name, field in STEER_FIELDS.items()})
+            self._policy: ReactionPolicy | SteeringPolicy = SteeringPolicy(gains, config, enabled=p["start_enabled"])
+        else:
+            self._actions_source = (
+                str(resolve_actions_file(p["actions_file"])) if p["actions_file"] else "<built-in collision avoidance>"
+            )
+            self._policy = ReactionPolicy(load_table(p["actions_file"]), config, enabled=p["start_enabled"])
         self._lock = threading.Lock()
         self._closing = False
         self._last_published: Command | None = None
@@ -220,12 +151,17 @@ class ReactionNode(Node):
 
         self.cmd_pub = self.create_publisher(TwistStamped if self._stamped else Twist, "cmd_vel", EVENTS)
         self.state_pub = self.create_publisher(String, "~/state", LATCHED)
-        self.label_sub = self.create_subscription(String, "label", self._on_label, **overridable(self, EVENTS))
-        self.scores_sub = self.classes_sub = None
-        if p["classifier"]:
+        self.label_sub = self.scores_sub = self.classes_sub = self.xy_sub = None
+        if self._steer:
+            # Best effort matches a reliable or a best-effort publisher; the newest point is all that counts.
+            self.xy_sub = self.create_subscription(PointStamped, "xy", self._on_xy, **overridable(self, SENSOR_DATA))
+        else:
+            self.label_sub = self.create_subscription(String, "label", self._on_label, **overridable(self, EVENTS))
+        if p["classifier"] and not self._steer:
             self.scores_sub = self.create_subscription(
                 String, f"{p['classifier']}/scores", self._on_scores, **overridable(self, EVENTS)
             )
+        if p["classifier"]:
             self.classes_sub = self.create_subscription(String, f"{p['classifier']}/classes", self._on_classes, LATCHED)
         self.enable_srv = self.create_service(SetBool, "~/enable", self._on_enable)
         self.diagnostics = DiagnosticsPublisher(self, self._diagnostics)
@@ -238,12 +174,16 @@ class ReactionNode(Node):
         self._watchdog.cancel()
         self._publish_command(self._policy.command(time.monotonic()))
 
-        table = self._policy.table
-        mapped = ", ".join(table.actions)
-        inputs = self.label_sub.topic_name
+        if self._steer:
+            g = self._policy.steering
+            inputs = self.xy_sub.topic_name
+            mapped = f"speed {g.speed:g} m/s, kp {g.kp:g}, kd {g.kd:g}, bias {g.bias:g}, max {g.max_steer:g} rad/s"
+        else:
+            mapped = ", ".join(self._policy.table.actions)
+            inputs = self.label_sub.topic_name
         if self.scores_sub is not None:
             inputs = f"{self.scores_sub.topic_name} (else {inputs})"
-        elif p["min_score"] > 0.0:
+        elif p["min_score"] > 0.0 and not self._steer:
             self.get_logger().warning(
                 f"min_score={p['min_score']:g} with plain labels only (classifier is empty): a label without "
                 "a score stops the robot; send JSON labels with a score, or set classifier"
@@ -257,10 +197,13 @@ class ReactionNode(Node):
     # -- parameters -----------------------------------------------------------------------------
     def _on_params(self, changes: dict[str, Any]) -> None:
         self._max_frame_age_s = changes.get("max_frame_age_s", self._max_frame_age_s)
-        policy_changes = {k: v for k, v in changes.items() if k in POLICY_PARAMS}
-        if policy_changes:
-            with self._lock:
+        steer_changes = {STEER_FIELDS[k]: v for k, v in changes.items() if k in STEER_FIELDS}
+        with self._lock:
+            policy_changes = {k: v for k, v in changes.items() if k in POLICY_PARAMS}
+            if policy_changes:
                 self._policy.set_config(**policy_changes)
+            if steer_changes and self._steer:
+                self._policy.set_steering(**steer_changes)
 
     # -- events ---------------------------------------------------------------------------------
     def _on_label(self, msg: String) -> None:
@@ -278,7 +221,7 @@ class ReactionNode(Node):
         except BadMessageError as exc:
             self._bad_message(msg.data, exc)
             label = Label(self._policy.table.unknown_label)
-        self._react(label.label, label.score, SOURCE_NONE)
+        self._react(SOURCE_NONE, lambda now: self._policy.on_label(label.label, now, label.score))
 
     def _on_scores(self, msg: String) -> None:
         """The classifier's stamped, scored result: it drives the robot."""
@@ -288,19 +231,39 @@ class ReactionNode(Node):
             result = Scores.decode(msg.data)
         except BadMessageError as exc:
             self._bad_message(msg.data, exc)
-            self._react(self._policy.table.unknown_label, None, SOURCE_NONE)
+            unknown = self._policy.table.unknown_label
+            self._react(SOURCE_NONE, lambda now: self._policy.on_label(unknown, now, None))
             return
-        if self._max_frame_age_s > 0.0:
-            age_s = (self.get_clock().now().nanoseconds - result.stamp_ns) / 1e9
-            if age_s > self._max_frame_age_s:
-                self.old_results += 1
-                self.get_logger().warning(
-                    f"ignoring {result.label!r}: its image is {age_s:.3f} s old (max_frame_age_s="
-                    f"{self._max_frame_age_s:g})",
-                    throttle_duration_sec=5.0,
-                )
-                return
-        self._react(result.label, result.score, (result.stamp_ns, result.frame_id))
+        if self._too_old(result.stamp_ns, repr(result.label)):
+            return
+        self._react(
+            (result.stamp_ns, result.frame_id), lambda now: self._policy.on_label(result.label, now, result.score)
+        )
+
+    def _on_xy(self, msg: PointStamped) -> None:
+        """steer: a target point (normalised image coordinates) with its source image's header."""
+        stamp_ns = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+        x, y = float(msg.point.x), float(msg.point.y)
+        if not (math.isfinite(x) and math.isfinite(y)):
+            self.bad_messages += 1
+            self.get_logger().warning(f"bad target point ({x}, {y}); stopping", throttle_duration_sec=5.0)
+        elif self._too_old(stamp_ns, f"target ({x:+.2f}, {y:+.2f})"):
+            return
+        self._react((stamp_ns, msg.header.frame_id), lambda now: self._policy.on_target(x, y, now))
+
+    def _too_old(self, stamp_ns: int, what: str) -> bool:
+        """True (counted, logged) when ``max_frame_age_s`` is on and the source image is older than that."""
+        if self._max_frame_age_s <= 0.0:
+            return False
+        age_s = (self.get_clock().now().nanoseconds - stamp_ns) / 1e9
+        if age_s <= self._max_frame_age_s:
+            return False
+        self.old_results += 1
+        self.get_logger().warning(
+            f"ignoring {what}: its image is {age_s:.3f} s old (max_frame_age_s={self._max_frame_age_s:g})",
+            throttle_duration_sec=5.0,
+        )
+        return True
 
     def _on_classes(self, msg: String) -> None:
         """The model's latched class list: warn when the action table does not fit it."""
@@ -310,7 +273,10 @@ class ReactionNode(Node):
             self.bad_messages += 1
             self.get_logger().warning(f"bad class list {quoted(msg.data, 80)}: {exc}")
             return
-        mismatch = class_table_mismatch(classes, self._policy.table)
+        if self._steer:
+            mismatch = steer_class_mismatch(classes)
+        else:
+            mismatch = class_table_mismatch(classes, self._policy.table)
         with self._lock:
             self._model_classes, self._mismatch = classes, mismatch
         if mismatch:
@@ -322,13 +288,14 @@ class ReactionNode(Node):
         self.bad_messages += 1
         self.get_logger().warning(f"bad message {quoted(text, 80)}: {exc}; stopping", throttle_duration_sec=5.0)
 
-    def _react(self, label: str, score: float | None, source: tuple[int | None, str]) -> None:
+    def _react(self, source: tuple[int | None, str], feed: Callable[[float], None]) -> None:
+        """Feed the policy one input (``feed(now)``: a label or a target) from the image ``source``."""
         now = time.monotonic()
         with self._lock:
             if self._closing:
                 return
             self._source = source
-            self._policy.on_label(label, now, score)
+            feed(now)
             last = self._last_published
             if last is not None and not last.is_zero and self._policy.target(now).reason != MOVING:
                 self._publish_command(self._policy.command(now))  # stop now, not at the next tick
@@ -407,9 +374,12 @@ class ReactionNode(Node):
             policy = self._policy
             cmd = policy.last_command
             age = policy.label_age(time.monotonic())
+            target = policy.target_point if self._steer else None
             values = {
+                "policy": "steer" if self._steer else "table",
                 "enabled": policy.enabled,
                 "label": policy.label or "",
+                "target": "" if target is None else f"{target[0]:+.3f}, {target[1]:+.3f}",
                 "reason": cmd.reason,
                 "linear_x": cmd.linear_x,
                 "angular_z": cmd.angular_z,
@@ -428,9 +398,10 @@ class ReactionNode(Node):
         if not policy.enabled:
             level, message = OK, "disabled: call ~/enable to allow motion"
         elif cmd.reason == STALE:
-            level, message = WARN, f"stopped: no label for {policy.config.stale_timeout_s:g} s"
+            what = "target" if self._steer else "label"
+            level, message = WARN, f"stopped: no {what} for {policy.config.stale_timeout_s:g} s"
         elif cmd.reason == MOVING:
-            level, message = OK, f"moving: {cmd.label}"
+            level, message = OK, f"moving: {cmd.label or 'following the target'}"
         else:
             level, message = OK, f"stopped: {cmd.reason}"
         if mismatch:

@@ -40,6 +40,23 @@ yet, stale frame (received more than ``max_frame_age_s`` ago: is the camera runn
 full (``max_per_class``), duplicate (``dedupe``), disk full or read-only directory; in every case
 nothing is written.
 
+Tasks: ``task`` (start-up) chooses what a capture is saved with; ``auto`` (the default) takes the
+dataset's task, or classification for an empty dataset. Regression: the current XY target
+(normalised to [-1, 1], image centre 0, x right, y down) comes from ``teach_xy``
+(geometry_msgs/PointStamped, ``point.x``/``point.y``) or the ``target_xy`` parameter (double array
+``[x, y]``, settable at run time through the node's standard ``set_parameters`` service, which
+answers a refusal with its reason); every capture, single or continuous, saves the frame with the
+target current at that moment. Multi-label: the current label set comes from ``teach_labels``
+(std_msgs/String, ``cup,ball`` or a JSON list; ``""`` is the empty set) or ``target_labels``
+(string array); ``known_labels`` declares the labels allowed in the dataset's ``labels.txt``
+(empty: the labels it declares already, else any valid names). ``~/counts``
+then has ``{"xy": n}`` (regression) or the images per label (multi-label; every known label listed,
+``_total`` being the sum over labels). The newest target wins, whichever way it came. A bad target
+(outside [-1, 1], NaN, an unknown or invalid label, a target of another task than the dataset's)
+is refused, logged and counted (``refused_invalid_target``, ``refused_wrong_task``), the current
+target stays, and nothing is written; a recorder whose ``task`` contradicts its dataset refuses
+every capture and says so in its diagnostics.
+
 Bags: the recorder writes no bag itself. ``dli-perception dataset2bag DATASET --out BAG`` turns
 the recorded dataset into a rosbag2 bag afterwards; that bag matches the dataset exactly, undone
 captures included (a bag written while recording could not forget an undone capture).
@@ -50,8 +67,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from rcl_interfaces.msg import ParameterDescriptor, ParameterType, SetParametersResult
 from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.node import Node
+from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from std_msgs.msg import String
 from std_srvs.srv import SetBool, Trigger
@@ -60,6 +79,9 @@ from dli_perception.core.contracts import Counts
 from dli_perception.core.dataset import DatasetStore
 from dli_perception.core.recording import DRAIN_TIMEOUT_S, Recorder, RecorderHooks
 from dli_perception.core.recording_jobs import MAX_WAITING_CALLS
+from dli_perception.core.recording_targets import AUTO, TASK_CHOICES, parse_known_labels
+from dli_perception.core.tasks import MULTILABEL
+from dli_perception.errors import TargetError
 from dli_perception.nodes.diagnostics import ERROR, OK, WARN, DiagnosticsPublisher
 from dli_perception.nodes.params import Param, declare
 from dli_perception.nodes.qos import EVENTS, LATCHED, SENSOR_DATA, overridable
@@ -123,6 +145,24 @@ PARAMS = [
         read_only=True,
     ),
     Param(
+        "task",
+        AUTO,
+        "What a capture is saved with: a class name (classification), the XY target of teach_xy/target_xy "
+        "(regression) or the label set of teach_labels/target_labels (multilabel); auto: the dataset's task, "
+        "classification when it is empty.",
+        choices=TASK_CHOICES,
+        read_only=True,
+    ),
+    Param(
+        "known_labels",
+        "",
+        "Multi-label datasets: the labels a label set may name, comma-separated (e.g. cup,ball), declared in the "
+        "dataset's labels.txt (adding to the labels it declares, never dropping any); a set naming another is "
+        "refused. Empty: the dataset's labels.txt, else any valid label names.",
+        read_only=True,
+        check=lambda text: _known_labels_problem(text),
+    ),
+    Param(
         "write_timeout_s",
         2.0,
         "Longest ~/capture and ~/undo wait for the writer before answering busy, seconds.",
@@ -130,6 +170,30 @@ PARAMS = [
         max=120.0,
     ),
 ]
+
+
+TARGET_PARAMS = {
+    "target_xy": (
+        Parameter.Type.DOUBLE_ARRAY,
+        ParameterType.PARAMETER_DOUBLE_ARRAY,
+        "Regression: the XY target [x, y] of the next captures, normalised to [-1, 1] (image centre 0, x right, "
+        "y down); set at run time (ros2 param set, the set_parameters service); teach_xy sets it too.",
+    ),
+    "target_labels": (
+        Parameter.Type.STRING_ARRAY,
+        ParameterType.PARAMETER_STRING_ARRAY,
+        "Multi-label: the label set of the next captures; set at run time; teach_labels sets it too.",
+    ),
+}
+"""Run-time targets, declared typed and unset (no target until one is given), so not in PARAMS."""
+
+
+def _known_labels_problem(text: str) -> str | None:
+    try:
+        parse_known_labels(text)
+    except TargetError as exc:
+        return f"known_labels={text!r}: {exc}"
+    return None
 
 
 def dataset_dir(value: str) -> Path:
@@ -148,21 +212,36 @@ class RecorderNode(Node):
     parameters and diagnostics.
     """
 
+    MOVES_FRAMES = True  # run_nodes keeps frame-sized buffers in the heap
+
     def __init__(self, **kwargs: Any) -> None:
         super().__init__("recorder_node", **kwargs)
         p = declare(self, PARAMS, on_change=self._on_params)
-        self._store = DatasetStore(
-            dataset_dir(p["dataset_dir"]),
-            max_per_class=p["max_per_class"] or None,
-            jpeg_quality=p["jpeg_quality"],
-            dedupe=p["dedupe"],
-            image_format=p["image_format"],
-        )
+        self._store = self._open_store(p)
         try:
             self._setup(p)
         except BaseException:
             self._store.close()
             raise
+
+    def _open_store(self, p: dict[str, Any]) -> DatasetStore:
+        """The dataset, declaring ``known_labels`` in it (multi-label); a vocabulary it cannot take is
+        logged and left out, so the recorder still runs and says what it records."""
+        options = {
+            "max_per_class": p["max_per_class"] or None,
+            "jpeg_quality": p["jpeg_quality"],
+            "dedupe": p["dedupe"],
+            "image_format": p["image_format"],
+        }
+        known = parse_known_labels(p["known_labels"])
+        if known is not None and p["task"] not in (AUTO, MULTILABEL):
+            self.get_logger().warning(f"known_labels is for multi-label datasets; ignored with task={p['task']}")
+        elif known is not None:
+            try:
+                return DatasetStore(dataset_dir(p["dataset_dir"]), known_labels=known, **options)
+            except TargetError as exc:
+                self.get_logger().error(f"known_labels {list(known)} not declared: {exc}")
+        return DatasetStore(dataset_dir(p["dataset_dir"]), **options)
 
     def _setup(self, p: dict[str, Any]) -> None:
         self._record_timer = None
@@ -178,6 +257,8 @@ class RecorderNode(Node):
             _image_type(), "image_raw", self._on_image, **overridable(self, SENSOR_DATA)
         )
         self.label_sub = self.create_subscription(String, "teach_label", self._on_label, **overridable(self, EVENTS))
+        self.xy_sub = self.create_subscription(_point_type(), "teach_xy", self._on_xy, **overridable(self, EVENTS))
+        self.labels_sub = self.create_subscription(String, "teach_labels", self._on_labels, **overridable(self, EVENTS))
         self.recorder = Recorder(
             self._store,
             queue_size=p["queue_size"],
@@ -193,7 +274,13 @@ class RecorderNode(Node):
                 pace=self._pace,
                 log=self._log,
             ),
+            task=p["task"],
+            xy_topic=self.xy_sub.topic_name,
+            labels_topic=self.labels_sub.topic_name,
         )
+        self.add_on_set_parameters_callback(self._on_target_params)
+        for name, (kind, type_id, description) in TARGET_PARAMS.items():
+            self.declare_parameter(name, kind, ParameterDescriptor(type=type_id, description=description))
         self.capture_srv = self.create_service(
             Trigger, "~/capture", self._on_capture, qos_profile=REQUESTS, callback_group=self._calls_group
         )
@@ -209,9 +296,15 @@ class RecorderNode(Node):
                 f"dataset {store.root} is read-only ({store.readonly_reason}); captures will be refused"
             )
         counts = self.recorder.counts()
+        target_from = {
+            "classification": f"label from {self.label_sub.topic_name}",
+            "regression": f"XY target from {self.xy_sub.topic_name} or target_xy",
+            "multilabel": f"label set from {self.labels_sub.topic_name} or target_labels",
+        }[self.recorder.task]
         self.get_logger().info(
-            f"recording {self.image_sub.topic_name} into {store.root} ({counts.total} images in "
-            f"{len(counts.per_class)} classes, {store.image_format}); label from {self.label_sub.topic_name}"
+            f"recording {self.recorder.task} {self.image_sub.topic_name} into {store.root} "
+            f"({self.recorder.cached_count('_total')} images, {len(counts.per_class)} classes or labels, "
+            f"{store.image_format}); {target_from}"
         )
 
     # -- what the recorder reports: counters read by tests and tools ----------------------------
@@ -238,6 +331,38 @@ class RecorderNode(Node):
     def _on_label(self, msg: String) -> None:
         if self.recorder.set_label(msg.data):
             self.diagnostics.publish()
+
+    def _on_xy(self, msg: Any) -> None:
+        before = self.recorder.xy
+        if self.recorder.set_xy(msg.point.x, msg.point.y).success and self.recorder.xy != before:
+            self.diagnostics.publish()
+
+    def _on_labels(self, msg: String) -> None:
+        before = self.recorder.label_set
+        if self.recorder.set_labels(msg.data).success and self.recorder.label_set != before:
+            self.diagnostics.publish()
+
+    def _on_target_params(self, changes: list[Parameter]) -> SetParametersResult:
+        """target_xy / target_labels: checked and applied at once; a refusal answers with its reason."""
+        for change in changes:
+            if change.name not in TARGET_PARAMS or change.value is None:
+                continue
+            value = list(change.value)
+            if change.name == "target_xy":
+                if len(value) != 2:
+                    outcome = None
+                    reason = f"target_xy must be [x, y] (two numbers in [-1, 1]), got {value}"
+                else:
+                    outcome = self.recorder.set_xy(*value)
+            else:
+                outcome = self.recorder.set_labels(value)
+            if outcome is not None and outcome.success:
+                if hasattr(self, "diagnostics"):
+                    self.diagnostics.publish()
+                continue
+            reason = outcome.message if outcome is not None else reason
+            return SetParametersResult(successful=False, reason=reason)
+        return SetParametersResult(successful=True)
 
     # -- services -------------------------------------------------------------------------------
     async def _on_capture(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
@@ -300,13 +425,19 @@ def _nothing() -> None:
     """Callback of the writer's wake-up guard condition: waking the executor is all it is for."""
 
 
+def _point_type():
+    from geometry_msgs.msg import PointStamped
+
+    return PointStamped
+
+
 def _image_type():
     from sensor_msgs.msg import Image
 
     return Image
 
 
-main = node_main(RecorderNode, multithreaded=True)
+main = node_main(RecorderNode)
 
 if __name__ == "__main__":
     import sys

@@ -11,17 +11,20 @@ install it (``SignalHandlerOptions.NO``) and installs Python handlers for
 SIGINT and SIGTERM that only set a stop event. The main thread spins in short
 slices and notices the event within one slice; cleanup then runs with the
 context still valid, with further signals ignored, and ends in
-``rclpy.try_shutdown()``.
+``rclpy.try_shutdown()``. Since further signals are ignored then, a cleanup that
+blocks is bounded by :func:`arm_shutdown_watchdog` instead.
 """
 
 from __future__ import annotations
 
+import faulthandler
 import inspect
 import logging
 import os
 import signal
 import sys
 import threading
+import traceback
 from collections.abc import Callable, Sequence
 
 from dli_perception import transport
@@ -30,6 +33,13 @@ from dli_perception.nodes import launcher
 
 SPIN_SLICE_S = 0.1
 """Longest the main thread waits in the executor before checking the stop event."""
+
+SHUTDOWN_LIMIT_ENV = "DLI_PERCEPTION_SHUTDOWN_LIMIT_S"
+SHUTDOWN_LIMIT_S = 10.0
+"""Longest a node process's cleanup may take after a stop; then it exits anyway (see :func:`arm_shutdown_watchdog`).
+
+Under ``ros2 launch`` a SIGTERM follows the SIGINT after 5 s and a SIGKILL after 15 s; cleanup ignores
+the SIGTERM (it is already stopping), so the limit lies between the two."""
 
 log = logging.getLogger(__name__)
 
@@ -134,27 +144,90 @@ class BackgroundSpin:
         self._thread.join(timeout=timeout_s)
 
 
+def shutdown_limit_s() -> float:
+    """The cleanup limit: ``DLI_PERCEPTION_SHUTDOWN_LIMIT_S`` when set to a positive number, else 10 s."""
+    try:
+        value = float(os.environ.get(SHUTDOWN_LIMIT_ENV, SHUTDOWN_LIMIT_S))
+    except ValueError:
+        return SHUTDOWN_LIMIT_S
+    return value if value > 0 else SHUTDOWN_LIMIT_S
+
+
+def arm_shutdown_watchdog(code: int, limit_s: float | None = None) -> Callable[[], None]:
+    """From the moment a process starts stopping, make sure it ends within ``limit_s``.
+
+    A node's cleanup can block in the middleware (a peer that vanished during the stop, a publisher
+    still waiting for acknowledgements); the process then used to ignore launch's SIGTERM (it was
+    already stopping) until SIGKILL. Now a daemon thread prints where the main thread is and ends the
+    process with ``code`` once the limit has passed. Should the blocked call hold the GIL, so that no
+    Python thread can run, faulthandler's native timer dumps every thread's stack 3 s later and exits
+    with 1. The final zero Twist is published before anything that can block. Returns a function that
+    disarms both (for a caller that goes on living, such as a test calling :func:`run_nodes`).
+    """
+    limit_s = shutdown_limit_s() if limit_s is None else limit_s
+    done = threading.Event()
+
+    def watch() -> None:
+        if done.wait(limit_s):
+            return
+        frame = sys._current_frames().get(threading.main_thread().ident)
+        where = "".join(traceback.format_stack(frame)[-4:]) if frame is not None else "(main thread gone)\n"
+        print(
+            f"[WARN] shutdown still running after {limit_s:g} s ({SHUTDOWN_LIMIT_ENV}); exiting now. It was at:\n{where}",
+            file=sys.stderr,
+            flush=True,
+        )
+        sys.stdout.flush()
+        os._exit(code)
+
+    threading.Thread(target=watch, name="shutdown-watchdog", daemon=True).start()
+    native = True
+    try:
+        faulthandler.dump_traceback_later(limit_s + 3.0, exit=True)
+    except (RuntimeError, ValueError, OSError):  # no usable stderr: the Python watchdog still runs
+        native = False
+
+    def disarm() -> None:
+        done.set()
+        if native:
+            faulthandler.cancel_dump_traceback_later()
+
+    return disarm
+
+
 def run_nodes(
     factories: Sequence[NodeFactory],
     args: Sequence[str] | None = None,
     *,
-    multithreaded: bool = False,
     stop: threading.Event | None = None,
+    until_exit: bool = False,
 ) -> int:
     """Initialise rclpy, build the nodes, spin them in one executor, clean up, return an exit code.
 
-    ``factories`` are called with no arguments (node classes work as they are). Returns
+    ``factories`` are called with no arguments (node classes work as they are); when one has a true
+    ``MOVES_FRAMES`` attribute, frame-sized buffers are kept in the heap (``transport.keep_frame_buffers``). Returns
     0 after a signal or ``stop``; 1 after a :class:`DliPerceptionError` or an invalid
     parameter value during start-up (logged as one clear line, no traceback). Any other exception while rclpy is
-    still up propagates (a bug should show its traceback).
+    still up propagates (a bug should show its traceback). From the stop on, the process ends within
+    :func:`shutdown_limit_s` (:func:`arm_shutdown_watchdog`); ``until_exit`` keeps that limit armed after the
+    return, through the interpreter's exit (a node's console script), instead of disarming it.
+
+    The executor is single-threaded: no node's callback blocks (inference, dataset writes and
+    training run on threads of their own), and rclpy's MultiThreadedExecutor can fall
+    into spinning on ready work it cannot dispatch yet: with the regression demo's four nodes in one
+    process it took 92 % of a core and delivered 8.5 of a 20 Hz timer's commands a second, where the
+    single-threaded executor took 9 % and delivered 19.9 (``benchmarks/executor.py``, medians of 3).
     """
     import rclpy
     from rclpy.exceptions import ParameterException
-    from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
+    from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 
     from dli_perception.nodes import qos
 
     transport.apply_default_profile()
+    # A node class, or a functools.partial of one (dli-perception up).
+    if any(getattr(getattr(factory, "func", factory), "MOVES_FRAMES", False) for factory in factories):
+        transport.keep_frame_buffers()  # not for a trainer alone: its tensors are no frames
     _HARD_EXIT.clear()
     signals = StopSignal().install()
     stop_event = signals.event
@@ -167,7 +240,7 @@ def run_nodes(
     code = 0
     try:
         init_rclpy(args)
-        executor = MultiThreadedExecutor() if multithreaded else SingleThreadedExecutor()
+        executor = SingleThreadedExecutor()
         for factory in factories:
             if stop_event.is_set():
                 break
@@ -187,11 +260,14 @@ def run_nodes(
             raise
     finally:
         signals.ignore()
+        disarm = arm_shutdown_watchdog(code if sys.exc_info()[0] is None else 1)
         _cleanup(nodes, executor)
         if not signals.received:
             # After a signal the process is ending: keep ignoring, so the second SIGINT that launch
             # sends (it may come 100 ms later, while the interpreter exits) cannot kill it with -2.
             signals.restore()
+        if not until_exit:
+            disarm()
     if _HARD_EXIT:
         print(f"[WARN] exiting while still busy: {'; '.join(_HARD_EXIT)}", file=sys.stderr, flush=True)
         sys.stdout.flush()
@@ -225,11 +301,12 @@ def _cleanup(nodes: list, executor) -> None:
     rclpy.try_shutdown()
 
 
-def node_main(node_cls: NodeFactory, *, multithreaded: bool = False) -> Callable[[Sequence[str] | None], int]:
+def node_main(node_cls: NodeFactory) -> Callable[[Sequence[str] | None], int]:
     """Build the console-script ``main(args=None) -> int`` for one node class."""
 
     def main(args: Sequence[str] | None = None) -> int:
-        return run_nodes([node_cls], args=args if args is not None else sys.argv, multithreaded=multithreaded)
+        argv = args if args is not None else sys.argv
+        return run_nodes([node_cls], args=argv, until_exit=True)
 
     main.__doc__ = f"Run {getattr(node_cls, '__name__', node_cls)} until SIGINT/SIGTERM; returns the exit code."
     return main

@@ -116,6 +116,7 @@ SETS: dict[str, NodeSet] = {
                 Argument("backend", "classifier_node"),
                 Argument("actions_file", "reaction_node"),
                 Argument("start_enabled", "reaction_node"),
+                Argument("policy", "reaction_node"),
             ),
         ),
     )

@@ -250,6 +250,13 @@ class TrainerNode(Node):
             "checkpoint": result.checkpoint_path or "",
             "skipped_images": len(result.dataset.skipped),
             "confusion": [[int(n) for n in row] for row in result.confusion],
+            "task": result.task,
+            "headline": result.headline(),
+            "metrics": {
+                k: float(v)
+                for k, v in result.metrics.items()
+                if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+            },
         }
         if not outcome.exported:
             summary["status"] = "cancelled"
@@ -306,7 +313,7 @@ class TrainerNode(Node):
             log.error(f"training run {job.number} failed: {outcome['error']}")
         elif outcome["exported"]:
             log.info(
-                f"run {job.number} {status}: best validation accuracy {outcome['best_val_acc']:.3f} at epoch "
+                f"run {job.number} {status}: {outcome['headline']} at epoch "
                 f"{outcome['best_epoch']}; model exported to {job.model_dir}"
             )
         else:
