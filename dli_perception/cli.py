@@ -7,8 +7,8 @@ Errors of the package print as one line (no traceback) and exit with code 1.
 
 from __future__ import annotations
 
-# Only what costs nothing at the top: `dli-perception teach` installs its stop handlers (main) before
-# anything else is imported, so that a Ctrl-C during its start-up ends it cleanly too.
+# Only what costs nothing at the top: `dli-perception up` and `teach` install their stop handlers (main)
+# before anything else is imported, so that a Ctrl-C during their start-up ends them cleanly too.
 import sys
 
 from dli_perception.errors import DliPerceptionError
@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-STOPPED_BY_SIGNAL = frozenset({"teach"})
+STOPPED_BY_SIGNAL = frozenset({"up", "teach"})
 """Commands that run until Ctrl-C or SIGTERM and then exit 0 after their cleanup, like the nodes."""
 
 
@@ -69,11 +69,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _main(argv)
     from dli_perception.nodes import launcher
 
-    previous = launcher.install()  # before the imports: a Ctrl-C during start-up still ends with exit code 0
-    try:
+    with launcher.early_stop_handlers():  # before the imports: a Ctrl-C during start-up still ends with exit code 0
         return _main(argv)
-    finally:
-        launcher.uninstall(previous)
 
 
 def _main(argv: list[str]) -> int:

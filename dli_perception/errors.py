@@ -79,3 +79,8 @@ class DistributedError(TrainingError):
 
 class MergeError(DatasetError):
     """Datasets cannot be merged (missing input, output not empty, conflicting labels refused)."""
+
+
+class TargetError(DatasetError, ValueError):
+    """A training target is invalid: an XY point outside [-1, 1], a label set naming unknown labels,
+    a road-following file name that does not parse, or task types mixed in one dataset."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -45,7 +46,7 @@ def add_distributed_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from dli_perception.commands.train import add_train_arguments
+    from dli_perception.commands.train_args import add_train_arguments
 
     p = argparse.ArgumentParser(
         prog="python -m dli_perception.train",
@@ -61,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of each rank; returns the exit code."""
     args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    if args.out is None and getattr(args, "model_dir_arg", None) is not None:
+        args.out = args.model_dir_arg
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )
@@ -80,14 +83,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace, ctx) -> int:
-    from dli_perception.commands.train import (
-        TrainProgress,
-        _quiet_logs,
-        _torch_threads,
-        checkpoint_dir_for,
-        config_from_args,
-        print_summary,
-    )
+    from dli_perception.commands.train_args import checkpoint_dir_for, config_from_args
+    from dli_perception.commands.train_console import TrainProgress, quiet_logs, torch_threads
+    from dli_perception.commands.train_summary import print_summary
     from dli_perception.core import distributed
     from dli_perception.core.export import DEFAULT_OPSET, export_model_dir
 
@@ -103,7 +101,7 @@ def _run(args: argparse.Namespace, ctx) -> int:
             flush=True,
         )
     progress = TrainProgress(enabled=ctx.is_main and getattr(args, "progress", True))
-    with _quiet_logs(args.verbose and ctx.is_main), _torch_threads(args.torch_threads):
+    with quiet_logs(args.verbose and ctx.is_main), torch_threads(args.torch_threads):
         try:
             result = distributed.train_distributed(
                 ctx,
@@ -139,4 +137,14 @@ def _run(args: argparse.Namespace, ctx) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    if code == 0:
+        # The run succeeded: the process group is destroyed and rank 0 has written the model directory
+        # (atomically) and its summary. Ending here skips interpreter finalisation, during which torch's
+        # gloo threads can still abort the process: a CI run saw rank 0 end with SIGABRT ("terminate called
+        # without an active exception") after a complete export, and torchrun reported the run as failed.
+        # A failing rank exits as before, so torchrun still tells which rank failed first.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+    sys.exit(code)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from dli_perception.commands.progress import ProgressBar
-from dli_perception.errors import BagError, ConfigError
+from dli_perception.errors import BagError, ConfigError, TargetError
 
 T = TypeVar("T")
 
@@ -23,6 +23,7 @@ INTERRUPTED = 130
 STORAGES = ("sqlite3", "mcap")
 IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
 LABEL_TYPE = "std_msgs/msg/String"
+XY_TYPE = "geometry_msgs/msg/PointStamped"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -32,8 +33,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Save the images of one or many rosbag2 bags (sqlite3 or mcap) into a dataset (ImageFolder "
         "layout + manifest). Each image gets the latest label of --label-topic at or before its stamp (images "
         "before the first label or under none/unknown are skipped and counted), or the class its topic "
-        "has in --class-map. A folder without metadata.yaml stands for every bag below it (a fleet layout "
-        "bags/<robot>/<bag>). Each image's robot, bag, topic and stamp go into the manifest.",
+        "has in --class-map. For a regression dataset give --xy-topic (geometry_msgs/PointStamped, point.x/.y "
+        "normalised to [-1, 1], not pixels), for a multi-label one --labels-topic (std_msgs/String label sets "
+        'such as cup,ball or ["cup"]; empty: none); they are matched to images the same way. A folder '
+        "without metadata.yaml stands for every bag below it (a fleet layout bags/<robot>/<bag>). Each "
+        "image's robot, bag, topic and stamp go into the manifest.",
     )
     p.add_argument(
         "bags",
@@ -46,13 +50,26 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="robot name recorded with every image (default: the bag's custom_data robot, else the name of "
         "the folder holding the bag)",
     )
-    p.add_argument("--image-topic", help="sensor_msgs/Image or CompressedImage topic (required with --label-topic)")
+    p.add_argument(
+        "--image-topic",
+        help="sensor_msgs/Image or CompressedImage topic (required with --label-topic, --xy-topic, --labels-topic)",
+    )
     labels = p.add_mutually_exclusive_group(required=True)
     labels.add_argument("--label-topic", help="std_msgs/String topic naming the class being shown")
     labels.add_argument(
         "--class-map",
         metavar="TOPIC:CLASS[,TOPIC:CLASS...]",
         help="one class per image topic, e.g. /left:cup,/right:ball",
+    )
+    labels.add_argument(
+        "--xy-topic",
+        help="geometry_msgs/PointStamped topic of XY targets normalised to [-1, 1] (a regression dataset)",
+    )
+    labels.add_argument("--labels-topic", help="std_msgs/String topic of label sets (a multi-label dataset)")
+    p.add_argument(
+        "--known-labels",
+        metavar="LABEL[,LABEL...]",
+        help="with --labels-topic: declare the dataset's labels (labels.txt); sets naming others are skipped",
     )
     p.add_argument("--out", required=True, help="dataset directory (created if needed; images are added to it)")
     p.add_argument("--distro", help="message definitions for bags that carry none: humble, jazzy, kilted, ...")
@@ -69,7 +86,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="write a dataset as a rosbag2 bag (images + labels)",
         description="Write a dataset as a rosbag2 bag that bag2dataset turns back into the same dataset: "
         "images on --image-topic in capture order, a std_msgs/String on --label-topic at each change "
-        "of class.",
+        "of class; for a regression dataset each image's target as a geometry_msgs/PointStamped on --xy-topic, "
+        "for a multi-label one its label set as a std_msgs/String on --labels-topic.",
     )
     p.add_argument("dataset", help="dataset directory")
     p.add_argument("--out", required=True, help="bag directory to create (must not exist)")
@@ -82,6 +100,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--distro", default="kilted", help="message definitions written into the bag (default: kilted)")
     p.add_argument("--image-topic", default="/image_raw", help="image topic (default: /image_raw)")
     p.add_argument("--label-topic", default="/teach_label", help="label topic (default: /teach_label)")
+    p.add_argument(
+        "--xy-topic", default="/teach_xy", help="XY target topic of a regression dataset (default: /teach_xy)"
+    )
+    p.add_argument(
+        "--labels-topic",
+        default="/teach_labels",
+        help="label-set topic of a multi-label dataset (default: /teach_labels)",
+    )
     p.add_argument("--frame-id", default="camera", help="frame_id of the image headers (default: camera)")
     p.add_argument(
         "--period-ms",
@@ -182,7 +208,10 @@ def _check_bag(bag: Path, args: argparse.Namespace, class_map: dict[str, str] | 
             raise ConfigError(f"--image-topic {args.image_topic} has no class in --class-map; add it or leave it out")
     else:
         _check_topic(str(bag), topics, args.image_topic, IMAGE_TYPES)
-        _check_topic(str(bag), topics, args.label_topic, (LABEL_TYPE,))
+        if args.xy_topic is not None:
+            _check_topic(str(bag), topics, args.xy_topic, (XY_TYPE,))
+        else:
+            _check_topic(str(bag), topics, args.labels_topic or args.label_topic, (LABEL_TYPE,))
     return topics
 
 
@@ -194,7 +223,15 @@ def run_bag2dataset(args: argparse.Namespace) -> int:
     if class_map is not None:
         class_map = {topic: validate_label(label) for topic, label in class_map.items()}
     if class_map is None and not args.image_topic:
-        raise ConfigError("--label-topic needs --image-topic (the images it labels)")
+        given = "--xy-topic" if args.xy_topic else "--labels-topic" if args.labels_topic else "--label-topic"
+        raise ConfigError(f"{given} needs --image-topic (the images it labels)")
+    known_labels = None
+    if args.known_labels is not None:
+        if args.labels_topic is None:
+            raise ConfigError("--known-labels declares multi-label labels; use it with --labels-topic")
+        from dli_perception.core.tasks import parse_label_set
+
+        known_labels = parse_label_set(args.known_labels)
     bags = [bag for given in args.bags for bag in find_bags(given)]
     if len({b.resolve() for b in bags}) != len(bags):
         raise ConfigError("a bag is named twice (directly or inside a folder given); name each once")
@@ -211,7 +248,14 @@ def run_bag2dataset(args: argparse.Namespace) -> int:
         jpeg_quality=args.jpeg_quality,
         dedupe=not args.no_dedupe,
         image_format=args.format,
+        known_labels=known_labels,
     ) as store:
+        wanted = "regression" if args.xy_topic else "multilabel" if args.labels_topic else "classification"
+        if store.task not in (None, wanted):
+            raise TargetError(
+                f"dataset {store.root} holds a {store.task} task; these topics give {wanted} images "
+                "(one task per dataset): choose another --out; nothing was read"
+            )
         desc = "bag2dataset" if len(bags) == 1 else f"bag2dataset ({len(bags)} bags)"
         with ProgressBar(sum(totals), desc, unit="img") as bar:
 
@@ -235,19 +279,26 @@ def run_bag2dataset(args: argparse.Namespace) -> int:
                         distro=args.distro,
                         workers=args.workers,
                         robot=args.robot,
+                        xy_topic=args.xy_topic,
+                        labels_topic=args.labels_topic,
                     )
                     results.append((bag, stats))
                     offset += total
 
             _, interrupted = _run_interruptible(work, threading.Event())
         counts = store.counts()
-        root = store.root
+        root, task, n_images = store.root, store.task, len(store)
     for bag, stats in results:
         print(f"{bag} -> {root} (robot {stats.robot})")
         print(stats.summary())
     listed = ", ".join(f"{k}: {v}" for k, v in counts.items()) or "empty"
-    classes = "class" if len(counts) == 1 else "classes"
-    print(f"dataset now holds {sum(counts.values())} images in {len(counts)} {classes} ({listed})")
+    if task in ("regression", "multilabel"):
+        from dli_perception.core.dataset.targets import describe
+
+        print(f"dataset now holds {describe(task, n_images, counts)} ({listed})")
+    else:
+        classes = "class" if len(counts) == 1 else "classes"
+        print(f"dataset now holds {sum(counts.values())} images in {len(counts)} {classes} ({listed})")
     if interrupted:
         print("interrupted: the images saved so far are kept and the dataset is consistent", file=sys.stderr)
         return INTERRUPTED
@@ -268,6 +319,7 @@ def run_dataset2bag(args: argparse.Namespace) -> int:
             print(f"warning: dataset {store.root}: {store.repair_report.summary()}", file=sys.stderr)
         if len(store) == 0:
             raise BagError(f"dataset {store.root} has no images; nothing to write")
+        task = store.task
         with ProgressBar(len(store), "dataset2bag", unit="img") as bar:
 
             def work(stop: threading.Event):
@@ -276,6 +328,8 @@ def run_dataset2bag(args: argparse.Namespace) -> int:
                     out,
                     image_topic=args.image_topic,
                     label_topic=args.label_topic,
+                    xy_topic=args.xy_topic,
+                    labels_topic=args.labels_topic,
                     storage=args.storage,
                     compressed=args.compressed,
                     distro=args.distro,
@@ -290,9 +344,10 @@ def run_dataset2bag(args: argparse.Namespace) -> int:
         print("interrupted: no bag was written", file=sys.stderr)
         return INTERRUPTED
     kind = "CompressedImage" if args.compressed else "Image"
+    targets = {"regression": f"XY targets on {args.xy_topic}", "multilabel": f"label sets on {args.labels_topic}"}
     print(
         f"wrote {out} ({args.storage}): {stats.images} images ({kind}) on {args.image_topic}, "
-        f"{stats.labels} labels on {args.label_topic}, {stats.bytes_written / 1e6:.1f} MB "
+        f"{stats.labels} {targets.get(task, f'labels on {args.label_topic}')}, {stats.bytes_written / 1e6:.1f} MB "
         f"in {stats.seconds:.1f} s"
     )
     return 0

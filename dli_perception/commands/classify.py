@@ -1,8 +1,17 @@
-"""``dli-perception classify``: classify image files or folders with a model directory.
+"""``dli-perception classify``: run a model directory on image files or folders, offline.
 
-Prints one line per image, ``FILE<TAB>LABEL<TAB>SCORE`` (``--top-k`` adds ``LABEL:SCORE``
-columns; ``--json`` prints one JSON object per line instead). Files that cannot be decoded are
-reported on stderr and skipped; the exit code is then 1.
+Prints one line per image, by the model's task:
+
+- classification: ``FILE<TAB>LABEL<TAB>SCORE`` (``--top-k`` adds ``LABEL:SCORE`` columns);
+- regression: ``FILE<TAB>X<TAB>Y`` (normalised target, image centre 0, x right, y down);
+- multilabel: ``FILE<TAB>ACTIVE<TAB>LABEL:SCORE ...`` (active labels comma-separated, ``-`` for none;
+  every label's sigmoid score).
+
+``--json`` prints one JSON object per line instead (``task`` plus ``label``/``score``/``top``,
+``x``/``y``, or ``labels``/``scores``/``thresholds``). The preprocessing and decoding are the ones
+the classifier node uses (the model's PreprocessConfig, :func:`~dli_perception.core.tasks.decode_xy`,
+:func:`~dli_perception.core.tasks.decode_multilabel` at the model's thresholds). Files that cannot be
+decoded are reported on stderr and skipped; the exit code is then 1.
 """
 
 from __future__ import annotations
@@ -16,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dli_perception.core import tasks
 from dli_perception.core.backends.select import CHOICES
 from dli_perception.core.variants import PRECISION_CHOICES
 from dli_perception.errors import ConfigError
@@ -29,8 +39,9 @@ PROGRESS_MIN_FILES = 20
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "classify",
-        help="classify image files or folders with a model directory",
-        description="Print the top class and its probability for every image.",
+        help="run a model directory on image files or folders (class, XY target or label set)",
+        description="Print the top class and its probability (classification), the x y target (regression) or "
+        "the active labels and every label's score (multilabel) for every image.",
     )
     p.add_argument("model_dir", type=Path, help="model directory (model.onnx, labels.txt, metadata.json)")
     p.add_argument("paths", type=Path, nargs="+", metavar="PATH", help="image files or folders of images")
@@ -99,7 +110,8 @@ def run(args: argparse.Namespace) -> int:
     backend, selection = options.load(args.model_dir)
     classes = backend.classes
     top_k = min(args.top_k, len(classes))
-    print(f"model {args.model_dir}: {len(classes)} classes; {selection.summary()}", file=sys.stderr)
+    what = f"{len(classes)} classes" if backend.task == tasks.CLASSIFICATION else f"{backend.task} {classes}"
+    print(f"model {args.model_dir}: {what}; {selection.summary()}", file=sys.stderr)
     failed = 0
     bar = None
     if len(files) >= PROGRESS_MIN_FILES:
@@ -124,8 +136,13 @@ def run(args: argparse.Namespace) -> int:
                 images.append(image)
                 names.append(f)
             if images:
-                for f, pred in zip(names, backend.classify(images), strict=True):
-                    _print_result(f, pred.probs, classes, top_k, args.json)
+                for f, pred in zip(names, backend.predict(images), strict=True):
+                    if backend.task == tasks.CLASSIFICATION:
+                        _print_result(f, pred.probs, classes, top_k, args.json)
+                    elif backend.task == tasks.REGRESSION:
+                        _print_xy(f, pred, args.json)
+                    else:
+                        _print_label_set(f, pred, args.json)
             done += len(batch)
             if bar is not None:
                 bar.update_to(done)
@@ -155,4 +172,29 @@ def _print_result(path: Path, probs: np.ndarray, classes: Sequence[str], top_k: 
     else:
         extra = "".join(f"\t{c}:{p:.4f}" for c, p in top[1:])
         print(f"{path}\t{top[0][0]}\t{top[0][1]:.4f}{extra}")
+    sys.stdout.flush()
+
+
+def _print_xy(path: Path, xy: tuple[float, float], as_json: bool) -> None:
+    x, y = xy
+    if as_json:
+        print(json.dumps({"file": str(path), "task": tasks.REGRESSION, "x": x, "y": y}))
+    else:
+        print(f"{path}\t{x:.6f}\t{y:.6f}")
+    sys.stdout.flush()
+
+
+def _print_label_set(path: Path, pred: tasks.LabelSetPrediction, as_json: bool) -> None:
+    if as_json:
+        row = {
+            "file": str(path),
+            "task": tasks.MULTILABEL,
+            "labels": list(pred.active),
+            "scores": pred.scores,
+            "thresholds": pred.thresholds,
+        }
+        print(json.dumps(row))
+    else:
+        scores = "".join(f"\t{k}:{v:.4f}" for k, v in pred.scores.items())
+        print(f"{path}\t{','.join(pred.active) or '-'}{scores}")
     sys.stdout.flush()

@@ -49,8 +49,18 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="small sizes: 16 images per class, 96 px model input, 2 s scenes (for tests and a first look)",
     )
+    p.add_argument(
+        "--task",
+        choices=("classification", "regression"),
+        help="classification (default): classes of scenes and an action table; regression: a moving target "
+        "point, a 2-output model and a robot that steers towards it (scored by target and tracking error)",
+    )
     p.add_argument("--classes", help="comma-separated scene classes (default free,blocked; up to 8)")
-    p.add_argument("--per-class", type=int, help="images to collect per class (default 40, --quick 16)")
+    p.add_argument(
+        "--per-class",
+        type=int,
+        help="images to collect per class (default 40, --quick 16); regression: images in all (--quick 60)",
+    )
     p.add_argument(
         "--weights",
         help="imagenet, none or a .pth file (default: imagenet when it is in the torch hub "
@@ -76,6 +86,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 OPTIONS = (
+    "task",
     "per_class",
     "weights",
     "epochs",
@@ -100,7 +111,13 @@ def config_from_args(args: argparse.Namespace):
     values["verbose"] = bool(getattr(args, "verbose", False))
     if args.classes is not None:
         values["classes"] = args.classes
+    if values.get("task") == "regression" and not args.quick:
+        values = {**REGRESSION_DEFAULTS, **values}
     return DemoConfig.quick(**values) if args.quick else DemoConfig(**values)
+
+
+REGRESSION_DEFAULTS = {"per_class": 120, "epochs": 15, "image_size": 96, "live_cycles": 1, "drive_cycles": 2}
+"""The regression demo's sizes without --quick: fine-tuning every layer on a CPU is slow at 224 px."""
 
 
 class _NoBar:
@@ -147,7 +164,7 @@ class EpochProgress:
         if not self.enabled:
             return
         from dli_perception.commands.progress import ProgressBar
-        from dli_perception.commands.train import format_seconds
+        from dli_perception.commands.train_summary import format_seconds
 
         if event.phase == "features":
             if self._features is None:
@@ -159,6 +176,9 @@ class EpochProgress:
                 self._epochs = ProgressBar(event.epochs or None, "      training", unit="epoch")
             if event.phase == "epoch":
                 values = {"loss": event.loss, "acc": event.accuracy, "val_acc": event.val_accuracy}
+                name = event.metric_name
+                if name != "accuracy":  # regression: mean_error; multi-label: macro_f1
+                    values = {"loss": event.loss, f"val_{name}": event.val_metric}
                 shown = {k: v for k, v in values.items() if v is not None}
                 self._epochs.update_to(event.epoch, event.epochs, **shown, eta=format_seconds(event.eta_s))
         elif event.phase in ("export", "done"):

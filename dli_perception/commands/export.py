@@ -67,9 +67,9 @@ def parse_variants(text: str) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dli_perception.commands.train import _one_line_errors
+    from dli_perception.commands.train_console import one_line_errors
 
-    with _one_line_errors():
+    with one_line_errors():
         return _run(args)
 
 
@@ -79,8 +79,9 @@ def _print_variants(model_dir: Path, variants: dict) -> None:
         if info.get("status") == "accepted" and name != "fp32":
             line += f" {info.get('file')}: {info.get('reason', '')}"
         elif name == "fp32":
-            acc = info.get("accuracy")
+            acc, err = info.get("accuracy"), info.get("mean_error")
             line += f" {info.get('file')}" + (f" (validation accuracy {100 * acc:.1f} %)" if acc is not None else "")
+            line += f" (validation mean XY error {err:.4f})" if err is not None else ""
         else:
             line += f" {info.get('reason', '')}"
         print(line)
@@ -122,10 +123,11 @@ def _run(args: argparse.Namespace) -> int:
         variants=variants,
         variant_data=data,
     )
-    acc = f"{100 * result.best_val_acc:.1f}%"
     print(
-        f"exported {out}: {len(result.classes)} classes {result.classes}, epoch {result.best_epoch} "
-        f"(validation accuracy {acc}) from {args.source}"
+        f"exported {out}: "
+        + (f"{len(result.classes)} classes " if result.task == "classification" else f"{result.task}, outputs ")
+        + f"{result.classes}, epoch {result.best_epoch} "
+        f"({result.headline()}) from {args.source}"
     )
     _print_variants(out, load_metadata(out).variants)
     return 0

@@ -23,7 +23,7 @@ import sys
 import threading
 from collections.abc import Sequence
 
-from dli_perception.errors import ConfigError, DliPerceptionError
+from dli_perception.errors import ConfigError
 
 SET = "teach"
 
@@ -177,7 +177,7 @@ def _start_nodes(plan, stop: threading.Event) -> int:
     if plan.local_frames:
         localframes.enable()
     try:
-        return run_nodes(factories, args=["dli-perception"], multithreaded=True, stop=stop)
+        return run_nodes(factories, args=["dli-perception"], stop=stop)
     finally:
         localframes.disable()
 
@@ -196,30 +196,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     Those entries install the early handlers before this module is imported; installing them here
     again covers a direct call (``python -m dli_perception.commands.teach`` is covered only from here on).
     """
-    from dli_perception.nodes import launcher
+    from dli_perception.commands import run_alone
 
-    previous = launcher.install()  # a Ctrl-C while importing the server or starting: recorded, exit 0
-    try:
-        return _main(argv)
-    finally:
-        launcher.uninstall(previous)
-
-
-def _main(argv: Sequence[str] | None) -> int:
-    import logging
-
-    parser = argparse.ArgumentParser(prog="dli-perception")
-    register(parser.add_subparsers(dest="command", required=True))
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if "--ros-args" in argv:
-        argv = argv[: argv.index("--ros-args")]
-    args = parser.parse_args(["teach", *argv])
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        return run(args)
-    except DliPerceptionError as exc:
-        print(f"dli-perception teach: error: {exc}", file=sys.stderr)
-        return 1
+    return run_alone("teach", register, argv)
 
 
 if __name__ == "__main__":

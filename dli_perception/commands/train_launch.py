@@ -67,7 +67,8 @@ def worker_arguments(args: argparse.Namespace) -> list[str]:
             continue
         value = getattr(args, action.dest, action.default)
         if not action.option_strings:
-            argv.append(str(value))
+            if value is not None:  # an optional positional left out (MODEL_DIR given as --out)
+                argv.append(str(value))
             continue
         if value is None or value == action.default:
             continue
@@ -141,7 +142,7 @@ def launch(args: argparse.Namespace) -> int:
     from torch.distributed.launcher.api import elastic_launch
     from torch.distributed.run import config_from_args, get_args_parser
 
-    from dli_perception.commands.train import checkpoint_dir_for
+    from dli_perception.commands.train_args import checkpoint_dir_for
 
     port = _check(args)
     argv = torchrun_arguments(args, port)

@@ -3,7 +3,7 @@
     dli-perception up classify model_dir:=~/dli_models/default start_enabled:=true
     dli-perception up collect --params my_robot.yaml -p camera_node.fps:=15
 
-All nodes of the set share one rclpy context and one MultiThreadedExecutor (through
+All nodes of the set share one rclpy context and one single-threaded executor (through
 :func:`dli_perception.nodes.runtime.run_nodes`, so Ctrl-C, a second Ctrl-C and SIGTERM end in
 exit code 0 after every node's last duties: the reaction node's zero Twist, flushed files).
 Camera frames reach the classifier by a direct in-process hand-off
@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dli_perception.errors import ConfigError, DliPerceptionError
+from dli_perception.errors import ConfigError
 from dli_perception.nodes import sets
 
 
@@ -89,7 +89,10 @@ def _has_demo() -> bool:
 def run_demo(args: argparse.Namespace) -> int:
     """``up demo ...``: parse what follows ``demo`` as ``dli-perception demo`` options and run it."""
     from dli_perception.commands import demo
+    from dli_perception.nodes import launcher
 
+    if launcher.EARLY_STOP.is_set():  # stopped while still importing: start nothing
+        return demo.EXIT_CODES["interrupted"]
     if args.assignments or args.params or args.param or args.namespace or args.no_local_frames or args.dry_run:
         raise ConfigError("'up demo' takes only the demo's own options, after 'demo' (see dli-perception demo --help)")
     parser = argparse.ArgumentParser(prog="dli-perception up")
@@ -273,7 +276,7 @@ def start(plan: Plan) -> int:
     if plan.local_frames:
         localframes.enable()
     try:
-        return run_nodes(factories, args=["dli-perception"], multithreaded=True)
+        return run_nodes(factories, args=["dli-perception"])
     finally:
         localframes.disable()
 
@@ -314,21 +317,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m dli_perception.commands.up SET ...`` (the same as ``dli-perception up SET ...``)."""
-    import logging
+    """``python -m dli_perception.commands.up SET ...`` (the same as ``dli-perception up SET ...``).
 
-    parser = argparse.ArgumentParser(prog="dli-perception")
-    register(parser.add_subparsers(dest="command", required=True))
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if "--ros-args" in argv:
-        argv = argv[: argv.index("--ros-args")]
-    args = parser.parse_args(["up", *argv])
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        return run(args)
-    except DliPerceptionError as exc:
-        print(f"dli-perception up: error: {exc}", file=sys.stderr)
-        return 1
+    Like ``dli-perception up``, it records a Ctrl-C or SIGTERM from its first line on (before the node
+    modules are imported and started), so a stop at any moment of the start ends in exit code 0.
+    """
+    from dli_perception.commands import run_alone
+
+    return run_alone("up", register, argv)
 
 
 if __name__ == "__main__":

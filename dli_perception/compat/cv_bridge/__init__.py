@@ -8,8 +8,8 @@ gets an ImportError, as on an install without it.
 from __future__ import annotations
 
 from dli_perception.core.imaging import CvBridge, CvBridgeError
-from dli_perception.core.imaging.cvtypes import cv_type as getCvType  # noqa: N813 - cv_bridge's spelling
 from dli_perception.core.imaging.display import cvt_color_for_display as cvtColorForDisplay  # noqa: N813
+from dli_perception.core.imaging.encoding_table import cv_type as getCvType  # noqa: N813 - cv_bridge's spelling
 
 IS_DLI_PERCEPTION_SHIM = True
 """Lets a caller tell this stand-in from the real cv_bridge."""
