@@ -78,7 +78,8 @@ def build_routes(app: web.Application) -> None:
         return _reply(await request.app[STATION_KEY].add_class((await _body(request)).get("name")))
 
     async def capture(request: web.Request) -> web.Response:
-        return _reply(await request.app[STATION_KEY].capture((await _body(request)).get("name")))
+        body = await _body(request)  # {"name"} for a class; {"xy": [x, y]} or {"labels": [...]} by task
+        return _reply(await request.app[STATION_KEY].capture(body.get("name"), body.get("xy"), body.get("labels")))
 
     async def undo(request: web.Request) -> web.Response:
         await _body(request)
@@ -111,14 +112,6 @@ def build_routes(app: web.Application) -> None:
     async def stop(request: web.Request) -> web.Response:
         return _reply(await request.app[STATION_KEY].stop())
 
-    async def regression_target(request: web.Request) -> web.Response:
-        # The hook for regression datasets (click on the image sets the XY target): the recorder has no
-        # XY targets yet, so this says so instead of pretending to save anything.
-        return web.json_response(
-            {"ok": False, "message": "XY targets need a regression dataset, which the recorder does not support yet"},
-            status=501,
-        )
-
     app.router.add_get("/", index)
     app.router.add_get("/static/{name}", static)
     app.router.add_get("/api/state", state)
@@ -131,4 +124,3 @@ def build_routes(app: web.Application) -> None:
     app.router.add_post("/api/use_model", use_model)
     app.router.add_post("/api/react", react)
     app.router.add_post("/api/stop", stop)
-    app.router.add_post("/api/target_xy", regression_target)

@@ -21,8 +21,9 @@ from dataclasses import dataclass
 from pathlib import PurePath
 from typing import Any
 
+from dli_perception.core import tasks
 from dli_perception.core.contracts import TrainProgress, TrainStatus
-from dli_perception.errors import ImageConversionError, InvalidLabelError
+from dli_perception.errors import ImageConversionError, InvalidLabelError, TargetError
 from dli_perception.graph_client import NodeNames, Reply, Result, Teacher
 
 THUMBS_PER_CLASS = 6
@@ -43,10 +44,16 @@ STATUS_CODES = {
 
 @dataclass
 class Thumb:
-    """A small JPEG of the frame shown when a capture was made, and the file the recorder saved."""
+    """A small JPEG of the frame shown when a capture was made, the file the recorder saved, and the
+    capture's XY target or label set (regression, multi-label)."""
 
     path: str
     data_url: str
+    xy: tuple[float, float] | None = None
+    labels: tuple[str, ...] | None = None
+
+    def json(self) -> dict[str, Any]:
+        return {"src": self.data_url, "xy": self.xy, "labels": self.labels}
 
 
 class Station:
@@ -65,7 +72,13 @@ class Station:
         self.message = {"ok": True, "text": "", "at": 0.0}
         self.recording: dict[str, Any] | None = None  # {"class", "client", "since"}
         self.listeners: list[Callable[[str], None]] = []
-        self.task_type = "classification"
+        self.announced_task = tasks.CLASSIFICATION  # the task the pages were last told (state)
+
+    @property
+    def task_type(self) -> str:
+        """The task the recorder records (its diagnostics say), classification until it was heard from."""
+        task = self.teacher.recorder_task()
+        return task if task in tasks.TASKS else tasks.CLASSIFICATION
 
     # -- events from the graph client (executor threads) -----------------------------------------
     def on_update(self, kind: str, value: Any) -> None:
@@ -76,10 +89,19 @@ class Station:
             self._add_curve_point(value)
         elif kind == "train_status" and value.status != "failed":
             self.curve_run = value.run
-        if kind in ("scores", "label"):
+        if kind in ("scores", "label", "xy_result", "label_set"):
             self._changed("live")
         elif kind == "health":
             self._changed("health")
+            recorder = self.teacher.node_health(self.names.recorder)
+            if recorder is not None and recorder.name == value.name:
+                # The task decides each page's panel, and it is known only from these diagnostics, which
+                # can come after the recorder's counts (a state that still said classification). A
+                # multi-label dataset's number of images comes with them too.
+                task = self.task_type
+                if task != self.announced_task or task == tasks.MULTILABEL:
+                    self.announced_task = task
+                    self._changed("state")
         else:
             self._changed("state")
 
@@ -122,9 +144,16 @@ class Station:
         progress, status = self.teacher.progress(), self.teacher.train_status()
         reaction = self.teacher.reaction_state()
         training = self._training_running(progress, status)
+        task = self.task_type
+        images = counts.total if counts is not None else 0  # an image per class (classification, regression)
+        if task == tasks.MULTILABEL:  # an image counts once per label it shows: the recorder says how many
+            recorder = self.teacher.node_health(self.names.recorder)
+            text = recorder.values.get("images", "") if recorder is not None else ""
+            images = int(text) if text.isdigit() else 0
         return {
             "type": "state",
-            "task_type": self.task_type,
+            "task_type": task,
+            "images": images,
             "classes": [{"name": n, "count": per_class.get(n, 0)} for n in self.class_names()],
             "counts_known": counts is not None,
             "recording": None if self.recording is None else self.recording["class"],
@@ -134,7 +163,7 @@ class Station:
                 "status": None if status is None else _status_json(status),
                 "curves": self.curves,
             },
-            "model": (scores.model if (scores := self.teacher.scores()) is not None else ""),
+            "model": (result.model if (result := self.teacher.served_result()) is not None else ""),
             "reaction": None if reaction is None else reaction.__dict__,
             "message": self.message,
         }
@@ -151,6 +180,14 @@ class Station:
         return progress is not None and progress.phase != "done" and progress_at > status_at
 
     def live(self) -> dict[str, Any]:
+        for kind in ("xy_result", "label_set"):  # a regression or multi-label model is served
+            result = self.teacher.latest(kind)
+            age = time.monotonic() - (self.teacher.received_at(kind) or 0.0)
+            if result is not None and age < 2.0:
+                live = {"type": "live", "label": None, "model": result.model, "age_s": round(age, 2)}
+                if kind == "xy_result":
+                    return {**live, "xy": [result.x, result.y]}
+                return {**live, "labels": list(result.labels), "scores": result.scores}
         scores = self.teacher.scores()
         if scores is None:
             return {"type": "live", "label": None}
@@ -179,7 +216,7 @@ class Station:
         return {"type": "health", "nodes": nodes}
 
     def thumbs_message(self) -> dict[str, Any]:
-        return {"type": "thumbs", "thumbs": {c: [t.data_url for t in d] for c, d in self.thumbs.items()}}
+        return {"type": "thumbs", "thumbs": {c: [t.json() for t in d] for c, d in self.thumbs.items()}}
 
     # -- actions (request handlers call these; each returns (http status, JSON answer)) ----------
     async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
@@ -215,7 +252,13 @@ class Station:
             self.added.append(label)
         return 200, self.say(text=f"class {label!r} added: show it to the camera and capture")
 
-    async def capture(self, name: Any) -> tuple[int, dict[str, Any]]:
+    async def capture(self, name: Any, xy: Any = None, labels: Any = None) -> tuple[int, dict[str, Any]]:
+        """Capture the newest frame: under class ``name``, or with the XY target ``xy`` ([x, y], normalised)
+        or the label set ``labels`` (a list of added labels), whichever the recorder's task takes."""
+        if xy is not None or labels is not None:
+            return await self._capture_target(xy, labels)
+        if self.task_type != tasks.CLASSIFICATION:
+            return self._invalid(f"the recorder records {self.task_type}: capture with an XY target or a label set")
         try:
             label = self.check_class(name, known=True)
         except InvalidLabelError as exc:
@@ -231,7 +274,49 @@ class Station:
                 await self._add_thumb(label, reply.path, frame)
         return self._answer(reply)
 
-    async def _add_thumb(self, label: str, path: str, frame: Any) -> None:
+    async def _capture_target(self, xy: Any, labels: Any) -> tuple[int, dict[str, Any]]:
+        try:
+            if xy is not None and labels is not None:
+                raise TargetError("give either an XY target or a label set, not both")
+            if xy is not None:
+                if not isinstance(xy, list) or len(xy) != 2:
+                    raise TargetError("give the XY target as [x, y], two numbers in [-1, 1]")
+                target, task = tasks.validate_xy(*xy), tasks.REGRESSION
+            else:
+                target, task = self._check_label_set(labels), tasks.MULTILABEL
+        except TargetError as exc:
+            return self._invalid(str(exc))
+        if self.task_type != task:
+            return 409, self.say(
+                ok=False,
+                text=f"the recorder records {self.task_type}, not {task}: start it with task:={task} "
+                "(on a new dataset) to capture these targets",
+            )
+        async with self.lock:
+            if self.recording is not None:
+                return 409, self.say(ok=False, text=f"recording {self.recording['class']!r}: release it first")
+            frame = self.newest_frame()
+            if task == tasks.REGRESSION:
+                reply = await self._run(self.teacher.set_xy, *target)
+            else:
+                reply = await self._run(self.teacher.set_labels, target)
+            if reply.ok:
+                reply = await self._run(self.teacher.capture)
+            if reply.ok:
+                bucket = tasks.TARGET_DIRS[task]
+                if task == tasks.REGRESSION:
+                    await self._add_thumb(bucket, reply.path, frame, xy=target)
+                else:
+                    await self._add_thumb(bucket, reply.path, frame, labels=target)
+        return self._answer(reply)
+
+    def _check_label_set(self, labels: Any) -> tuple[str, ...]:
+        """A label set from the page: a list of at most :data:`MAX_CLASSES` added labels."""
+        if not isinstance(labels, list) or len(labels) > MAX_CLASSES:
+            raise TargetError(f"give the label set as a list of at most {MAX_CLASSES} label names")
+        return tasks.validate_label_set(labels, self.class_names())
+
+    async def _add_thumb(self, label: str, path: str, frame: Any, **target: Any) -> None:
         if frame is None:
             return
         from dli_perception.teach.frames import THUMB_WIDTH, encode_jpeg
@@ -241,7 +326,7 @@ class Station:
         except ImageConversionError:
             return
         url = "data:image/jpeg;base64," + base64.b64encode(jpeg).decode("ascii")
-        self.thumbs.setdefault(label, collections.deque(maxlen=THUMBS_PER_CLASS)).append(Thumb(path, url))
+        self.thumbs.setdefault(label, collections.deque(maxlen=THUMBS_PER_CLASS)).append(Thumb(path, url, **target))
         self._changed("thumbs")
 
     async def undo(self) -> tuple[int, dict[str, Any]]:
@@ -268,6 +353,8 @@ class Station:
     async def record(self, name: Any, on: Any, client: str) -> tuple[int, dict[str, Any]]:
         if not isinstance(on, bool):
             return self._invalid("'on' must be true or false")
+        if on and self.task_type != tasks.CLASSIFICATION:
+            return self._invalid("hold to record is for classes; click the view (regression) or capture (labels)")
         async with self.lock:
             if not on:
                 return await self._stop_recording("recording stopped")
@@ -325,7 +412,13 @@ class Station:
         if counts is None:
             return 503, self.say(ok=False, text=f"no counts from {self.names.recorder}: is it running?")
         ready = [n for n, c in counts.per_class.items() if c >= TRAINING_MIN_IMAGES]
-        if len(ready) < 2:
+        if self.task_type != tasks.CLASSIFICATION:
+            images = self.state()["images"]
+            if images < 2 * TRAINING_MIN_IMAGES:
+                return 409, self.say(
+                    ok=False, text=f"training needs at least {2 * TRAINING_MIN_IMAGES} images; now: {images}"
+                )
+        elif len(ready) < 2:
             return 409, self.say(
                 ok=False,
                 text=(

@@ -116,8 +116,11 @@ class Hub:
                 self.frames_sent += 1
 
     async def handle(self, request: web.Request) -> web.WebSocketResponse:
-        # timeout: how long close() waits for the page's answer when the server stops
-        ws = web.WebSocketResponse(max_msg_size=MAX_WS_MESSAGE_BYTES, heartbeat=10.0, timeout=1.0)
+        # timeout: how long close() waits for the page's answer when the server stops.
+        # compress=False: frames are JPEG, which deflate cannot shrink, so compressing them only costs CPU;
+        # and aiohttp sends a large compressed message from a shielded task of its own, which outlives
+        # this sender when the page goes away and then logs "Task exception was never retrieved".
+        ws = web.WebSocketResponse(max_msg_size=MAX_WS_MESSAGE_BYTES, heartbeat=10.0, timeout=1.0, compress=False)
         await ws.prepare(request)
         conn = Connection(ws)
         self.connections.add(conn)

@@ -19,17 +19,9 @@ window.teachStats = stats;
 window.teachState = () => state;
 const nowMs = () => performance.timeOrigin + performance.now();
 
-// Task-type hooks. Classification needs no click on the image; a regression dataset (XY targets,
-// as in road following) will set the target where the image is clicked, through POST /api/target_xy,
-// once the recorder stores XY targets. Until then no hook is registered for it.
-const taskHooks = { classification: { imageClick: null } };
-
-view.addEventListener("click", (ev) => {
-  const hook = state && taskHooks[state.task_type] && taskHooks[state.task_type].imageClick;
-  if (!hook) return;
-  const r = view.getBoundingClientRect();
-  hook((ev.clientX - r.left) / r.width, (ev.clientY - r.top) / r.height);
-});
+// Regression and multi-label modes live in teach_tasks.js: a click on the view captures with an XY
+// target (regression); the dots of targets and predictions are drawn over each frame.
+view.addEventListener("click", (ev) => TeachTasks.onViewClick(view, ev));
 
 function showMessage(ok, text) {
   const el = $("message");
@@ -96,6 +88,7 @@ async function onFrame(buffer) {
     }
     viewCtx.drawImage(bitmap, 0, 0);
     bitmap.close();
+    TeachTasks.draw(viewCtx, view.width, view.height);
   } finally {
     ws.send(JSON.stringify({ type: "ack", seq: header.seq }));
   }
@@ -133,6 +126,7 @@ function nodeLevel(name) {
 
 function renderState() {
   const s = state;
+  TeachTasks.render(s);
   const box = $("classes");
   const seen = new Set();
   s.classes.forEach((c) => {
@@ -203,11 +197,13 @@ function addClassRow(box, name) {
 function renderThumbs(thumbs) {
   document.querySelectorAll("#classes [data-class]").forEach((row) => {
     const strip = row.querySelector(".thumbs");
-    strip.replaceChildren(...(thumbs[row.dataset.class] || []).map((src) => el("img", { src, alt: row.dataset.class })));
+    strip.replaceChildren(...(thumbs[row.dataset.class] || []).map((t) => el("img", { src: t.src, alt: row.dataset.class })));
   });
+  TeachTasks.thumbs(thumbs);
 }
 
 function renderLive(msg) {
+  if (TeachTasks.live(msg)) return;
   $("live-label").textContent = msg.label == null ? "–" : msg.label;
   $("live-score").textContent = msg.label == null ? "" : `(${pct(msg.score)})`;
 }
