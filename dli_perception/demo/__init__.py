@@ -30,8 +30,10 @@ errors also to the console.
 The modules: :mod:`.config` (options, outputs, weights, reaction table), :mod:`.schedule` (what is on
 screen when), :mod:`.robot` (the simulated robot), :mod:`.nodeset` (the nodes and the graph client),
 :mod:`.scoring` (dataset, live and drive checks), :mod:`.story` (output and ``demo.log``) and
-:mod:`.scenario` (the five stages). Nothing here prints: the command (``dli_perception.commands.demo``)
-supplies a :class:`DemoOutput`. rclpy is imported only when a demo runs.
+:mod:`.scenario` (the five stages). ``--task regression`` runs the XY-target story instead: :mod:`.xy_scene`
+(a scene camera showing a target that moves around the robot, with every frame's truth), :mod:`.xy_stages`
+and :mod:`.xy_scoring` (target error, tracking error). Nothing here prints: the command
+(``dli_perception.commands.demo``) supplies a :class:`DemoOutput`. rclpy is imported only when a demo runs.
 """
 
 from __future__ import annotations

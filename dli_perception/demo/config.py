@@ -23,6 +23,8 @@ OUTPUTS = (DATASET_DIR, MODEL_DIR, f"{MODEL_DIR}.checkpoints", LOG_FILE, SUMMARY
 """What a demo run writes into its output directory (and what a later run replaces)."""
 
 STAGES = ("camera", "collect", "train", "classify", "drive")
+DEMO_TASKS = ("classification", "regression")
+"""What the demo can teach: classes of scenes, or a target point to steer towards (XY regression)."""
 
 TRANSPORT_SLACK_S = 0.05
 """Most a frame may take from its stamp to reaching a node in this process (s), with margin."""
@@ -47,7 +49,11 @@ class DemoConfig:
     Sizes are pixels, times seconds, rates Hz. ``weights`` is ``"imagenet"``, ``"none"`` or
     the path of a ``.pth`` file (see :func:`resolve_weights` for ``None``). ``live_cycles`` and
     ``drive_cycles`` are how many times every scene is shown while measuring the live accuracy
-    and while driving. ``torch_threads`` is 1 by default: the demo's batches are small, and on a
+    and while driving. ``task`` ``regression`` runs the XY-target story instead
+    (:mod:`dli_perception.demo.xy_stages`): ``per_class`` is then the number of images in all, and
+    the cycles count sweeps of the moving target. ``train_mode`` is the trainer's ``mode`` (empty: head for
+    classification, finetune for regression, whose target position a frozen backbone's pooled features
+    do not keep). ``torch_threads`` is 1 by default: the demo's batches are small, and on a
     few busy cores more threads spin against the camera and classifier (measured 5x slower with 2).
     """
 
@@ -70,6 +76,8 @@ class DemoConfig:
     namespace: str = "dli_demo"
     torch_threads: int = 1
     verbose: bool = False
+    task: str = "classification"
+    train_mode: str = ""
 
     @classmethod
     def quick(cls, **overrides: Any) -> DemoConfig:
@@ -90,10 +98,16 @@ class DemoConfig:
             live_cycles=2,
             drive_cycles=1,
         )
+        if overrides.get("task") == "regression":
+            values.update(per_class=60, epochs=12, live_cycles=1, drive_cycles=1)
         values.update(overrides)
         return cls(**values)
 
     def __post_init__(self) -> None:
+        if self.task not in DEMO_TASKS:
+            raise ConfigError(f"demo task {self.task!r} is not one of {list(DEMO_TASKS)}")
+        if self.train_mode not in ("", "head", "finetune", "head-then-finetune"):
+            raise ConfigError(f"train_mode {self.train_mode!r}: give head, finetune or head-then-finetune")
         classes = self.classes
         if isinstance(classes, str):
             classes = [c.strip() for c in classes.split(",") if c.strip()]
@@ -143,6 +157,11 @@ class DemoConfig:
                 f"scene_period_s={self.scene_period_s:g} s leaves {usable:.2f} s per scene for captures at "
                 f"{self.fps:g} fps; show scenes longer or raise fps"
             )
+
+    @property
+    def resolved_train_mode(self) -> str:
+        """The trainer's ``mode``: ``train_mode``, or head (classification) / finetune (regression)."""
+        return self.train_mode or ("finetune" if self.task == "regression" else "head")
 
     @property
     def max_frame_age_s(self) -> float:

@@ -45,11 +45,11 @@ def recorder_params(cfg: DemoConfig, dataset_dir: Path) -> dict[str, Any]:
 
 
 def trainer_params(cfg: DemoConfig, dataset_dir: Path, model_dir: Path, weights: str) -> dict[str, Any]:
-    """Head-mode fine-tuning with every epoch run (no early stop) and progress at 10 Hz."""
+    """Training in the config's mode (head for classification), every epoch run (no early stop), progress at 10 Hz."""
     return {
         "dataset_dir": str(dataset_dir),
         "model_dir": str(model_dir),
-        "mode": "head",
+        "mode": cfg.resolved_train_mode,
         "epochs": cfg.epochs,
         "lr": float(cfg.lr),
         "batch_size": cfg.batch_size,
@@ -67,7 +67,7 @@ class DemoNodes:
 
     def __init__(self, namespace: str, verbose: bool, on_update: Callable[[str, Any], None]) -> None:
         from rclpy.context import Context
-        from rclpy.executors import MultiThreadedExecutor
+        from rclpy.executors import SingleThreadedExecutor
 
         from dli_perception import transport
         from dli_perception.graph_client import Teacher
@@ -91,7 +91,9 @@ class DemoNodes:
             self.context.try_shutdown()
             raise
         localframes.enable()  # camera -> classifier frames by direct hand-off, as `dli-perception up` does
-        self.executor = MultiThreadedExecutor(num_threads=4, context=self.context)
+        # One thread, as every node process runs (see run_nodes): no callback blocks (training, inference and
+        # writes have threads of their own), and rclpy's multi-threaded executor starved the demo's timers.
+        self.executor = SingleThreadedExecutor(context=self.context)
         self._spin = BackgroundSpin(self.executor, self.context, name="demo_executor")
 
     def add(self, name: str, factory: Callable[..., Any], params: dict[str, Any]) -> Any:
@@ -101,6 +103,12 @@ class DemoNodes:
         extra = {"namespace": self.namespace} if self.namespace else {}
         overrides = [Parameter(k, value=v) for k, v in params.items()]
         node = factory(context=self.context, parameter_overrides=overrides, **extra)
+        self.nodes[name] = node
+        self.executor.add_node(node)
+        return node
+
+    def adopt(self, name: str, node: Any) -> Any:
+        """Spin ``node``, made by the caller in this context (the regression demo's scene camera), as node ``name``."""
         self.nodes[name] = node
         self.executor.add_node(node)
         return node

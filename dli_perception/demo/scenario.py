@@ -14,10 +14,11 @@ import json
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from dli_perception.core.contracts import Scores
+from dli_perception.core.contracts import Scores, XYResult
 from dli_perception.demo import stages
 from dli_perception.demo.config import (
     DATASET_DIR,
@@ -73,6 +74,10 @@ class Demo:
         self._lock = threading.Lock()
         self.train_progress: Callable[[Any], None] | None = None
         self._scores: list[Scores] = []  # results since the last take_scores()
+        self._xy: list[XYResult] = []  # regression results since the last take_xy()
+        self._xy_stamps: deque[int] = deque(maxlen=256)  # the source stamps of the latest ones
+        self.scene = None  # regression: the SceneCamera (xy_scene), from the camera stage on
+        self.mean_xy: tuple[float, float] = (0.0, 0.0)  # regression: the dataset's mean target
 
     # -- public --------------------------------------------------------------------------------
     def stop(self) -> None:
@@ -94,9 +99,11 @@ class Demo:
         self.story.open(self.out / LOG_FILE)
         self.summary["weights"] = {"requested": cfg.weights or "imagenet if cached", "used": weights, "note": note}
         self.weights = weights
+        regression = cfg.task == "regression"
         self.say(
-            f"dli-perception demo: {', '.join(cfg.classes)} - the DLI workflow (collect, train, classify, "
-            "react) with a synthetic camera and a simulated robot; nothing is downloaded"
+            f"dli-perception demo: {'a moving target (XY regression)' if regression else ', '.join(cfg.classes)}"
+            " - the DLI workflow (collect, train, classify, react) with a synthetic camera and a simulated robot; "
+            "nothing is downloaded"
         )
         self.say(
             f"output: {self.out}{' (the previous demo run there was replaced)' if replaced else ''}; "
@@ -105,12 +112,18 @@ class Demo:
         stage = ""
         try:
             self._start_graph()
-            for stage in STAGES:
+            if regression:
+                from dli_perception.demo import xy_stages
+
+                module, names = xy_stages, xy_stages.XY_STAGES
+            else:
+                module, names = stages, STAGES
+            for stage in names:
                 self.summary["stage"] = stage
                 if self._stop.is_set():
                     raise Interrupted
                 started = time.monotonic()
-                getattr(stages, stage)(self)
+                getattr(module, stage)(self)
                 self.summary["stage_seconds"][stage] = round(time.monotonic() - started, 2)
             self.summary["status"] = "completed"
         except Interrupted:
@@ -152,6 +165,11 @@ class Demo:
         elif kind == "scores":
             with self._lock:
                 self._scores.append(value)
+        elif kind == "xy_result":
+            with self._lock:
+                if value.stamp_ns not in self._xy_stamps:  # one result per frame, however many ways it came
+                    self._xy_stamps.append(value.stamp_ns)
+                    self._xy.append(value)
         elif kind == "reaction_state":
             self.drive.on_state(value)
 
@@ -168,6 +186,17 @@ class Demo:
         with self._lock:
             batch, self._scores = self._scores, []
         return batch
+
+    def take_xy(self) -> list[XYResult]:
+        """The regression results that arrived since the last call (oldest first)."""
+        with self._lock:
+            batch, self._xy = self._xy, []
+        return batch
+
+    def robot_pose(self, t: float) -> tuple[float, float, float]:
+        """The simulated robot's ``(x, y, theta)`` at wall-clock time ``t`` (s), its last command held till then."""
+        self.robot.advance(t)
+        return self.robot.pose()
 
     def wait(self, attempt: Callable[[float], T | None], timeout: float, what: str) -> T:
         """Run a graph-client wait in slices until it gives a result: Interrupted on stop, DemoError at the deadline."""
@@ -216,7 +245,15 @@ class Demo:
         head = {"completed": "done", "interrupted": "stopped early", "failed": "failed"}.get(status, status)
         minutes, secs = divmod(round(self.summary["duration_s"]), 60)
         self.say(f"\n{head} after {minutes}m{secs:02d}s; outputs:\n" + "\n".join(f"  {line}" for line in lines))
-        if status == "completed":
+        if status == "completed" and self.config.task == "regression":
+            live, tracking = self.summary.get("live", {}), self.summary.get("drive", {}).get("tracking", {})
+            self.say(
+                f"mean target error {live.get('mean_target_error')} (always the mean target: "
+                f"{live.get('mean_error_of_mean_target')}), mean tracking error "
+                f"{tracking.get('mean_tracking_error_deg')} deg (not turning: "
+                f"{tracking.get('mean_error_not_turning_deg')} deg)"
+            )
+        elif status == "completed":
             live = self.summary.get("live", {})
             self.say(
                 f"validation accuracy {pct(self.summary.get('training', {}).get('best_val_acc'))}, live accuracy "

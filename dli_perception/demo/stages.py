@@ -149,22 +149,36 @@ def collect(demo: Demo) -> None:
 
 # -- stage 3: train -------------------------------------------------------------------------
 def train(demo: Demo) -> None:
-    from dli_perception.demo.nodeset import trainer_params
-    from dli_perception.nodes.classifier_node import ClassifierNode
-    from dli_perception.nodes.trainer_node import TrainerNode
-
-    cfg, teacher = demo.config, demo.graph.teacher
+    cfg = demo.config
     weights = demo.weights
     demo.say(
         f"\n[3/5] trainer_node: fine-tuning resnet18 (head mode, {cfg.epochs} epochs, "
         f"{cfg.image_size} px, weights {weights}) on the dataset; classifier_node waits for the model"
     )
+    keys = ("status", "best_val_acc", "best_epoch", "epochs_run", "model_dir", "error", "duration_s")
+    status = run_training(demo, {}, keys)
+    _describe_model(demo, status)
+
+
+def run_training(demo: Demo, extra_params: dict[str, Any], keys: tuple[str, ...]) -> TrainStatus:
+    """Start classifier_node and trainer_node (the demo's trainer parameters and ``extra_params``), train once
+    and wait for the exported model; says the weights' note first, if any.
+
+    The classifier starts first, so it hears the trainer's model_updated. ``keys`` of the final
+    status go into the summary's ``training``. Raises :class:`DemoError` when the run fails or ends
+    without a model; a stop request cancels the run (:func:`end_training_run`).
+    """
+    from dli_perception.demo.nodeset import trainer_params
+    from dli_perception.nodes.classifier_node import ClassifierNode
+    from dli_perception.nodes.trainer_node import TrainerNode
+
     note = demo.summary["weights"]["note"]
     if note:
         demo.say(f"      note: {note}")
-    # The classifier starts first, so it hears the trainer's model_updated.
+    teacher = demo.graph.teacher
+    params = trainer_params(demo.config, demo.dataset_dir, demo.model_dir, demo.weights)
     demo.graph.add("classifier", ClassifierNode, {"backend": "auto"})
-    demo.graph.add("trainer", TrainerNode, trainer_params(cfg, demo.dataset_dir, demo.model_dir, weights))
+    demo.graph.add("trainer", TrainerNode, {**params, **extra_params})
     last = teacher.train_status()
     after_run = last.run if last is not None else 0
     progress = demo.output.training_progress()
@@ -175,23 +189,22 @@ def train(demo: Demo) -> None:
             raise DemoError(f"trainer_node refused to train: {reply.message}")
         status = demo.wait(lambda t: teacher.wait_for_training(t, after_run=after_run), float("inf"), "training")
     except Interrupted:
-        _end_training_run(demo, after_run)
+        end_training_run(demo, after_run)
         raise
     finally:
         demo.train_progress = None
         close = getattr(progress, "close", None)
         if close is not None:
             close()
-    keys = ("status", "best_val_acc", "best_epoch", "epochs_run", "model_dir", "error", "duration_s")
-    demo.summary["training"] = {k: getattr(status, k) for k in keys}
+    demo.summary["training"] = {k: getattr(status, k, None) for k in keys}
     if status.status == "failed":
         raise DemoError(f"training failed: {status.error}")
     if not status.exported:
         raise DemoError(f"training ended without a model ({status.status}): {status.message}")
-    _describe_model(demo, status)
+    return status
 
 
-def _end_training_run(demo: Demo, after_run: int) -> None:
+def end_training_run(demo: Demo, after_run: int) -> None:
     """After Ctrl-C: cancel the run and wait for it to end, so no thread is still exporting at exit.
 
     A run stops between two batches; an export already under way cannot be interrupted and finishes
@@ -230,14 +243,8 @@ def _describe_model(demo: Demo, status: TrainStatus) -> None:
 
 # -- stage 4: classify ----------------------------------------------------------------------
 def classify(demo: Demo) -> None:
-    cfg, teacher = demo.config, demo.graph.teacher
-    model = str(demo.model_dir)
-
-    def serving(timeout_s: float) -> Any:
-        reply = teacher.wait_for_model(model, timeout_s)
-        return reply if reply.ok else None
-
-    demo.wait(serving, MODEL_LOAD_TIMEOUT_S, f"classifier_node serving {model}")
+    cfg = demo.config
+    wait_serving(demo)
     model_now = demo.graph.nodes["classifier"].model
     selection = f"{model_now.selection.chosen} on {model_now.selection.device}" if model_now else "?"
     seconds = cfg.live_cycles * len(cfg.classes) * cfg.scene_period_s
@@ -261,6 +268,17 @@ def classify(demo: Demo) -> None:
     _report_live(demo, live, seconds)
 
 
+def wait_serving(demo: Demo) -> None:
+    """Wait until classifier_node serves the demo's trained model."""
+    teacher, model = demo.graph.teacher, str(demo.model_dir)
+
+    def serving(timeout_s: float) -> Any:
+        reply = teacher.wait_for_model(model, timeout_s)
+        return reply if reply.ok else None
+
+    demo.wait(serving, MODEL_LOAD_TIMEOUT_S, f"classifier_node serving {model}")
+
+
 def _take_scores(demo: Demo, live: LiveScore, final: bool) -> None:
     for scores in demo.take_scores():
         live.add(scores)
@@ -278,7 +296,7 @@ def _report_live(demo: Demo, live: LiveScore, seconds: float) -> None:
 # -- stage 5: drive -------------------------------------------------------------------------
 def drive(demo: Demo) -> None:
     from dli_perception.core import fsutil
-    from dli_perception.nodes.reaction_node import ReactionNode, load_table
+    from dli_perception.nodes.reaction_node import load_table
 
     cfg, teacher, schedule = demo.config, demo.graph.teacher, demo.schedule
     table = action_table_for(cfg.classes)
@@ -296,9 +314,7 @@ def drive(demo: Demo) -> None:
         f"\n[5/5] reaction_node: labels -> cmd_vel ({source}: {moves}); driving the simulated robot for "
         f"{seconds:g} s from the next scene change"
     )
-    demo.graph.add("reaction", ReactionNode, {"actions_file": actions_file, "start_enabled": False})
-    reaction = teacher.names.reaction
-    demo.wait(lambda t: True if not teacher.wait_for_nodes([reaction], t) else None, SERVICE_TIMEOUT_S, reaction)
+    start_reaction(demo, {"actions_file": actions_file})
     opened = (schedule.opened_after_ns + schedule.opened_before_ns) // 2
     scene = schedule.slot(time.time_ns(), opened) + 1
     demo.sleep((opened + round(scene * schedule.period_s * 1e9) - time.time_ns()) / 1e9)
@@ -325,6 +341,16 @@ def drive(demo: Demo) -> None:
     demo.drive.stop()
     _print_transitions(demo, actions, shown)
     _report_drive(demo, seconds, f"~/enable false: {reply.message}")
+
+
+def start_reaction(demo: Demo, params: dict[str, Any]) -> None:
+    """Start reaction_node disabled, with ``params``, and wait until the graph sees it."""
+    from dli_perception.nodes.reaction_node import ReactionNode
+
+    teacher = demo.graph.teacher
+    demo.graph.add("reaction", ReactionNode, {**params, "start_enabled": False})
+    reaction = teacher.names.reaction
+    demo.wait(lambda t: True if not teacher.wait_for_nodes([reaction], t) else None, SERVICE_TIMEOUT_S, reaction)
 
 
 def _print_transitions(demo: Demo, actions: Any, shown: int) -> int:
