@@ -56,13 +56,26 @@ class Client(SpunNode):
         self.msgs = [cv2_to_imgmsg(f, "rgb8") for f in frames]
         self.results: list[tuple[int, dict]] = []  # (receive time ns, scores JSON)
         self.node.create_subscription(String, "/classifier_node/scores", self._on_scores, EVENTS)
+        # The label goes out first (no stamp: one frame at a time, the first label after a frame is its own).
+        self.labels: list[int] = []  # receive times ns
+        self.node.create_subscription(String, "/label", self._on_label, EVENTS)
         self._n = 0
+        self.publish_ms = 0.0
         self.start_spinning()
 
     def _on_scores(self, msg) -> None:
         now = time.time_ns()
         with self.lock:
             self.results.append((now, json.loads(msg.data)))
+
+    def _on_label(self, msg) -> None:
+        now = time.time_ns()
+        with self.lock:
+            self.labels.append(now)
+
+    def label_after(self, t_ns: int) -> int | None:
+        with self.lock:
+            return next((t for t in self.labels if t >= t_ns), None)
 
     def publish(self) -> int:
         """Publish the next frame stamped now; returns its stamp (ns)."""
@@ -71,6 +84,7 @@ class Client(SpunNode):
         stamp = time.time_ns()
         msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp, 1_000_000_000)
         self.pub.publish(msg)
+        self.publish_ms = (time.time_ns() - stamp) / 1e6  # this process's share of the "transport" stage
         return stamp
 
     def result_for(self, stamp: int) -> tuple[int, dict] | None:
@@ -128,12 +142,18 @@ def measure(
             stamp = client.publish()
             _wait_result(client, stamp)
         rows = []
+        published_ms = []
+        label_e2e = []
         for _ in range(latency_frames):
             time.sleep(0.05)
             stamp = client.publish()
+            published_ms.append(client.publish_ms)
             got = _wait_result(client, stamp)
             if got is not None:
                 rows.append(((got[0] - stamp) / 1e6, got[1]))
+                label_at = client.label_after(stamp)
+                if label_at is not None and label_at <= got[0] + 50_000_000:
+                    label_e2e.append((label_at - stamp) / 1e6)
         # Flood: a steady high rate from this thread; results counted after a 1 s settling time.
         period = 1.0 / flood_hz
         start = time.monotonic()
@@ -167,6 +187,8 @@ def measure(
         "inference_p50_ms": statistics.median(inference),
         "stages_p50_ms": {n: statistics.median(v) for n, v in stages.items()},
         "after_publish_p50_ms": statistics.median(after),
+        "client_publish_p50_ms": statistics.median(published_ms),
+        "label_e2e_p50_ms": statistics.median(label_e2e) if label_e2e else float("nan"),
         "flood_hz": sent / (flood_seconds + 1.0),
         "flood_results_per_s": done / wall,
         "flood_cpu_ms_per_result": 1000.0 * (cpu1 - cpu0) / max(done, 1),
@@ -190,11 +212,17 @@ def report(name: str, m: dict, naive_fps: float | None = None) -> str:
     lines = [
         f"{name}: one frame at a time ({m['frames']} frames): frame stamp -> result received p50 "
         f"{m['e2e_p50_ms']:.1f} ms, p95 {m['e2e_p95_ms']:.1f} ms; inference p50 {m['inference_p50_ms']:.1f} ms; "
-        f"e2e/inference {m['e2e_p50_ms'] / m['inference_p50_ms']:.2f}",
+        f"e2e/inference {m['e2e_p50_ms'] / m['inference_p50_ms']:.2f}; "
+        f"frame stamp -> label received p50 {m['label_e2e_p50_ms']:.1f} ms "
+        f"({m['label_e2e_p50_ms'] / m['inference_p50_ms']:.2f}x inference)",
     ]
     if has_stages:
         parts = ", ".join(f"{n} {stages[n]:.2f}" for n in STAGES)
-        lines.append(f"  per stage p50, ms: {parts}; scores + DDS back to the client {m['after_publish_p50_ms']:.2f}")
+        lines.append(
+            f"  per stage p50, ms: {parts} (of which the client's publish call {m['client_publish_p50_ms']:.2f}); "
+            f"scores + DDS back to the client {m['after_publish_p50_ms']:.2f}; "
+            f"e2e - inference {m['e2e_p50_ms'] - m['inference_p50_ms']:.2f}"
+        )
     ratio = f" = {m['flood_results_per_s'] / naive_fps:.2f}x the naive loop" if naive_fps else ""
     lines.append(
         f"  flooded at {m['flood_hz']:.0f} Hz: {m['flood_results_per_s']:.2f} results/s{ratio}; "

@@ -4,7 +4,7 @@ camera_node (synthetic 640x480 rgb8 at 30 Hz) -> classifier_node (a tiny nearest
 from test/fixtures_models.py, onnxruntime, 1 thread, so the pipeline's own costs dominate), with
 the same parameters in three layouts:
 
-* ``1 process, hand-off``: both nodes in one process, one MultiThreadedExecutor, frames handed
+* ``1 process, hand-off``: both nodes in one process, one single-threaded executor, frames handed
   over in-process (``up``'s default; nodes/localframes.py);
 * ``1 process, DDS``: the same process with ``--no-local-frames`` (frames through Fast DDS);
 * ``2 processes``: the camera_node and classifier_node entry points, as launch starts them.

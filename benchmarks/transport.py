@@ -9,6 +9,10 @@ transport: another process publishes one pre-built frame stamped just before eac
 its profile when the first participant is created.
 
     .venv/bin/python benchmarks/transport.py [--seconds 6] [--sizes 640x480,1280x720]
+
+``--heap-rounds N`` measures instead the shipped profile with and without
+``keep_frame_buffers`` (frame-sized buffers reused from glibc's heap instead of fresh mmaps),
+alternated for N rounds, and prints the ranges.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ def _raw_publisher(size: str, fps: float, seconds: float) -> None:
 
     width, height = (int(v) for v in size.split("x"))
     transport.apply_default_profile()  # honours DLI_PERCEPTION_FASTDDS_PROFILE=0 for the baseline
+    transport.keep_frame_buffers()  # as every node process does (honours DLI_PERCEPTION_MALLOC_TUNING=0)
     rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
     node = rclpy.create_node("transport_bench_raw_pub")
     pub = node.create_publisher(type(cv2_to_imgmsg(np.zeros((1, 1, 3), np.uint8), "rgb8")), "image_raw", SENSOR_DATA)
@@ -94,6 +99,7 @@ def _worker(mode: str, size: str, seconds: float, fps: float) -> dict:
 
     width, height = (int(v) for v in size.split("x"))
     transport.apply_default_profile()  # honours DLI_PERCEPTION_FASTDDS_PROFILE=0 for the baseline
+    transport.keep_frame_buffers()  # as every node process does (honours DLI_PERCEPTION_MALLOC_TUNING=0)
     rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
     from dli_perception.core.imaging import to_rgb8
 
@@ -200,14 +206,19 @@ def _worker(mode: str, size: str, seconds: float, fps: float) -> dict:
     return result
 
 
-def run_configuration(mode: str, size: str, profile: bool, seconds: float, fps: float) -> dict:
-    """Measure one configuration in a fresh process; returns the result dict."""
+def run_configuration(mode: str, size: str, profile: bool, seconds: float, fps: float, heap: bool = True) -> dict:
+    """Measure one configuration in a fresh process; returns the result dict.
+
+    ``heap=False`` runs every process of it with glibc's default allocator thresholds
+    (``DLI_PERCEPTION_MALLOC_TUNING=0``): the baseline of :func:`dli_perception.transport.keep_frame_buffers`.
+    """
     from dli_perception import transport
 
     env = dict(os.environ)
     for name in transport.PROFILE_ENVS:  # Fast DDS 3 and Fast DDS 2 (Humble, Jazzy) variables
         env.pop(name, None)
     env["DLI_PERCEPTION_FASTDDS_PROFILE"] = "1" if profile else "0"
+    env[transport.ALLOCATOR_OPT_OUT_ENV] = "1" if heap else "0"
     out = subprocess.run(
         [sys.executable, __file__, "--worker", mode, size, str(seconds), str(fps)],
         env=env,
@@ -218,8 +229,43 @@ def run_configuration(mode: str, size: str, profile: bool, seconds: float, fps: 
     if out.returncode != 0:
         raise RuntimeError(f"worker {mode} {size} failed:\n{out.stderr[-2000:]}")
     result = json.loads(out.stdout.strip().splitlines()[-1])
-    result["transport"] = "shipped profile" if profile else "builtin (baseline)"
+    result["transport"] = ("shipped profile" if profile else "builtin (baseline)") + ("" if heap else ", mmap")
     return result
+
+
+def heap_rounds(args: argparse.Namespace) -> int:
+    """Frame buffers kept in the heap vs glibc's default (fresh mmaps), alternated in the same run."""
+    print(
+        f"{'size':>9} {'mode':>13} {'allocator':>10} {'got/sent':>9} {'p50 ms':>7} {'p95 ms':>7} {'sub CPU':>8}"
+        f" {'publish()':>9}"
+    )
+    summary: dict[tuple[str, str, bool], list[dict]] = {}
+    for r in range(args.heap_rounds):
+        for size in args.sizes.split(","):
+            for mode in args.modes.split(","):
+                for heap in (False, True) if r % 2 == 0 else (True, False):
+                    row = run_configuration(mode, size, True, args.seconds, args.fps, heap=heap)
+                    summary.setdefault((size, mode, heap), []).append(row)
+                    print(
+                        f"{size:>9} {mode:>13} {'heap' if heap else 'mmap':>10} "
+                        f"{row['received']:>4}/{row['published']:<4} {_fmt(row['latency_p50_ms'], '7.2f')} "
+                        f"{_fmt(row['latency_p95_ms'], '7.2f')} {row['sub_cpu_ms_per_frame']:8.2f} "
+                        f"{_fmt(row.get('publish_ms_p50'), '9.2f')}",
+                        flush=True,
+                    )
+    print("\nranges over the rounds (mmap -> heap):")
+    for (size, mode, heap), rows in summary.items():
+        if heap:
+            continue
+        for key in ("latency_p50_ms", "latency_p95_ms", "sub_cpu_ms_per_frame"):
+            old = [x[key] for x in rows if x[key] is not None]
+            new = [x[key] for x in summary[(size, mode, True)] if x[key] is not None]
+            if old and new:
+                print(
+                    f"  {size:>9} {mode:>13} {key:>21}: {min(old):.2f}-{max(old):.2f} -> {min(new):.2f}-{max(new):.2f}"
+                    f" (median ratio {statistics.median(new) / statistics.median(old):.2f})"
+                )
+    return 0
 
 
 def _fmt(v, spec: str) -> str:
@@ -233,6 +279,13 @@ def main() -> int:
     parser.add_argument("--sizes", default="640x480,1280x720")
     parser.add_argument("--modes", default="in-process,cross-process,raw-transport")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument(
+        "--heap-rounds",
+        type=int,
+        default=0,
+        help="instead of the table: N rounds alternating the shipped profile with and without the frame-buffer"
+        " heap (DLI_PERCEPTION_MALLOC_TUNING=0) for --modes and --sizes, each round in both orders",
+    )
     parser.add_argument("--worker", nargs=4, help=argparse.SUPPRESS)
     parser.add_argument("--raw-publisher", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -244,6 +297,8 @@ def main() -> int:
         mode, size, seconds, fps = args.worker
         print(json.dumps(_worker(mode, size, float(seconds), float(fps))))
         return 0
+    if args.heap_rounds:
+        return heap_rounds(args)
     rows = []
     for size in args.sizes.split(","):
         for mode in args.modes.split(","):

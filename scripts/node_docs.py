@@ -82,6 +82,13 @@ def main(argv: list[str]) -> int:
             return 1
         return 0
     nodes = node_modules()
+    if argv[:1] in (["-h"], ["--help"]):
+        print(__doc__.strip())
+        return 0
+    unknown = [name for name in argv if name not in nodes]
+    if unknown:
+        print(f"unknown node(s) {unknown}; the nodes are {', '.join(nodes)} (or --write, --check)", file=sys.stderr)
+        return 2
     for name in argv or nodes:
         print(table(name, nodes[name]))
     return 0
