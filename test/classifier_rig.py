@@ -1,24 +1,23 @@
-"""A classifier_node in one private context with a frame/model publisher and collectors for its outputs.
+"""A classifier_node in one private context, a frame source, and the package's graph client reading its outputs.
 
 Used by the node tests and the reliability tests alike: frames go out as they are (bad encodings
-included), results are read back raw from ``scores``, ``label``, ``classes`` and ``/diagnostics``.
+included) from a :class:`~graphutil.FrameSource`; results are read back through
+:class:`~dli_perception.graph_client.Teacher` (its history keeps every scores, label, class list and
+``/diagnostics`` status), typed as :mod:`dli_perception.core.contracts` defines them.
 """
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import numpy as np
-from diagnostic_msgs.msg import DiagnosticArray
-from graphutil import DEADLINE_S, DISCOVERY_S, Collector, Spinner, wait_for
-from rclpy.node import Node
+from graphutil import DEADLINE_S, DISCOVERY_S, FrameSource, Spinner, graph_client, wait_for
 from rclpy.parameter import Parameter
 from sensor_msgs.msg import Image
-from std_msgs.msg import String
 
+from dli_perception.core.contracts import Scores
 from dli_perception.core.imaging import cv2_to_imgmsg
-from dli_perception.nodes.qos import EVENTS, LATCHED, SENSOR_DATA
+from dli_perception.graph_client_types import NodeHealth
 
 RESULT_S = 15.0
 """Deadline for the result of one published frame."""
@@ -38,26 +37,8 @@ def frame_msg(rgb: np.ndarray, stamp_ns: int, frame_id: str = "camera", encoding
     return msg
 
 
-def stamp_of(result: dict) -> int:
-    """The source frame's stamp of one scores result, in nanoseconds."""
-    return result["stamp"]["sec"] * 1_000_000_000 + result["stamp"]["nanosec"]
-
-
-def diagnostics_of(collector: Collector, suffix: str) -> dict[str, Any] | None:
-    """The newest DiagnosticStatus whose name ends with ``suffix``, as {message, level, key: value}."""
-    for array in reversed(list(collector.msgs)):
-        for status in array.status:
-            if status.name.endswith(suffix):
-                return {
-                    "message": status.message,
-                    "level": status.level,
-                    **{kv.key: kv.value for kv in status.values},
-                }
-    return None
-
-
 class ClassifierRig:
-    """classifier_node + a frame/model publisher + collectors for labels, scores, classes and diagnostics."""
+    """classifier_node + a frame source + the graph client (``client``) reading labels, scores, classes, health."""
 
     def __init__(self, context, spinner: Spinner, **params: Any) -> None:
         from dli_perception.nodes.classifier_node import ClassifierNode
@@ -67,18 +48,15 @@ class ClassifierRig:
         self.node = spinner.add(
             ClassifierNode(context=context, parameter_overrides=[Parameter(k, value=v) for k, v in values.items()])
         )
-        self.source = spinner.add(Node("frame_source", context=context))
-        self.image_pub = self.source.create_publisher(Image, "image_raw", SENSOR_DATA)
-        self.model_pub = self.source.create_publisher(String, "model_updated", EVENTS)
-        self.labels = spinner.add(Collector(context, String, "label", EVENTS, name="labels"))
-        self.scores = spinner.add(Collector(context, String, "/classifier_node/scores", EVENTS, name="scores"))
-        self.classes = spinner.add(Collector(context, String, "/classifier_node/classes", LATCHED, name="classes"))
-        self.diags = spinner.add(Collector(context, DiagnosticArray, "/diagnostics", EVENTS, name="diags"))
+        self.source = spinner.add(FrameSource(context))
+        self.image_pub = self.source.image_pub
+        self.model_pub = self.source.model_pub  # raw text on model_updated ("" reloads the model serving)
+        self.client = spinner.own(graph_client(context, node_name="classifier_rig_client"))
         self.sent = 0
         """Frames published through :meth:`send_and_wait`."""
 
     def ready(self) -> None:
-        """Wait until the node holds a model and every publisher and collector is connected."""
+        """Wait until the node holds a model and every publisher and subscription is connected."""
         node = self.node
         assert wait_for(
             lambda: (
@@ -107,34 +85,40 @@ class ClassifierRig:
             f"errors {n.errors}, dropped {n.dropped}; last error {n.last_error!r}"
         )
 
-    def results(self) -> list[dict]:
-        return [json.loads(m.data) for m in list(self.scores.msgs)]
+    def results(self) -> list[Scores]:
+        """Every result received, oldest first."""
+        return self.client.history("scores")
 
-    def result_for(self, stamp_ns: int) -> dict | None:
-        for r in reversed(self.results()):
-            if stamp_of(r) == stamp_ns:
-                return r
-        return None
+    def labels(self) -> list[str]:
+        """Every label received on ``label``, oldest first."""
+        return self.client.history("label")
 
-    def _result(self, stamp_ns: int, timeout: float) -> dict:
-        assert wait_for(lambda: self.result_for(stamp_ns) is not None, timeout), (
+    def _result(self, stamp_ns: int, timeout: float) -> Scores:
+        result = self.client.wait_for_scores(stamp_ns, timeout)
+        assert result is not None, (
             f"no result for frame {stamp_ns}: {self.node.status()}, last error {self.node.last_error!r}"
         )
-        return self.result_for(stamp_ns)
+        return result
 
-    def classify(self, rgb: np.ndarray, stamp_ns: int, **kw: Any) -> dict:
+    def classify(self, rgb: np.ndarray, stamp_ns: int, **kw: Any) -> Scores:
         """Publish one frame (``kw``: frame_id, encoding) and wait for its result."""
         self.image_pub.publish(frame_msg(rgb, stamp_ns, **kw))
         return self._result(stamp_ns, RESULT_S)
 
-    def classify_counted(self, rgb: np.ndarray, stamp_ns: int) -> dict:
+    def classify_counted(self, rgb: np.ndarray, stamp_ns: int) -> Scores:
         """Publish one good frame through :meth:`send_and_wait` (none dropped) and return its result."""
         self.send_and_wait(frame_msg(rgb, stamp_ns))
         return self._result(stamp_ns, DEADLINE_S)
 
     def current_classes(self) -> list[str] | None:
-        msgs = list(self.classes.msgs)
-        return json.loads(msgs[-1].data) if msgs else None
+        classes = self.client.classes()
+        return list(classes.names) if classes is not None else None
 
-    def diagnostics(self) -> dict[str, Any] | None:
-        return diagnostics_of(self.diags, "classifier_node")
+    def health(self) -> NodeHealth | None:
+        """The classifier's newest ``/diagnostics`` status."""
+        return self.client.node_health("classifier_node")
+
+    def diag(self, key: str) -> str | None:
+        """``key`` of the classifier's newest ``/diagnostics`` status (None when none or absent)."""
+        health = self.health()
+        return health.values.get(key) if health is not None else None

@@ -150,6 +150,17 @@ SCENE_CLASSES = ["free", "blocked"]
 SCENE_SEED = 3
 
 
+@pytest.fixture
+def one_torch_thread():
+    """torch on one thread during the test (two shared cores: one thread is faster than two spinning ones)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def trained_scene_model(tmp_path_factory) -> Path:
     """A model dir trained here (head mode, random backbone weights) on synthetic free/blocked scenes.

@@ -6,6 +6,10 @@ preprocessed frame over its pixels and scores each class by minus the squared di
 class's colour (as a linear layer: ``2 s m.c_k - s |c_k|^2``). Built with onnx.helper, so it
 needs no torch and loads and runs in milliseconds, which keeps graph tests fast; every backend
 path (metadata checks, ONNX hash, onnxruntime session, softmax) is the real one.
+
+:func:`build_xy_model_dir` and :func:`build_multilabel_model_dir` do the same for the other two
+tasks, with outputs that are known functions of the frame (see each), so a test can say what the
+served result must be.
 """
 
 from __future__ import annotations
@@ -93,6 +97,122 @@ def build_colour_model_dir(
     )
     write_metadata_files(dest, meta)
     return dest
+
+
+def _save_graph(dest: Path, graph, meta: ModelMetadata) -> Path:
+    import onnx
+    from onnx import helper
+
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], producer_name="dli_perception tests")
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    dest.mkdir(parents=True)
+    onnx.save(model, str(dest / ONNX_FILE))
+    meta.onnx_sha256 = sha256_file(dest / ONNX_FILE)
+    write_metadata_files(dest, meta)
+    return dest
+
+
+XY_SCALE = 0.4
+"""Gain of :func:`build_xy_model_dir`'s outputs."""
+
+
+def build_xy_model_dir(dest: Path, size: int = 32, offset: tuple[float, float] = (0.1, -0.2)) -> Path:
+    """A regression model directory (task ``regression``, outputs ``x, y``) that needs no training.
+
+    ``x = XY_SCALE * mean(left half of the preprocessed frame) + offset[0]`` and
+    ``y = XY_SCALE * mean(right half) + offset[1]``, means over all three normalised channels
+    (:func:`expected_xy` computes it for frames whose halves are solid colours).
+    """
+    from onnx import TensorProto, helper, numpy_helper
+
+    half = size // 2
+    weight = np.zeros((size, 2), np.float32)
+    weight[:half, 0] = XY_SCALE / half
+    weight[half:, 1] = XY_SCALE / (size - half)
+    graph = helper.make_graph(
+        [
+            helper.make_node("ReduceMean", [INPUT_NAME, "axes"], ["columns"], keepdims=0),  # (N, S) column means
+            helper.make_node("Gemm", ["columns", "weight", "bias"], [OUTPUT_NAME]),
+        ],
+        "half_means",
+        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, ["batch", 3, size, size])],
+        [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["batch", 2])],
+        initializer=[
+            numpy_helper.from_array(np.asarray([1, 2], np.int64), "axes"),
+            numpy_helper.from_array(weight, "weight"),
+            numpy_helper.from_array(np.asarray(offset, np.float32), "bias"),
+        ],
+    )
+    meta = ModelMetadata(
+        classes=["x", "y"], preprocess=PreprocessConfig(size=size), backbone="half-means (test fixture)",
+        task="regression",
+    )  # fmt: skip
+    return _save_graph(dest, graph, meta)
+
+
+def halves(left: Sequence[int], right: Sequence[int], height: int = 64, width: int = 64) -> np.ndarray:
+    """An RGB uint8 frame whose left half is colour ``left`` and right half ``right`` (width even)."""
+    frame = solid(left, height, width)
+    frame[:, width // 2 :] = np.asarray(right, np.uint8)
+    return frame
+
+
+def expected_xy(left: Sequence[int], right: Sequence[int], size: int = 32, offset=(0.1, -0.2)) -> tuple[float, float]:
+    """What :func:`build_xy_model_dir`'s model gives for a :func:`halves` frame (width a multiple of 2 * size / 2)."""
+    cfg = PreprocessConfig(size=size)
+    return (
+        XY_SCALE * float(normalised_mean(left, cfg).mean()) + offset[0],
+        XY_SCALE * float(normalised_mean(right, cfg).mean()) + offset[1],
+    )
+
+
+ML_GAIN = 4.0
+"""Gain of :func:`build_multilabel_model_dir`'s logits per unit of normalised channel value."""
+
+
+def build_multilabel_model_dir(
+    dest: Path,
+    labels: Sequence[str] = ("red", "green", "blue"),
+    thresholds: Mapping[str, float] | None = None,
+    size: int = 32,
+) -> Path:
+    """A multi-label model directory whose label ``k`` is channel ``k`` of the frame (R, G, B).
+
+    logit_k = ML_GAIN * (mean normalised channel k - normalised 128): a channel brighter than mid
+    grey scores over 0.5. ``thresholds`` go into metadata.json (the model's own).
+    """
+    from onnx import TensorProto, helper, numpy_helper
+
+    assert len(labels) == 3, "one label per colour channel"
+    cfg = PreprocessConfig(size=size)
+    mid = normalised_mean((128, 128, 128), cfg)
+    graph = helper.make_graph(
+        [
+            helper.make_node("ReduceMean", [INPUT_NAME, "axes"], ["pooled"], keepdims=0),  # (N, 3)
+            helper.make_node("Gemm", ["pooled", "weight", "bias"], [OUTPUT_NAME]),
+        ],
+        "channel_labels",
+        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, ["batch", 3, size, size])],
+        [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["batch", 3])],
+        initializer=[
+            numpy_helper.from_array(np.asarray([2, 3], np.int64), "axes"),
+            numpy_helper.from_array((ML_GAIN * np.eye(3)).astype(np.float32), "weight"),
+            numpy_helper.from_array((-ML_GAIN * mid).astype(np.float32), "bias"),
+        ],
+    )
+    meta = ModelMetadata(
+        classes=list(labels), preprocess=cfg, backbone="channel-labels (test fixture)", task="multilabel",
+        thresholds=dict(thresholds or {}),
+    )  # fmt: skip
+    return _save_graph(dest, graph, meta)
+
+
+def expected_label_scores(rgb: Sequence[int], labels: Sequence[str] = ("red", "green", "blue"), size: int = 32):
+    """The sigmoid scores :func:`build_multilabel_model_dir`'s model gives for a solid frame of ``rgb``."""
+    cfg = PreprocessConfig(size=size)
+    logits = ML_GAIN * (normalised_mean(rgb, cfg) - normalised_mean((128, 128, 128), cfg))
+    return {label: float(1.0 / (1.0 + np.exp(-v))) for label, v in zip(labels, logits, strict=True)}
 
 
 def corrupt_copy(src: Path, dest: Path) -> Path:

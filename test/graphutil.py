@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -11,14 +12,15 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import rclpy
-from procutil import kill_group
+from procutil import kill_group, wait_for  # noqa: F401 - wait_for is used by the tests from here
 from rclpy.context import Context
-from rclpy.executors import MultiThreadedExecutor
+from rclpy.executors import Executor, MultiThreadedExecutor, SingleThreadedExecutor
 from rclpy.node import Node
+from rclpy.parameter import Parameter
 
 DISCOVERY_S = 20.0
 """Deadline for the first message across processes (discovery took up to ~3 s on 2 shared cores)."""
@@ -40,10 +42,13 @@ def unique_ns(prefix: str) -> str:
     return f"/{prefix}_{uuid.uuid4().hex[:8]}"
 
 
-def ros_args(**values: object) -> list[str]:
-    """``-p name:=value`` arguments for a node process: booleans as ``true``/``false``, lists as JSON."""
+def ros_args(values: Mapping[str, object] | None = None, /, **more: object) -> list[str]:
+    """``-p name:=value`` arguments for a node process: booleans as ``true``/``false``, lists as JSON.
+
+    Names are taken from ``values`` (any name, dotted ones such as ``synthetic.seed`` included), then ``more``.
+    """
     out: list[str] = []
-    for name, value in values.items():
+    for name, value in {**(values or {}), **more}.items():
         if isinstance(value, bool):
             text = str(value).lower()
         elif isinstance(value, list):
@@ -54,15 +59,36 @@ def ros_args(**values: object) -> list[str]:
     return out
 
 
-def wait_for(predicate: Callable[[], bool], timeout: float, interval: float = 0.02) -> bool:
-    """Poll ``predicate`` until it is true or ``timeout`` seconds pass; returns its last value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if predicate():
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(interval)
+def overrides(values: Mapping[str, object]) -> list[Parameter]:
+    """``parameter_overrides`` for a node built in the test: one Parameter per name (dotted ones included)."""
+    return [Parameter(name, value=value) for name, value in values.items()]
+
+
+def scene_camera_args(period_s: float, more: Mapping[str, object] | None = None) -> list[str]:
+    """``-p`` arguments of a small synthetic camera_node (64x48, 10 fps) showing ``free`` and ``blocked`` in turn.
+
+    Each scene lasts ``period_s`` seconds; ``more`` adds or replaces parameters.
+    """
+    scene = {"width": 64, "height": 48, "fps": 10.0, "synthetic.scene_period_s": period_s}
+    return ros_args({**scene, "synthetic.classes": ["free", "blocked"], **(more or {})})
+
+
+@contextlib.contextmanager
+def repeating(action: Callable[[], object], period_s: float) -> Iterator[None]:
+    """Call ``action()`` every ``period_s`` seconds on a thread while the block runs (a camera, a label stream)."""
+    stop = threading.Event()
+
+    def run() -> None:
+        while not stop.wait(period_s):
+            action()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=5.0)
 
 
 def seen(collector: "Collector", predicate: Callable[[object], bool], start: int = 0) -> bool:
@@ -80,15 +106,29 @@ def wait_seen(collector: "Collector", predicate: Callable[[object], bool], timeo
 
 
 class Spinner:
-    """Spins nodes of one context in a background thread; ``with Spinner(ctx, a, b): ...``."""
+    """Spins nodes of one context in a background thread; ``with Spinner(ctx, a, b): ...``.
 
-    def __init__(self, context: Context, *nodes: Node, threads: int = 2) -> None:
-        self.executor = MultiThreadedExecutor(num_threads=threads, context=context)
+    In a SingleThreadedExecutor by default, as every node process (``up``, ``teach`` and the demo too)
+    runs its nodes. ``threads=N`` uses rclpy's MultiThreadedExecutor instead, for a test that checks a
+    node under it.
+    That executor can fall into spinning on a ready entity it cannot dispatch yet, taking a whole core and
+    starving the timers of every node in the process (measured with four nodes of the regression demo:
+    50-90 % of a core and a third of the timer rates, where the single-threaded executor took 12 % and kept
+    them), which made closed-loop tests fail on a quiet machine.
+    """
+
+    def __init__(self, context: Context, *nodes: Node, threads: int | None = None) -> None:
+        self.executor: Executor = (
+            SingleThreadedExecutor(context=context)
+            if threads is None
+            else MultiThreadedExecutor(num_threads=threads, context=context)
+        )
         self.nodes = list(nodes)
         for node in nodes:
             self.executor.add_node(node)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._spin, daemon=True)
+        self._owned: list = []
 
     def _spin(self) -> None:
         while not self._stop.is_set() and self.executor.context.ok():
@@ -98,6 +138,11 @@ class Spinner:
         self.nodes.append(node)
         self.executor.add_node(node)
         return node
+
+    def own(self, thing):
+        """Close ``thing`` (a graph client) when the spinner ends, before its nodes are destroyed; returns it."""
+        self._owned.append(thing)
+        return thing
 
     def destroy(self, node: Node) -> None:
         """Take ``node`` out of the executor and destroy it while the other nodes keep spinning.
@@ -113,6 +158,8 @@ class Spinner:
         return self
 
     def __exit__(self, *exc) -> None:
+        for thing in reversed(self._owned):
+            thing.close()
         self._stop.set()
         self._thread.join(timeout=5.0)
         for node in reversed(self.nodes):
@@ -139,6 +186,58 @@ class Collector(Node):
     def count(self) -> int:
         with self._lock:
             return len(self.msgs)
+
+
+HISTORY = 100_000
+"""Values of each kind a test's graph client keeps (tests check sequences, not only the newest value)."""
+
+
+def graph_client(context: Context, ns: str = "", **kw):
+    """The package's graph client (``Teacher``) on the test's context, for the nodes in ``ns``, keeping history.
+
+    Use it as a context manager (``with graph_client(ctx, ns) as teacher:``) so that it is closed.
+    """
+    from dli_perception.graph_client import Teacher
+
+    return Teacher(ns, context=context, history=HISTORY, **{"node_name": "test_client", **kw})
+
+
+class FrameSource(Node):
+    """The camera's side of a test graph, and anyone else's raw text: what the graph client does not send.
+
+    ``image_pub`` publishes frames as they are (bad ones included) on ``image_raw``; ``label_pub`` and
+    ``model_pub`` publish raw text on ``teach_label`` and ``model_updated``, as any node on the graph may
+    (labels :meth:`Teacher.set_label <dli_perception.graph_client.Teacher.set_label>` refuses before
+    sending, such as ``../x``, included). Everything a test reads back goes through the graph client.
+    """
+
+    def __init__(self, context: Context, ns: str = "", name: str = "frame_source") -> None:
+        from sensor_msgs.msg import Image
+        from std_msgs.msg import String
+
+        from dli_perception.nodes.qos import EVENTS, SENSOR_DATA
+
+        super().__init__(name, context=context, namespace=ns or "/")
+        self._string = String
+        self.image_pub = self.create_publisher(Image, "image_raw", SENSOR_DATA)
+        self.label_pub = self.create_publisher(String, "teach_label", EVENTS)
+        self.model_pub = self.create_publisher(String, "model_updated", EVENTS)
+
+    def say_label(self, teacher, label: str, node: str = "recorder_node") -> None:
+        """Publish ``label`` as it is until the recorder reports it (through ``teacher``) as its current label.
+
+        ``none``, ``unknown`` and blank clear the label (reported as empty), as the recorder reads them.
+        """
+        want = "" if label.strip().casefold() in ("", "none", "unknown") else label.strip()
+
+        def step() -> bool:
+            self.label_pub.publish(self._string(data=label))
+            health = teacher.node_health(node)
+            return health is not None and health.values.get("label") == want
+
+        assert wait_for(step, DISCOVERY_S, interval=0.05), (
+            f"{node} never reported label {want!r}: {teacher.node_health(node)}"
+        )
 
 
 def entry_point(name: str) -> str:

@@ -59,6 +59,17 @@ def test_failures_and_errors_count_as_failed(tmp_path):
     assert values == {"status": "1", "totals": "5 3 0"}, out
 
 
+def test_a_failed_part_says_how_much_disk_was_left(tmp_path):
+    """A full disk fails tests as if the code were wrong; the summary line of a failed part shows the room left."""
+    cmd = fake_pytest(tmp_path, "==== 1 failed, 5 passed in 1.00s ====", 1)
+    out, values = ci(f'tests "suite" 60 {cmd}', tmp_path)
+    line = next(line for line in out.splitlines() if line.startswith("summary: suite:"))
+    assert re.search(r"disk free: \S+ in \., \S+ in /tmp, \S+ in /dev/shm", line), line
+    ok = fake_pytest(tmp_path, "==== 5 passed in 1.00s ====", 0)
+    out, values = ci(f'tests "suite" 60 {ok}', tmp_path)
+    assert "disk free" not in next(line for line in out.splitlines() if line.startswith("summary: suite:")), out
+
+
 def test_no_tests_collected_fails(tmp_path):
     cmd = fake_pytest(tmp_path, "==== no tests ran in 0.01s ====", 5)
     out, values = ci(f'tests "suite" 60 {cmd}', tmp_path)

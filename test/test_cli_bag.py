@@ -438,3 +438,87 @@ def test_robot_name_comes_from_the_bags_custom_data_before_its_folder(tmp_path):
     assert robot_name(tmp_path / "shelf" / "b") == "jetbot7"
     plain = session_bag(tmp_path / "jetbot3" / "session", "sqlite3")
     assert robot_name(plain) == "jetbot3"
+
+
+# -------------------------------------------------------------------------- XY and label-set topics
+
+POINT = "geometry_msgs/msg/PointStamped"
+
+
+def point_msg(ts, x: float, y: float, stamp_ns: int):
+    point = ts.types["geometry_msgs/msg/Point"](x=x, y=y, z=0.0)
+    return ts.types[POINT](header=_header(ts, stamp_ns), point=point)
+
+
+def test_bag2dataset_xy_topic_over_a_fleet_keeps_targets_and_provenance(run, tmp_path):
+    ts = _typestore()
+    fleet = tmp_path / "bags"
+    want = []
+    for robot, first in (("jetbot1", 0), ("jetbot2", 10)):
+        messages = []
+        for k in range(3):
+            t = T0 + (first + k) * 10 * MS
+            xy = (round(-0.9 + 0.1 * (first + k), 3), round(0.5 - 0.05 * k, 3))
+            messages.append(("/teach_xy", POINT, t, point_msg(ts, *xy, t)))
+            messages.append(("/cam", IMAGE, t + MS, raw_msg(ts, pixels(first + k), t + MS)))
+            want.append((robot, f"session_{robot}", t + MS, xy))
+        messages.append(("/teach_xy", POINT, T0 + 999 * MS, point_msg(ts, 2.0, 0.0, 0)))  # after the last image
+        write_bag(fleet / robot / f"session_{robot}", "sqlite3", messages)
+    out = tmp_path / "ds"
+    rc, stdout, err = run("bag2dataset", fleet, "--image-topic", "/cam", "--xy-topic", "/teach_xy", "--out", out)
+    assert rc == 0, err
+    assert "XY targets:\n  xy: 3\n" in stdout
+    assert "dataset now holds 6 regression images (XY targets) (xy: 6)" in stdout
+    got = sorted((e["robot"], e["bag"], e["stamp_ns"], tuple(e["xy"])) for e in manifest(out))
+    assert got == sorted(want)
+    assert {e["class"] for e in manifest(out)} == {"xy"} and disk_counts(out) == Counter({"xy": 6})
+
+    # Back to a bag and again into a dataset: the same targets.
+    bag = tmp_path / "back"
+    rc, stdout, err = run("dataset2bag", out, "--out", bag, "--compressed")
+    assert rc == 0, err
+    assert "6 XY targets on /teach_xy" in stdout
+    out2 = tmp_path / "ds2"
+    rc, _, err = run("bag2dataset", bag, "--image-topic", "/image_raw", "--xy-topic", "/teach_xy", "--out", out2)
+    assert rc == 0, err
+    assert [(e["xy"], e["sha256"]) for e in manifest(out2)] == [(e["xy"], e["sha256"]) for e in manifest(out)]
+
+    # A classification dataset refuses XY images: one clear line, nothing written.
+    cls = tmp_path / "cls"
+    with DatasetStore(cls) as store:
+        store.add(pixels(50), "cup")
+    rc, _, err = run("bag2dataset", fleet, "--image-topic", "/cam", "--xy-topic", "/teach_xy", "--out", cls)
+    assert rc == 1 and "holds a classification task; these topics give regression" in one_error_line(err, "bag2dataset")
+    assert len(manifest(cls)) == 1
+    # The wrong type for --xy-topic: one clear line, no dataset.
+    rc, _, err = run("bag2dataset", fleet, "--image-topic", "/cam", "--xy-topic", "/cam", "--out", tmp_path / "n")
+    assert rc == 1 and "expected geometry_msgs/msg/PointStamped" in one_error_line(err, "bag2dataset")
+    assert not (tmp_path / "n").exists()
+
+
+def test_bag2dataset_labels_topic_with_known_labels(run, tmp_path):
+    ts = _typestore()
+    messages = []
+    plan = [("cup,ball", 2), ("shoe", 1), ("", 1), ('["ball"]', 2)]
+    t = T0
+    i = 0
+    for text, n in plan:
+        t += 10 * MS
+        messages.append(("/teach_labels", STRING, t, ts.types[STRING](data=text)))
+        for _ in range(n):
+            t += MS
+            messages.append(("/cam", IMAGE, t, raw_msg(ts, pixels(100 + i), t)))
+            i += 1
+    bag = write_bag(tmp_path / "bag", "mcap", messages)
+    out = tmp_path / "ds"
+    args = ("bag2dataset", bag, "--image-topic", "/cam", "--labels-topic", "/teach_labels", "--out", out)
+    rc, stdout, err = run(*args, "--known-labels", "cup,ball")
+    assert rc == 0, err
+    assert "per label:\n  ball: 4\n  cup: 2\n" in stdout
+    assert "invalid target 1 (shoe)" in stdout
+    assert "dataset now holds 5 multi-label images, 2 labels in use (ball: 4, cup: 2)" in stdout
+    assert (out / "labels.txt").read_text() == "ball\ncup\n"
+    assert [e["labels"] for e in manifest(out)] == [["ball", "cup"], ["ball", "cup"], [], ["ball"], ["ball"]]
+    rc, _, err = run("bag2dataset", bag, "--image-topic", "/cam", "--label-topic", "/cam", "--known-labels", "a",
+                     "--out", tmp_path / "x")  # fmt: skip
+    assert rc == 1 and "--known-labels" in one_error_line(err, "bag2dataset")

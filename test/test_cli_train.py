@@ -21,6 +21,7 @@ import pytest
 
 from dli_perception import cli
 from dli_perception.commands import train as train_cmd
+from dli_perception.commands.train_summary import format_seconds
 from dli_perception.core.modeldir import load_metadata
 from dli_perception.core.report import CONFUSION_FILE, CURVES_FILE
 from dli_perception.core.synthetic import SyntheticScenes
@@ -264,7 +265,7 @@ def test_progress_bar_follows_the_events(capsys):
     assert "epoch 1/3 head" in err and "loss=0.9" in err and "eta=1h02m" in err
     assert "val=1/1" in err and "val_acc=0.625" in err and "eta=9s" in err
     assert progress.last_event.phase == "done"
-    shown = [train_cmd.format_seconds(s) for s in (None, float("nan"), 0.4, 59.6, 61, 7200)]
+    shown = [format_seconds(s) for s in (None, float("nan"), 0.4, 59.6, 61, 7200)]
     assert shown == ["?", "?", "0s", "1m00s", "1m01s", "2h00m"]
 
 
@@ -281,3 +282,21 @@ def test_options_map_onto_train_config():
     assert (config.mode, config.epochs, config.weights) == ("head-then-finetune", 10, "imagenet")  # defaults
     assert train_cmd.checkpoint_dir_for(Path("/x/model"), None) == Path("/x/model.checkpoints")
     assert args.func is train_cmd.run
+
+
+def test_train_reads_a_road_following_folder_as_it_is(tmp_path):
+    """A folder of xy_<x>_<y>_<id>.jpg files trains a regression model without a prior import, and the
+    folder itself is left exactly as it was (the import goes to a temporary dataset)."""
+    from dli_perception.core import synthetic
+
+    src = tmp_path / "road"
+    synthetic.write_jetbot_folder(src, 12, size=(64, 48), seed=5)
+    (src / "notes.jpg").write_bytes(b"not an image and not an xy name")
+    before = _snapshot(src)
+    out = tmp_path / "model"
+    rc, stdout, err = _main(["train", str(src), str(out), *FAST, "--epochs", "1", "--mode", "finetune"])
+    assert rc == 0, err
+    assert "road-following folder" in stdout and "imported 12 of 13 images" in stdout
+    meta = load_metadata(out)
+    assert meta.task == "regression" and meta.classes == ["x", "y"]
+    assert _snapshot(src) == before  # nothing written into the source folder

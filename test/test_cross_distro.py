@@ -8,8 +8,9 @@ distributions in both directions:
 * camera frames: other-distro ``camera_node`` -> this process, and this process's ``camera_node``
   -> an other-distro subscriber;
 * parameters: this process sets and reads the other-distro camera's parameters (rcl_interfaces);
-* labels and a SetBool service: this process enables the other-distro ``reaction_node`` and sends
-  it labels (std_msgs/String); it answers with cmd_vel (geometry_msgs/Twist) and its latched state;
+* labels and a SetBool service: this process enables the other-distro ``reaction_node`` (through the
+  package's graph client) and sends it labels (std_msgs/String); it answers with cmd_vel
+  (geometry_msgs/Twist) and its latched state;
 * a Trigger service and labels the other way: an other-distro teacher labels and captures frames
   (from an other-distro camera) into this process's ``recorder_node``.
 
@@ -24,25 +25,32 @@ import json
 import os
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
 from cross_distro_peer import peer_env, ros_distro
 from geometry_msgs.msg import Twist
-from graphutil import Collector, NodeProcess, Spinner, stop_and_check, unique_ns, wait_for
+from graphutil import (
+    Collector,
+    NodeProcess,
+    Spinner,
+    graph_client,
+    overrides,
+    repeating,
+    stop_and_check,
+    unique_ns,
+    wait_for,
+)
 from rcl_interfaces.msg import ParameterType
 from rcl_interfaces.srv import GetParameters, SetParameters
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import String
-from std_srvs.srv import SetBool
 
-from dli_perception.core.contracts import ReactionState
 from dli_perception.core.dataset import DatasetStore
 from dli_perception.nodes.camera_node import CameraNode
-from dli_perception.nodes.qos import EVENTS, LATCHED, SENSOR_DATA
+from dli_perception.nodes.qos import EVENTS, SENSOR_DATA
 
 pytestmark = pytest.mark.graph
 
@@ -177,12 +185,7 @@ def test_this_distro_camera_frames_reach_the_other_distro(ros_context):
     camera = CameraNode(
         context=ros_context,
         namespace=ns,
-        parameter_overrides=[
-            Parameter("width", value=80),
-            Parameter("height", value=60),
-            Parameter("fps", value=15.0),
-            Parameter("frame_id", value="this_cam"),
-        ],
+        parameter_overrides=overrides({"width": 80, "height": 60, "fps": 15.0, "frame_id": "this_cam"}),
     )
     with Spinner(ros_context, camera):
         report = _peer_run("images", f"{ns}/image_raw", "5", str(DISCOVERY_S))
@@ -202,32 +205,18 @@ def test_labels_and_enable_service_drive_the_other_distros_reaction_node(ros_con
     reaction = _peer_node("reaction_node", ns, "stale_timeout_s:=1.0", "max_linear_accel:=0.0")
     try:
         cmds = Collector(ros_context, Twist, f"{ns}/cmd_vel", EVENTS, name="cmds")
-        states = Collector(ros_context, String, f"{ns}/reaction_node/state", LATCHED, name="states")
-        teacher = Node("label_source", context=ros_context)
-        labels = teacher.create_publisher(String, f"{ns}/label", EVENTS)
-        stop_labels = threading.Event()
+        source = Node("label_source", context=ros_context)
+        labels = source.create_publisher(String, f"{ns}/label", EVENTS)
 
-        def keep_labelling() -> None:
-            while not stop_labels.wait(0.05):  # the classifier repeats its label every frame
-                labels.publish(String(data="free"))
-
-        with Spinner(ros_context, cmds, states, teacher):
-            reply = _call(teacher, SetBool, f"{ns}/reaction_node/enable", SetBool.Request(data=True))
-            assert reply.success and "enabled" in reply.message
-            thread = threading.Thread(target=keep_labelling, daemon=True)
-            thread.start()
-            try:
+        with Spinner(ros_context, cmds, source) as spinner:
+            client = spinner.own(graph_client(ros_context, ns))
+            reply = client.enable_reaction(True, timeout_s=DISCOVERY_S)
+            assert reply.ok and "enabled" in reply.message, (reply, PEER_DISTRO)
+            # the classifier repeats its label every frame
+            with repeating(lambda: labels.publish(String(data="free")), 0.05):
                 assert _wait(lambda: any(m.linear.x > 0 for m in list(cmds.msgs)), reaction), reaction.output()[-3000:]
-                assert wait_for(
-                    lambda: any(
-                        ReactionState.decode(m.data).label == "free" and ReactionState.decode(m.data).enabled
-                        for m in list(states.msgs)
-                    ),
-                    timeout=DISCOVERY_S,
-                ), [m.data for m in states.msgs]
-            finally:
-                stop_labels.set()
-                thread.join(timeout=2.0)
+                state = client.wait_for_reaction(lambda s: s.label == "free" and s.enabled, DISCOVERY_S, start=0)
+                assert state is not None, client.history("reaction_state")
             n = cmds.count()
             assert stop_and_check(reaction, "int") == 0, reaction.output()[-3000:]
             # the other distro's last duty arrives here: a zero Twist as its final command
@@ -247,13 +236,11 @@ def test_other_distro_teacher_captures_into_this_distros_recorder(ros_context, t
         recorder = RecorderNode(
             context=ros_context,
             namespace=ns,
-            parameter_overrides=[
-                Parameter("dataset_dir", value=str(tmp_path / "ds")),
-                Parameter("image_format", value="png"),
-                Parameter("max_frame_age_s", value=5.0),
-            ],
+            parameter_overrides=overrides(
+                {"dataset_dir": str(tmp_path / "ds"), "image_format": "png", "max_frame_age_s": 5.0}
+            ),
         )
-        with Spinner(ros_context, recorder, threads=3):
+        with Spinner(ros_context, recorder):
             report = _peer_run("capture", f"{ns}/teach_label", "cup", f"{ns}/recorder_node/capture", str(DISCOVERY_S))
         assert report["success"] and report["distro"] == PEER_DISTRO, report
         with DatasetStore(tmp_path / "ds") as store:

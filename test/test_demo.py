@@ -12,14 +12,12 @@ import json
 import math
 import os
 import re
-import signal
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 import pytest
+from procutil import interrupt_at
 
 from dli_perception import cli
 from dli_perception import demo as D
@@ -162,30 +160,7 @@ def test_quick_demo_log_holds_the_story_and_the_nodes_messages(quick_run):
 def test_ctrl_c_while_collecting_stops_cleanly_and_keeps_partial_outputs(tmp_path):
     out = tmp_path / "stopped"
     proc = demo_process(out)
-    seen: list[str] = []
-    reached = threading.Event()
-
-    def read() -> None:
-        for line in proc.stdout:
-            seen.append(line)
-            if "[2/5]" in line:
-                reached.set()
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    try:
-        assert reached.wait(120), "".join(seen)
-        time.sleep(1.0)  # some images are being captured
-        proc.send_signal(signal.SIGINT)
-        time.sleep(0.005)
-        proc.send_signal(signal.SIGINT)  # a second Ctrl-C changes nothing
-        rc = proc.wait(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    reader.join(timeout=5)
-    stderr = proc.stderr.read()
-    stdout = "".join(seen)
+    rc, stdout, stderr = interrupt_at(proc, "[2/5]", 1.0)  # some images are being captured
     assert rc == 130, stdout[-2000:] + stderr[-2000:]
     assert "Traceback" not in stderr and "Traceback" not in stdout
     assert "interrupted during the collect stage" in stdout and "stopped early" in stdout
@@ -295,7 +270,7 @@ def test_out_dir_is_replaced_only_when_it_holds_an_earlier_demo(tmp_path):
 
 
 def test_action_tables_for_the_scene_classes():
-    from dli_perception.core.reaction import load_action_table
+    from dli_perception.core.action_table import load_action_table
 
     assert D.action_table_for(("free", "blocked")) is None  # the reaction node's built-in table
     table = load_action_table(D.action_table_for(("go", "left", "right", "halt")))

@@ -1,8 +1,9 @@
 """The graph client on its caller's context (as the demo runs it) and the runtime's background spinner.
 
 Real nodes and topics in one private context: ``Teacher.watch_camera``/``wait_for_camera``,
-``watch_velocity`` and ``watch_log`` hear what a node publishes; ``close()`` leaves the caller's
-context running; ``BackgroundSpin`` keeps spinning after a callback raised.
+``watch_velocity`` and ``watch_log`` hear what a node publishes; ``history=N`` keeps the last N
+values and the waits find them; ``close()`` leaves the caller's context running; ``BackgroundSpin``
+keeps spinning after a callback raised.
 """
 
 from __future__ import annotations
@@ -109,3 +110,59 @@ def test_background_spin_logs_a_callback_error_and_goes_on_spinning(ros_context,
             n.destroy_node()
         executor.shutdown(timeout_sec=1.0)
     assert not spin._thread.is_alive()
+
+
+@pytest.mark.graph
+def test_history_keeps_the_last_n_values_and_waits_find_values_a_newer_one_replaced(ros_context):
+    """``history=N`` keeps the newest N counts and statuses in order; without it only the newest is kept;
+    ``wait_for_value(start=...)`` finds a value that a newer one replaced before the wait looked."""
+    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+
+    from dli_perception.core.contracts import Counts
+    from dli_perception.nodes.qos import LATCHED
+
+    ns = unique_ns("history")
+    recorder = Node("recorder_node", namespace=ns, context=ros_context)
+    counts_pub = recorder.create_publisher(String, "recorder_node/counts", LATCHED)
+    diag_pub = recorder.create_publisher(DiagnosticArray, "/diagnostics", EVENTS)
+    executor = SingleThreadedExecutor(context=ros_context)
+    executor.add_node(recorder)
+    spin = BackgroundSpin(executor, ros_context)
+    keeping = Teacher(ns, node_name="keeping", context=ros_context, history=3)
+    newest_only = Teacher(ns, node_name="newest_only", context=ros_context)
+    try:
+        assert wait_for(lambda: counts_pub.get_subscription_count() >= 2, DEADLINE)
+        for n in range(1, 6):
+            counts_pub.publish(String(data=Counts({"cup": n}).encode()))
+            assert wait_for(lambda n=n: keeping.counts() == Counts({"cup": n}), DEADLINE), keeping.counts()
+        assert keeping.history("counts") == [Counts({"cup": n}) for n in (3, 4, 5)]  # the last 3, oldest first
+        assert keeping.history("counts", 2) == [Counts({"cup": 5})]
+        assert wait_for(lambda: newest_only.counts() == Counts({"cup": 5}), DEADLINE)
+        assert newest_only.history("counts") == []
+        # cup 4 was replaced: only a wait over the history finds it; the newest-value wait does not
+        assert keeping.wait_for_value("counts", lambda c: c.total == 4, 1.0, start=0) == Counts({"cup": 4})
+        assert keeping.wait_for_counts(lambda c: c.total == 4, 0.2) is None
+        assert "no counts as wanted within 0.2 s" in keeping.last_error
+        assert keeping.wait_for_counts(lambda c: c.total == 5, 1.0) == Counts({"cup": 5})
+
+        def status(saved: int) -> DiagnosticArray:
+            values = [KeyValue(key="saved", value=str(saved))]
+            report = DiagnosticStatus(level=DiagnosticStatus.WARN, name=f"{ns.strip('/')}/recorder_node", values=values)
+            return DiagnosticArray(status=[report, DiagnosticStatus(name="elsewhere/recorder_node")])
+
+        assert wait_for(lambda: diag_pub.get_subscription_count() >= 2, DEADLINE)
+        for saved in (1, 2):
+            diag_pub.publish(status(saved))
+            saved_is = lambda h, s=saved: h.values.get("saved") == str(s)  # noqa: E731
+            assert keeping.wait_for_health("recorder_node", saved_is, DEADLINE), keeping.last_error
+        assert [h.values["saved"] for h in keeping.health_history("recorder_node")] == ["1", "2"]
+        assert keeping.health_value("recorder_node", "saved") == "2"
+        assert keeping.node_health("recorder_node").level == "warn"
+        assert newest_only.health_history("recorder_node") == []
+    finally:
+        keeping.close()
+        newest_only.close()
+        spin.stop()
+        executor.remove_node(recorder)
+        recorder.destroy_node()
+        executor.shutdown(timeout_sec=1.0)

@@ -225,7 +225,7 @@ def test_yaml_parameters_are_declared_with_matching_types(path):
 @pytest.mark.parametrize("path", ACTION_TABLES, ids=lambda p: p.name)
 def test_action_tables_load(path):
     """Files with a top-level ``actions:`` are reaction_node action tables and must load as such."""
-    from dli_perception.core.reaction import load_action_table
+    from dli_perception.core.action_table import load_action_table
 
     assert load_action_table(path).actions
 

@@ -3,7 +3,9 @@
 The process runs camera_node (a folder of green frames), classifier_node (a nearest-colour model
 directory, test/fixtures_models.py) and reaction_node (every class drives forward) in one
 process; this test subscribes from its own context. Stopping with SIGINT, two SIGINTs 5 ms apart
-and SIGTERM must end in exit code 0, no traceback, and a zero Twist as the last cmd_vel.
+and SIGTERM must end in exit code 0, no traceback, and a zero Twist as the last cmd_vel; so must
+one SIGINT or two while it is still importing and starting (at moments read from /proc, as
+test/teach/test_stop.py does for the teach station).
 """
 
 from __future__ import annotations
@@ -20,8 +22,8 @@ import cv2
 import pytest
 from fixtures_models import build_colour_model_dir, solid
 from geometry_msgs.msg import Twist
-from graphutil import Collector, Spinner, entry_point, wait_for
-from std_msgs.msg import String
+from graphutil import Collector, Spinner, entry_point, graph_client, stop_and_check, wait_for
+from procutil import wait_stage
 
 from dli_perception import cli
 from dli_perception.nodes.qos import EVENTS
@@ -116,12 +118,12 @@ def test_up_classify_labels_frames_and_stops_with_a_final_zero_twist(ros_context
         ],
         tmp_path,
     )
-    labels = Collector(ros_context, String, f"{ns}/label", EVENTS, name="labels")
     cmds = Collector(ros_context, Twist, f"{ns}/cmd_vel", EVENTS, name="cmds")
     try:
-        with Spinner(ros_context, labels, cmds):
+        with Spinner(ros_context, cmds) as spinner:
+            client = spinner.own(graph_client(ros_context, ns))
             moving = wait_for(lambda: any(_velocity(m) == (0.1, 0.0) for m in list(cmds.msgs)), START_S)
-            assert moving, f"never moved; labels {[m.data for m in labels.msgs[-5:]]}\n{runner.output()}"
+            assert moving, f"never moved; labels {client.history('label')[-5:]}\n{runner.output()}"
             assert runner.stop(mode) == 0, runner.output()
             assert wait_for(lambda: cmds.count() > 0 and _velocity(cmds.msgs[-1]) == (0.0, 0.0), DEADLINE_S), [
                 _velocity(m) for m in cmds.msgs[-5:]
@@ -130,6 +132,22 @@ def test_up_classify_labels_frames_and_stops_with_a_final_zero_twist(ros_context
         runner.kill()
     text = runner.output()
     assert "Traceback" not in text, text
-    assert {m.data for m in labels.msgs} == {"green"}, text
+    assert set(client.history("label")) == {"green"}, text
     assert "(in-process)" in text  # the classifier took the camera's frames by the in-process hand-off
     assert "classifier stopped after" in text and "camera released after" in text, text
+
+
+@pytest.mark.parametrize("how", ["cli", "module"])
+@pytest.mark.parametrize("stage", ["handlers", "rclpy-import", "rmw-start"])
+@pytest.mark.parametrize("mode", ["int", "int2"])
+def test_a_stop_while_importing_or_starting_exits_0_without_traceback(node_process, scene, tmp_path, how, stage, mode):
+    model, frames, _ = scene
+    ns = f"/upstop_{uuid.uuid4().hex[:8]}"
+    args = ["classify", f"model_dir:={model}", "source:=folder", f"path:={frames}", "--namespace", ns]
+    if how == "cli":
+        proc = node_process("dli-perception", args=["up", *args], cwd=str(tmp_path))
+    else:
+        proc = node_process(sys.executable, args=["-m", "dli_perception.commands.up", *args], cwd=str(tmp_path))
+    assert wait_stage(proc.proc, stage, START_S), f"ended before {stage}:\n{proc.output()[-4000:]}"
+    assert stop_and_check(proc, mode, timeout=30.0) == 0, proc.output()[-4000:]
+    assert "Traceback" not in proc.stderr(), proc.stderr()[-4000:]

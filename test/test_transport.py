@@ -87,3 +87,63 @@ def _installed(dist: str) -> bool:
     except importlib.metadata.PackageNotFoundError:
         return False
     return True
+
+
+# A frame's worth of buffers allocated and freed like a take does (C message, bytes, array), on the
+# main thread and on a worker thread (the classifier's and camera's frames live on worker threads);
+# prints the page faults per round on each.
+_FAULTS_SCRIPT = """
+import resource, sys, threading
+import numpy as np
+from dli_perception import transport
+tuned = transport.keep_frame_buffers()
+def rounds(out):
+    for i in range(23):
+        if i == 3:
+            start = resource.getrusage(resource.RUSAGE_THREAD).ru_minflt
+        bufs = [np.ones(1280 * 720 * 3, np.uint8) for _ in range(4)]
+        del bufs
+    out.append((resource.getrusage(resource.RUSAGE_THREAD).ru_minflt - start) / 20)
+main, worker = [], []
+rounds(main)
+t = threading.Thread(target=rounds, args=(worker,))
+t.start()
+t.join()
+print(tuned, main[0], worker[0])
+"""
+
+
+def _faults(extra_env: dict) -> tuple[str, float, float]:
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
+    env.update(extra_env)
+    out = subprocess.run([sys.executable, "-c", _FAULTS_SCRIPT], env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    tuned, main, worker = out.stdout.split()
+    return tuned, float(main), float(worker)
+
+
+@pytest.mark.skipif(not transport.sys.platform.startswith("linux"), reason="glibc's mallopt exists only on Linux")
+def test_keep_frame_buffers_stops_page_faults_on_every_frame():
+    tuned, main, worker = _faults({})
+    assert tuned == "True"
+    # Untuned, glibc maps each HD buffer afresh and its 675 pages fault in again on every round.
+    untuned, main0, worker0 = _faults({transport.ALLOCATOR_OPT_OUT_ENV: "0"})
+    assert untuned == "False"
+    assert main0 > 1000 and worker0 > 1000, (main0, worker0)
+    assert main < 50 and worker < 50, (main, worker)
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {transport.ALLOCATOR_OPT_OUT_ENV: "0"},
+        {"MALLOC_TRIM_THRESHOLD_": "1000"},
+        {"GLIBC_TUNABLES": "glibc.malloc.mmap_threshold=4096"},
+    ],
+)
+def test_keep_frame_buffers_leaves_a_user_choice_alone(env):
+    assert transport.keep_frame_buffers(dict(env)) is False

@@ -200,6 +200,18 @@ def test_io_binding_gives_the_same_result(model_dir, ort_backend):
         np.testing.assert_allclose(bound.infer(batch), ort_backend.infer(batch), atol=1e-6)
 
 
+def test_thread_pools_sleep_between_runs_unless_asked_to_spin(model_dir, ort_backend):
+    """Spinning workers would keep a core busy after every frame, away from the node's other threads."""
+    keys = ("session.intra_op.allow_spinning", "session.inter_op.allow_spinning")
+    opts = ort_backend._session.get_session_options()
+    assert [opts.get_session_config_entry(k) for k in keys] == ["0", "0"]
+    batch = np.random.default_rng(4).normal(size=(1, 3, SIZE, SIZE)).astype(np.float32)
+    with OnnxRuntimeBackend.load(model_dir, device="cpu", intra_op_threads=1, spin=True) as spinning:
+        opts = spinning._session.get_session_options()
+        assert [opts.get_session_config_entry(k) for k in keys] == ["1", "1"]
+        np.testing.assert_allclose(spinning.infer(batch), ort_backend.infer(batch), atol=1e-6)
+
+
 def test_properties_warmup_and_close(model_dir):
     backend = OnnxRuntimeBackend.load(model_dir, device="cpu")
     assert backend.name == "onnxruntime" and backend.device == "cpu" and backend.precision == "fp32"

@@ -30,7 +30,7 @@ from dli_perception.core.bagio import (
     typestore_for,
 )
 from dli_perception.core.dataset import LOCK_NAME, MANIFEST_NAME, DatasetStore
-from dli_perception.errors import BagError, ConfigError, InvalidLabelError
+from dli_perception.errors import BagError, ConfigError, InvalidLabelError, TargetError
 
 REPO = Path(__file__).resolve().parents[2]
 T0 = 1_700_000_000 * 10**9
@@ -528,3 +528,125 @@ def test_each_distros_bag_round_trips_with_and_without_stored_definitions(tmp_pa
         assert (stats.definitions, stats.distro, stats.saved) == ("typestore", distro, 7)
         assert [(e.label, e.sha256) for e in copy.entries] == expected
     original.close()
+
+
+# ----------------------------------------------------------------------------- XY and label-set topics
+
+POINT = "geometry_msgs/msg/PointStamped"
+
+
+def point_msg(ts, x: float, y: float, stamp_ns: int = 0):
+    point = ts.types["geometry_msgs/msg/Point"](x=float(x), y=float(y), z=0.0)
+    return ts.types[POINT](header=header(ts, stamp_ns), point=point)
+
+
+def test_xy_topic_gives_a_regression_dataset(tmp_path):
+    ts = typestore_for("kilted")
+    rgb = {i: smooth(300 + i) for i in range(9)}
+    msgs = [
+        ("/image_raw", IMAGE, T0 + 1 * MS, image_msg(ts, rgb[0], "rgb8")),  # before the first point
+        ("/teach_xy", POINT, T0 + 10 * MS, point_msg(ts, 0.25, -0.5)),  # no header stamp: bag time
+        ("/image_raw", IMAGE, T0 + 11 * MS, image_msg(ts, rgb[1], "rgb8")),
+        ("/image_raw", IMAGE, T0 + 12 * MS, image_msg(ts, rgb[2], "rgb8")),
+        # Received late; its header says when it was set: images after T0+20ms get it.
+        ("/teach_xy", POINT, T0 + 30 * MS, point_msg(ts, -1.0, 1.0, stamp_ns=T0 + 20 * MS)),
+        ("/image_raw", IMAGE, T0 + 21 * MS, image_msg(ts, rgb[3], "rgb8")),
+        ("/teach_xy", POINT, T0 + 40 * MS, point_msg(ts, 160.0, 120.0)),  # pixels, not normalised: refused
+        ("/image_raw", IMAGE, T0 + 41 * MS, image_msg(ts, rgb[4], "rgb8")),
+        ("/image_raw", IMAGE, T0 + 42 * MS, image_msg(ts, rgb[5], "rgb8")),
+        ("/teach_xy", POINT, T0 + 50 * MS, point_msg(ts, 0.0, 0.0)),
+        ("/image_raw", IMAGE, T0 + 50 * MS, image_msg(ts, rgb[6], "rgb8")),  # same time: at or before
+    ]
+    msgs.sort(key=lambda m: m[2])
+    bag = write_bag(tmp_path / "bag", ts, "mcap", msgs)
+    with DatasetStore(tmp_path / "ds", image_format="png") as store:
+        stats = bag_to_dataset(bag, store, "/image_raw", xy_topic="/teach_xy")
+        assert (stats.images, stats.saved, stats.skipped_no_label, stats.skipped_invalid_target) == (7, 4, 1, 2)
+        assert stats.invalid_targets == {"(160, 120)": 2}
+        assert stats.counts == {"xy": 4} and stats.task == "regression"
+        assert "XY targets:" in stats.summary() and "invalid target 2 ((160, 120))" in stats.summary()
+        assert store.task == "regression" and store.counts() == {"xy": 4}
+        got = [(e.stamp_ns, e.xy, e.topic, e.bag) for e in store.entries]
+        files = [tmp_path / "ds" / e.file for e in store.entries]
+    assert got == [
+        (T0 + 11 * MS, (0.25, -0.5), "/image_raw", "bag"),
+        (T0 + 12 * MS, (0.25, -0.5), "/image_raw", "bag"),
+        (T0 + 21 * MS, (-1.0, 1.0), "/image_raw", "bag"),
+        (T0 + 50 * MS, (0.0, 0.0), "/image_raw", "bag"),
+    ]
+    for path, i in zip(files, (1, 2, 3, 6), strict=True):
+        np.testing.assert_array_equal(read_rgb(path), rgb[i])
+
+
+def labels_bag(tmp_path: Path) -> Path:
+    ts = typestore_for("humble")
+    msgs = []
+    plan = [("cup,ball", [0, 1]), ("[]", [2]), ("cup,a/b", [3]), ('["shoe"]', [4]), ("  cup ", [5, 6]), ("", [7])]
+    t = T0
+    for text, images in plan:
+        t += 10 * MS
+        msgs.append(("/teach_labels", STRING, t, string_msg(ts, text)))
+        for i in images:
+            t += MS
+            msgs.append(("/image_raw", IMAGE, t, image_msg(ts, smooth(400 + i), "rgb8")))
+    return write_bag(tmp_path / "lbag", ts, "sqlite3", msgs)
+
+
+def test_labels_topic_gives_a_multilabel_dataset(tmp_path):
+    bag = labels_bag(tmp_path)
+    with DatasetStore(tmp_path / "ds") as store:
+        stats = bag_to_dataset(bag, store, "/image_raw", labels_topic="/teach_labels")
+        assert (stats.images, stats.saved, stats.skipped_invalid_target) == (8, 7, 1)
+        assert stats.invalid_targets == {"cup,a/b": 1}
+        assert stats.counts == {"ball": 2, "cup": 4, "shoe": 1}
+        assert [e.labels for e in store.entries] == [
+            ("ball", "cup"), ("ball", "cup"), (), ("shoe",), ("cup",), ("cup",), (),
+        ]  # fmt: skip
+        assert store.counts() == {"ball": 2, "cup": 4, "shoe": 1}
+    # With a declared vocabulary, a set naming an unknown label is skipped and counted.
+    with DatasetStore(tmp_path / "ds2", known_labels=["ball", "cup"]) as store:
+        stats = bag_to_dataset(bag, store, "/image_raw", labels_topic="/teach_labels", workers=0)
+        assert (stats.saved, stats.skipped_invalid_target) == (6, 2)
+        assert stats.invalid_targets == {"cup,a/b": 1, '["shoe"]': 1}
+        assert store.counts() == {"ball": 2, "cup": 4}
+
+
+def test_target_topics_refuse_a_dataset_of_another_task(tmp_path):
+    bag = labels_bag(tmp_path)
+    root = tmp_path / "ds"
+    with DatasetStore(root) as store:
+        store.add(smooth(1), xy=(0.0, 0.0))
+        before = store_contents(root)
+        with pytest.raises(TargetError, match="holds a regression task"):
+            bag_to_dataset(bag, store, "/image_raw", labels_topic="/teach_labels")
+        with pytest.raises(ConfigError, match="exactly one of"):
+            bag_to_dataset(bag, store, "/image_raw", "/teach_labels", labels_topic="/teach_labels")
+        with pytest.raises(BagError, match="expected geometry_msgs/msg/PointStamped"):
+            bag_to_dataset(bag, store, "/image_raw", xy_topic="/teach_labels")
+        assert len(store) == 1
+    assert store_contents(root) == before
+
+
+@pytest.mark.parametrize("compressed", [False, True])
+def test_regression_and_multilabel_round_trip(tmp_path, compressed):
+    from dli_perception.core import synthetic
+
+    synthetic.make_xy_dataset(tmp_path / "xy", 6, size=32, seed=7)
+    synthetic.make_multilabel_dataset(tmp_path / "ml", 6, size=32, seed=7)
+    for name, kw, topic, msgtype in (
+        ("xy", {"xy_topic": "/teach_xy"}, "/teach_xy", POINT),
+        ("ml", {"labels_topic": "/teach_labels"}, "/teach_labels", STRING),
+    ):
+        bag = tmp_path / f"{name}_bag"
+        stats = dataset_to_bag(tmp_path / name, bag, compressed=compressed, start_ns=T0)
+        assert (stats.images, stats.labels) == (6, 6)
+        assert bag_topics(bag)[topic] == (msgtype, 6) and "/teach_label" not in bag_topics(bag)
+        with DatasetStore(tmp_path / name, readonly=True) as original:
+            want = [(e.xy, e.labels) for e in original.entries]
+            want_sha = [e.sha256 for e in original.entries]
+        with DatasetStore(tmp_path / f"{name}_back") as copy:
+            back = bag_to_dataset(bag, copy, "/image_raw", **kw)
+            assert back.saved == 6 and back.skipped_invalid_target == 0
+            assert [(e.xy, e.labels) for e in copy.entries] == want
+            if compressed:
+                assert [e.sha256 for e in copy.entries] == want_sha

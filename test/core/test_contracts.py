@@ -12,10 +12,12 @@ from dli_perception.core.contracts import (
     ClassList,
     Counts,
     Label,
+    LabelSet,
     ReactionState,
     Scores,
     TrainProgress,
     TrainStatus,
+    XYResult,
 )
 from dli_perception.core.training import ProgressEvent
 from dli_perception.errors import BadMessageError
@@ -43,7 +45,8 @@ def test_progress_decodes_the_trainers_events_nan_included():
     assert decoded.phase == "epoch" and decoded.val_loss is None and decoded.val_accuracy == 0.8
     assert decoded.fraction == pytest.approx(0.3)
     assert TrainProgress.decode(decoded.encode()) == decoded
-    assert set(json.loads(decoded.encode())) == set(event.to_dict())  # the same fields as the core's event
+    assert set(json.loads(decoded.encode())) == set(event.to_dict())
+    assert ProgressEvent is TrainProgress  # the core's event and the contract are one definition
 
 
 def test_status_decodes_the_trainers_outcome():
@@ -64,10 +67,21 @@ def test_status_decodes_the_trainers_outcome():
         "confusion": [[3, 0], [1, 2]],
         "duration_s": 4.2,
         "finished": "2026-01-01T00:00:00+00:00",
+        "task": "classification",
+        "headline": "validation accuracy 83.3%",
+        "metrics": {},
     }
     status = TrainStatus.decode(json.dumps(outcome))
     assert status.succeeded and status.confusion == ((3, 0), (1, 2)) and status.classes == ("a", "b")
     assert json.loads(status.encode()) == outcome
+    regression = TrainStatus.decode(
+        json.dumps(
+            {"status": "completed", "task": "regression", "metrics": {"mean_error": 0.2, "baseline_mean_error": 0.6}}
+        )
+    )
+    assert regression.task == "regression" and regression.metrics["mean_error"] == 0.2
+    with pytest.raises(BadMessageError, match="'metrics'"):
+        TrainStatus.decode(json.dumps({"status": "completed", "metrics": {"mean_error": "low"}}))
     failed = TrainStatus.decode(json.dumps({"status": "failed", "error": "two classes needed", "run": 1}))
     assert not failed.succeeded and failed.error == "two classes needed" and failed.best_epoch is None
 
@@ -94,6 +108,19 @@ def test_counts_scores_classes_state_round_trip():
         ReactionState(True, "free", "moving", 0.2, 0.0),
         ReactionState(True, "free", "moving", 0.2, 0.0, 1_700_000_000_000_000_001, "camera"),
         ReactionState(False, None, "disabled"),
+        XYResult(1_700_000_000_000_000_002, "camera", 0.25, -0.5, 0.3, -0.45, 4.0, 2.0, "/m", {"inference": 2.0}),
+        LabelSet(
+            1_700_000_000_000_000_003,
+            "camera",
+            ("cup",),
+            {"cup": 0.8, "ball": 0.1},
+            {"cup": 0.5, "ball": 0.6},
+            True,
+            5.0,
+            2.5,
+            "/m",
+            {"inference": 2.5},
+        ),
     ]
     for value in values:
         assert type(value).decode(value.encode()) == value
@@ -144,3 +171,17 @@ def test_label_is_plain_text_or_json_with_a_score():
 def test_bad_messages_are_refused_with_the_reason(contract, text, says):
     with pytest.raises(BadMessageError, match=says):
         contract.decode(text)
+
+
+def test_xy_and_label_set_refuse_what_the_node_never_sends():
+    stamp = {"sec": 1, "nanosec": 2}
+    with pytest.raises(BadMessageError, match="'x' must be a finite number"):
+        XYResult.decode(json.dumps({"stamp": stamp, "x": "left", "y": 0}))
+    with pytest.raises(BadMessageError, match="missing 'stamp'"):
+        XYResult.decode(json.dumps({"x": 0, "y": 0}))
+    with pytest.raises(BadMessageError, match="list of label names"):
+        LabelSet.decode(json.dumps({"stamp": stamp, "labels": "cup"}))
+    with pytest.raises(BadMessageError, match=r"\[0, 1\]"):
+        LabelSet.decode(json.dumps({"stamp": stamp, "labels": [], "scores": {"cup": 1.5}}))
+    # a raw point defaults to the smoothed one when an older sender leaves it out
+    assert XYResult.decode(json.dumps({"stamp": stamp, "x": 0.5, "y": -0.25})).raw_x == 0.5

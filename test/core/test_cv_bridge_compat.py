@@ -35,8 +35,9 @@ from dli_perception.core.imaging import (
     imgmsg_to_cv2,
     to_rosbags_image,
 )
-from dli_perception.core.imaging.cvtypes import MAX_CHANNELS, cv_type, cv_type_layout
+from dli_perception.core.imaging.cvtypes import MAX_CHANNELS, cv_type_layout
 from dli_perception.core.imaging.display import cvt_color_for_display, label_colors
+from dli_perception.core.imaging.encoding_table import cv_type
 from dli_perception.core.imaging.formats import CODECS, MAX_DECODED_PIXELS
 from dli_perception.errors import CvBridgeError, ImageConversionError
 
@@ -100,10 +101,10 @@ def test_stand_in_is_importable_as_cv_bridge_only_from_its_folder():
         import importlib.util, sys
         import cv_bridge
         from dli_perception.core import imaging
-        from dli_perception.core.imaging import cvtypes, display
+        from dli_perception.core.imaging import display, encoding_table
         assert cv_bridge.IS_DLI_PERCEPTION_SHIM
         assert cv_bridge.CvBridge is imaging.CvBridge and cv_bridge.CvBridgeError is imaging.CvBridgeError
-        assert cv_bridge.getCvType is cvtypes.cv_type
+        assert cv_bridge.getCvType is encoding_table.cv_type
         assert cv_bridge.cvtColorForDisplay is display.cvt_color_for_display
         assert importlib.util.find_spec("cv_bridge.boost") is None
         # the converter does not take the stand-in for the real C++ extension

@@ -27,6 +27,7 @@ from dli_perception.core.dataset import (
     LOCK_NAME,
     MANIFEST_NAME,
     DatasetStore,
+    import_folder,
     is_no_label,
     validate_label,
 )
@@ -734,7 +735,7 @@ def test_import_folder_skips_corrupt_files_and_bad_names(tmp_path):
     seen = []
     with DatasetStore(root) as store:
         store.add(frame(50), "cup")
-        stats = store.import_folder(src, progress=lambda done, total: seen.append((done, total)))
+        stats = import_folder(store, src, progress=lambda done, total: seen.append((done, total)))
         assert stats.counts == {"cup": 2, "pen": 4}
         assert stats.skipped_corrupt == 2 and stats.skipped_bad_label == 1
         assert sorted(Path(p).name for p in stats.corrupt_files) == ["garbage.jpg", "img2.jpeg"]
@@ -752,12 +753,12 @@ def test_import_folder_skips_corrupt_files_and_bad_names(tmp_path):
         deep = by_source["import:src/pen/p3.png"]  # 16-bit PNG: re-encoded at 8 bits
         assert deep.file.endswith(".jpg")
         assert np.abs(read_rgb(store.path_of(deep)).astype(int) - frame(15)).mean() < 3
-        again = store.import_folder(src)
+        again = import_folder(store, src)
         assert again.duplicates == 6 and again.counts == {}
         with pytest.raises(DatasetError, match="into itself"):
-            store.import_folder(root)
+            import_folder(store, root)
         with pytest.raises(DatasetError, match="not a directory"):
-            store.import_folder(tmp_path / "missing")
+            import_folder(store, tmp_path / "missing")
     assert_consistent(root)
 
 
@@ -770,8 +771,8 @@ def test_import_folder_can_be_stopped(tmp_path):
         cv2.imwrite(str(src / f"{i}.png"), frame(i))
     stop = threading.Event()
     with DatasetStore(tmp_path / "ds") as store:
-        stats = store.import_folder(
-            tmp_path / "src", progress=lambda done, total: stop.set() if done == 2 else None, stop_event=stop
+        stats = import_folder(
+            store, tmp_path / "src", progress=lambda done, total: stop.set() if done == 2 else None, stop_event=stop
         )
         assert stats.cancelled and stats.counts == {"cup": 2} and store.counts() == {"cup": 2}
     assert_consistent(tmp_path / "ds")

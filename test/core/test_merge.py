@@ -150,3 +150,62 @@ def test_cli_merge_prints_the_report(tmp_path, capsys):
     assert report["robots"] == {"r1": 2, "r2": 1}
     rc = cli.main(["dataset", "merge", str(a), "--out", str(out)])
     assert rc == 1 and "--force" in capsys.readouterr().err
+
+
+# -------------------------------------------------------------------------- regression and multi-label
+
+
+def test_merge_refuses_datasets_of_different_tasks(tmp_path):
+    cls = make_store(tmp_path / "cls", [(0, "cup")])
+    xy = tmp_path / "xy"
+    with DatasetStore(xy) as store:
+        store.add(image(1), xy=(0.5, 0.5))
+    ml = tmp_path / "ml"
+    with DatasetStore(ml) as store:
+        store.add(image(2), labels=["cup"])
+    empty = tmp_path / "empty"
+    DatasetStore(empty).close()
+    for pair in ((cls, xy), (xy, ml), (ml, empty, cls)):
+        with pytest.raises(MergeError, match=r"different tasks: .*\((classification|regression|multilabel)\)"):
+            merge_datasets(pair, tmp_path / "out")
+        assert not (tmp_path / "out").exists() and no_temp_dirs(tmp_path)
+
+
+def test_merge_regression_datasets_dedupes_and_keeps_targets(tmp_path):
+    a, b = tmp_path / "robot_a", tmp_path / "robot_b"
+    with DatasetStore(a, image_format="png") as store:
+        store.add(image(0), xy=(0.1, -0.2))
+        store.add(image(1), xy=(0.3, 0.4))
+        store.add(image(5), xy=(0.0, 0.0))
+    with DatasetStore(b, image_format="png") as store:
+        store.add(image(0), xy=(0.1, -0.2))  # same image, same target: stored once
+        store.add(image(2), xy=(-1.0, 1.0))
+        store.add(image(5), xy=(0.9, 0.9))  # same image, another target: a conflict
+    report = merge_datasets([a, b], tmp_path / "out")
+    assert report.task == "regression" and report.written == 3 and report.duplicates == 1
+    assert report.dropped_conflicting == 2 and len(report.label_conflicts) == 1
+    (places,) = report.label_conflicts.values()
+    assert [p[2] for p in places] == ["xy=0,0", "xy=0.9,0.9"]
+    assert "(task regression)" in report.summary() and "targets: xy 3" in report.summary()
+    with DatasetStore(tmp_path / "out", readonly=True) as out:
+        assert out.task == "regression"
+        assert sorted(e.xy for e in out.entries) == [(-1.0, 1.0), (0.1, -0.2), (0.3, 0.4)]
+        assert {e.robot for e in out.entries} == {"robot_a", "robot_b"}
+
+
+def test_merge_multilabel_datasets_with_renames_and_vocabularies(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    with DatasetStore(a, known_labels=["cup", "ball"]) as store:
+        store.add(image(0), labels=["cup", "ball"])
+        store.add(image(1), labels=[])
+    with DatasetStore(b, known_labels=["Cup", "shoe"]) as store:
+        store.add(image(2), labels=["Cup"])
+        store.add(image(3), labels=["shoe", "Cup"])
+    with pytest.raises(MergeError, match="differ only by case: Cup / cup"):
+        merge_datasets([a, b], tmp_path / "out")
+    report = merge_datasets([a, b], tmp_path / "out", rename={"Cup": "cup"})
+    assert report.task == "multilabel" and report.written == 4
+    assert report.counts == {"ball": 1, "cup": 3, "shoe": 1}
+    with DatasetStore(tmp_path / "out", readonly=True) as out:
+        assert out.label_vocabulary == ("ball", "cup", "shoe")
+        assert [e.labels for e in out.entries] == [("ball", "cup"), (), ("cup",), ("cup", "shoe")]

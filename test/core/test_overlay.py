@@ -101,3 +101,44 @@ def test_style_validation():
         OverlayStyle(banner_alpha=1.5)
     with pytest.raises(ConfigError):
         OverlayStyle(max_classes=-1)
+
+
+# -- regression and multi-label overlays ----------------------------------------------------------
+def test_xy_overlay_draws_the_crosshair_at_the_point():
+    from dli_perception.core.overlay import draw_xy_overlay, xy_pixel
+
+    frame = np.zeros((240, 320, 3), np.uint8)
+    frame.setflags(write=False)
+    for x, y in ((0.5, 0.5), (-0.75, 0.25)):
+        out = draw_xy_overlay(frame, x, y, raw=(-0.9, 0.9))
+        assert np.all(frame == 0) and out.shape == frame.shape
+        cx, cy = xy_pixel(x, y, 240, 320)
+        assert (cx, cy) == (round((x + 1) * 160), round((y + 1) * 120))
+        green = np.all(out == STYLE.known_colour, axis=-1)
+        ys, xs = np.nonzero(green)
+        assert abs(xs.mean() - cx) < 1.5 and abs(ys.mean() - cy) < 1.5  # centred on the point
+        assert green[cy, cx - 10] and green[cy - 10, cx]  # the arms of the cross
+        rx, ry = xy_pixel(-0.9, 0.9, 240, 320)
+        assert np.all(out[ry, rx] == STYLE.class_colour)  # the raw point's dot
+    # Points outside the frame are clipped to its edge, NaN is drawn at the centre: never an error.
+    assert xy_pixel(3.0, -3.0, 240, 320) == (319, 0)
+    assert xy_pixel(float("nan"), 0.0, 240, 320) == (160, 120)
+    with pytest.raises(ConfigError):
+        draw_xy_overlay(np.zeros((4, 4), np.uint8), 0.0, 0.0)
+
+
+def test_labels_overlay_colours_active_labels_and_marks_thresholds():
+    from dli_perception.core.overlay import draw_labels_overlay
+
+    frame = np.zeros((480, 640, 3), np.uint8)
+    scores = {"cup": 0.8, "ball": 0.6, "dog": 0.1}
+    geo = layout(480, 640, 3)
+    bar_w = geo.bar_width - geo.bar_width // 3
+    out = draw_labels_overlay(frame, ("cup",), scores, {"cup": 0.5, "ball": 0.7, "dog": 0.5})
+    assert _count(out, STYLE.known_colour) > 0 and _count(out, STYLE.class_colour) > 0
+    bar_h = max(1, max(4, geo.line_height // 2) // 2)
+    # Bar lengths follow the scores (the ticks cut one column from a bar they cross).
+    assert _count(out, STYLE.known_colour) / bar_h == pytest.approx(0.8 * bar_w, abs=2)
+    assert _count(out, STYLE.class_colour) / bar_h == pytest.approx(0.7 * bar_w, abs=3)
+    none = draw_labels_overlay(frame, (), scores)
+    assert _count(none, STYLE.known_colour) == 0  # nothing active: no bar in the active colour

@@ -8,24 +8,26 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dli_perception.core.reaction import (
+from dli_perception.core.action_table import (
     COLLISION_AVOIDANCE,
+    STOP,
+    Action,
+    ActionTable,
+    class_table_mismatch,
+    load_action_table,
+)
+from dli_perception.core.reaction import (
     DISABLED,
     DURATION_ELAPSED,
     LOW_SCORE,
     MOVING,
     NO_LABEL,
     STALE,
-    STOP,
     STOP_ACTION,
     UNKNOWN,
     UNMAPPED,
-    Action,
-    ActionTable,
     PolicyConfig,
     ReactionPolicy,
-    class_table_mismatch,
-    load_action_table,
 )
 from dli_perception.errors import ConfigError
 

@@ -51,12 +51,7 @@ def make_image_folder(root: Path, per_class: int = PER_CLASS, classes=CLASSES, s
     return root
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -369,6 +364,32 @@ def test_cancel_keeps_best_checkpoint_and_resume_matches_an_uninterrupted_run(da
             b.lr,
         )
     assert resumed.confusion == full.confusion
+    full_state, resumed_state = full.model.state_dict(), resumed.model.state_dict()
+    assert all(torch.equal(full_state[k], resumed_state[k]) for k in full_state)
+
+
+def test_resume_from_inside_the_head_stage_matches_an_uninterrupted_run(dataset, tmp_path):
+    """Cut during the head stage (trained on cached features), resumed: the same epochs, losses and weights."""
+    config = cfg(mode="head-then-finetune", epochs=4, head_epochs=3, lr=0.01)
+    full = T.train(dataset, config)
+    cancel = threading.Event()
+
+    def on_progress(event: T.ProgressEvent) -> None:
+        if event.phase == "train" and event.epoch == 3 and event.batch == 1:
+            cancel.set()
+
+    cut = T.train(dataset, config, checkpoint_dir=tmp_path / "cut", cancel=cancel, on_progress=on_progress)
+    assert cut.cancelled and [(h.epoch, h.stage) for h in cut.history] == [(1, "head"), (2, "head")]
+    resumed = T.train(dataset, config, checkpoint_dir=tmp_path / "cut", resume=tmp_path / "cut" / T.LAST_CHECKPOINT)
+    assert [h.stage for h in resumed.history] == ["head", "head", "head", "finetune"]
+    for a, b in zip(resumed.history, full.history, strict=True):
+        assert (a.epoch, a.train_loss, a.val_loss, a.val_acc, a.lr) == (
+            b.epoch,
+            b.train_loss,
+            b.val_loss,
+            b.val_acc,
+            b.lr,
+        )
     full_state, resumed_state = full.model.state_dict(), resumed.model.state_dict()
     assert all(torch.equal(full_state[k], resumed_state[k]) for k in full_state)
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
-from graphutil import Collector, Spinner, ros_args, stop_and_check, wait_for
+from diagnostic_msgs.msg import DiagnosticArray
+from graphutil import Collector, Spinner, graph_client, ros_args, stop_and_check, wait_for
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
@@ -59,6 +59,16 @@ def test_in_process_frames_have_size_encoding_stamps_and_camera_info(ros_context
     info = infos.msgs[-1]
     assert (info.width, info.height, info.header.frame_id) == (96, 64, "cam_optical")
     assert info.k[2] == 48.0 and info.k[5] == 32.0 and info.k[0] > 0
+
+
+def test_frames_are_built_and_sent_only_while_someone_subscribes(ros_context):
+    camera = CameraNode(context=ros_context, parameter_overrides=_params(width=96, height=64, fps=30.0))
+    with Spinner(ros_context, camera) as spinner:
+        assert wait_for(lambda: camera.published >= 10, timeout=DISCOVERY_S)
+        assert camera.sent == 0  # nobody subscribed: nothing converted or serialised
+        images = spinner.add(Collector(ros_context, Image, "image_raw", SENSOR_DATA, name="late_images"))
+        assert wait_for(lambda: images.count() >= 3, timeout=DISCOVERY_S)
+        assert camera.sent >= 3 and camera.published > camera.sent
 
 
 def _two_colour_picture(width: int, height: int) -> np.ndarray:
@@ -174,21 +184,16 @@ def test_image_folder_slideshow_skips_corrupt_files(node_process, ros_context, t
 
 
 def test_missing_camera_is_retried_and_reported_not_fatal(node_process, ros_context):
-    proc = node_process("camera_node", *ros_args(source="v4l2", device="/dev/video99", **{"reconnect.initial_s": 0.1}))
-    diags = Collector(ros_context, DiagnosticArray, "/diagnostics", EVENTS)
+    proc = node_process(
+        "camera_node", *ros_args({"source": "v4l2", "device": "/dev/video99", "reconnect.initial_s": 0.1})
+    )
 
-    def failures() -> int:
-        for msg in reversed(diags.msgs):
-            for status in msg.status:
-                if status.name.endswith("camera_node"):
-                    values = {kv.key: kv.value for kv in status.values}
-                    return int(values["failures"]) if status.level == DiagnosticStatus.ERROR else 0
-        return 0
+    def failing(health) -> bool:  # an error report with at least three failed opens
+        return health.level == "error" and int(health.values.get("failures", "0")) >= 3
 
-    with Spinner(ros_context, diags):
-        assert wait_for(lambda: failures() >= 3, timeout=DISCOVERY_S), proc.output()
-    # the camera's latest report in the history (the last message may be another node's)
-    status = next(s for m in reversed(list(diags.msgs)) for s in m.status if s.name.endswith("camera_node"))
+    with graph_client(ros_context) as client:
+        status = client.wait_for_health("camera_node", failing, DISCOVERY_S)
+    assert status is not None, (client.last_error, proc.output())
     assert "camera unavailable" in status.message and "/dev/video99" in status.message
     assert proc.proc.poll() is None
     assert stop_and_check(proc, "int") == 0

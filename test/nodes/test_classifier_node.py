@@ -1,14 +1,15 @@
 """classifier_node in a real ROS graph: labels, stamps, bad frames, hot reload, overload, signals, camera -> label.
 
 In-process tests run the node with a nearest-colour model (test/fixtures_models.py) in a
-private context next to a frame publisher and collectors; process tests run the console
-scripts. Frames are published one at a time and each result awaited (with a deadline) where
-the test needs every frame classified.
+private context next to a frame publisher and the package's graph client, which reads the results;
+process tests run the console scripts. Frames are published one at a time and each result awaited
+(with a deadline) where the test needs every frame classified. Parameters are set through the node's
+parameter services (the raw ROS interface, as ``ros2 param`` does) and the overlay is read as the raw
+Image it is.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import time
@@ -16,19 +17,27 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from classifier_rig import ClassifierRig, frame_msg, stamp_of
+from classifier_rig import ClassifierRig, frame_msg
 from fixtures_models import build_colour_model_dir, corrupt_copy, solid
-from graphutil import Collector, Spinner, stop_and_check, wait_for
+from graphutil import (
+    Collector,
+    FrameSource,
+    Spinner,
+    graph_client,
+    ros_args,
+    scene_camera_args,
+    stop_and_check,
+    wait_for,
+)
 from rcl_interfaces.msg import SetParametersResult
 from rcl_interfaces.srv import GetParameters, SetParameters
 from rclpy.node import Node
 from rclpy.parameter import Parameter, parameter_value_to_python
 from sensor_msgs.msg import Image
-from std_msgs.msg import String
 
 from dli_perception.core.backend_options import BackendOptions
 from dli_perception.nodes.classifier_node import PARAMS, ClassifierNode
-from dli_perception.nodes.qos import EVENTS, LATCHED, SENSOR_DATA
+from dli_perception.nodes.qos import SENSOR_DATA
 
 pytestmark = pytest.mark.graph
 
@@ -70,7 +79,7 @@ class ParamClient:
 @pytest.fixture
 def graph(ros_context, request):
     params = getattr(request, "param", {})
-    with Spinner(ros_context, threads=3) as spinner:
+    with Spinner(ros_context) as spinner:
         yield lambda **kw: ClassifierRig(ros_context, spinner, **{**params, **kw})
 
 
@@ -90,22 +99,23 @@ def test_labels_scores_stamps_and_frame_ids(graph, models):
     for i, (colour, encoding, (h, w)) in enumerate(frames):
         stamp = 1_700_000_000_000_000_000 + i * 33_000_123
         result = g.classify(solid(colour, h, w), stamp, frame_id=f"cam_{i}", encoding=encoding)
-        assert result["label"] == colour and result["raw_label"] == colour
-        assert result["frame_id"] == f"cam_{i}"
-        assert stamp_of(result) == stamp
-        assert set(result["scores"]) == set(CLASSES_A)
-        assert sum(result["scores"].values()) == pytest.approx(1.0, abs=1e-4)
-        assert 0.5 < result["score"] <= 1.0 and result["scores"][colour] == pytest.approx(result["raw_score"])
-        assert result["model"] == str(models["a"])
-        assert result["latency_ms"] >= result["inference_ms"] >= 0.0
-    assert wait_for(lambda: g.labels.count() == len(frames), DEADLINE)
-    assert [m.data for m in g.labels.msgs] == [c for c, _, _ in frames]
+        assert result.label == colour and result.raw_label == colour
+        assert result.frame_id == f"cam_{i}"
+        assert result.stamp_ns == stamp
+        assert set(result.scores) == set(CLASSES_A)
+        assert sum(result.scores.values()) == pytest.approx(1.0, abs=1e-4)
+        assert 0.5 < result.score <= 1.0 and result.scores[colour] == pytest.approx(result.raw_score)
+        assert result.model == str(models["a"])
+        assert result.latency_ms >= result.inference_ms >= 0.0
+    assert wait_for(lambda: len(g.labels()) == len(frames), DEADLINE)
+    assert g.labels() == [c for c, _, _ in frames]
     assert g.node.classified == len(frames) and g.node.bad == 0
-    assert wait_for(lambda: (g.diagnostics() or {}).get("frames_classified") == str(len(frames)), DEADLINE)
-    diag = g.diagnostics()
+    assert wait_for(lambda: g.diag("frames_classified") == str(len(frames)), DEADLINE)
+    diag = g.health().values
     assert diag["status"] == "serving" and diag["backend"] == "onnxruntime" and diag["device"] == "cpu"
     assert diag["model_dir"] == str(models["a"]) and diag["classes"] == ",".join(CLASSES_A)
     assert float(diag["latency_p95_ms"]) >= float(diag["latency_p50_ms"]) > 0.0
+    assert g.client.bad_messages == 0, g.client.last_error
 
 
 @pytest.mark.parametrize(
@@ -122,7 +132,7 @@ def test_smoothing_threshold_and_hysteresis(graph, models, hysteresis, expected)
         unknown_label="nothing",
     )
     g.ready()
-    labels = [g.classify(solid(c), 10 + i)["label"] for i, c in enumerate(["red", "red", "green", "green", "green"])]
+    labels = [g.classify(solid(c), 10 + i).label for i, c in enumerate(["red", "red", "green", "green", "green"])]
     # EMA 0.5: after two red frames the first green frame leaves red and green at 0.5 each: below the
     # threshold, but not below threshold - hysteresis when hysteresis is 0.2.
     assert labels == expected
@@ -163,17 +173,17 @@ def _bad_frames() -> list[tuple[str, Image]]:
 def test_bad_frames_are_counted_and_skipped(graph, models):
     g = graph(model_dir=str(models["a"]), smoothing="none")
     g.ready()
-    assert g.classify(solid("green"), 1)["label"] == "green"
+    assert g.classify(solid("green"), 1).label == "green"
     errors = []
     for n, (what, msg) in enumerate(_bad_frames(), start=1):
         g.image_pub.publish(msg)
         assert wait_for(lambda n=n: g.node.bad == n, DEADLINE), f"{what} frame not counted as bad"
         errors.append(g.node.last_error)
-        assert g.classify(solid("blue"), 1000 + n)["label"] == "blue"  # keeps classifying after it
+        assert g.classify(solid("blue"), 1000 + n).label == "blue"  # keeps classifying after it
     assert "not_an_encoding" in errors[0]
     assert g.node.errors == 0 and g.node.classified == 5
-    assert wait_for(lambda: (g.diagnostics() or {}).get("frames_bad") == "4", DEADLINE)
-    assert g.diagnostics()["last_error"].startswith("bad frame")
+    assert wait_for(lambda: g.diag("frames_bad") == "4", DEADLINE)
+    assert g.diag("last_error").startswith("bad frame")
 
 
 # -- hot reload -----------------------------------------------------------------------------------
@@ -181,23 +191,24 @@ def test_hot_reload_by_topic_and_parameter(graph, models):
     g = graph(model_dir=str(models["a"]), smoothing="none")
     g.ready()
     assert wait_for(lambda: g.current_classes() == CLASSES_A, DEADLINE)
-    assert g.classify(solid("red"), 1)["label"] == "red"
+    assert g.classify(solid("red"), 1).label == "red"
 
-    g.model_pub.publish(String(data=str(models["b"])))
+    assert g.client.switch_model(str(models["b"])).ok, g.client.last_error
     assert wait_for(lambda: g.current_classes() == CLASSES_B, DEADLINE), g.node.last_error
     result = g.classify(solid("cyan"), 2)
-    assert result["label"] == "cyan" and set(result["scores"]) == set(CLASSES_B)
-    assert result["model"] == str(models["b"])
+    assert result.label == "cyan" and set(result.scores) == set(CLASSES_B)
+    assert result.model == str(models["b"])
     assert g.node.get_parameter("model_dir").value == str(models["a"])  # the topic does not rewrite it
 
     # A corrupt model is refused; the old one keeps serving and the error is reported.
-    g.model_pub.publish(String(data=str(models["corrupt"])))
+    assert g.client.switch_model(str(models["corrupt"])).ok, g.client.last_error
     assert wait_for(lambda: g.node.load_failures == 1 and not g.node.loading, DEADLINE)
-    assert g.classify(solid("magenta"), 3)["label"] == "magenta"
+    assert g.classify(solid("magenta"), 3).label == "magenta"
     assert g.node.status() == "load failed; previous model serving"
-    assert wait_for(lambda: str(models["corrupt"]) in (g.diagnostics() or {}).get("last_error", ""), DEADLINE)
-    diag = g.diagnostics()
-    assert diag["level"] == b"\x01" and "ModelError" in diag["last_error"] and diag["model_dir"] == str(models["b"])
+    assert wait_for(lambda: str(models["corrupt"]) in (g.diag("last_error") or ""), DEADLINE)
+    diag = g.health()
+    assert diag.level == "warn" and "ModelError" in diag.values["last_error"]
+    assert diag.values["model_dir"] == str(models["b"])
 
     # A parameter change (through the node's parameter services, as `ros2 param set` does) loads in
     # the background; a successful load clears the error, in the node and in diagnostics.
@@ -205,11 +216,11 @@ def test_hot_reload_by_topic_and_parameter(graph, models):
     result = params.set("model_dir", str(models["a"]))
     assert result.successful, result.reason
     assert wait_for(lambda: g.current_classes() == CLASSES_A, DEADLINE), g.node.last_error
-    assert g.classify(solid("blue"), 4)["label"] == "blue"
+    assert g.classify(solid("blue"), 4).label == "blue"
     assert g.node.status() == "serving"
     assert g.node.last_error == "" and g.node.last_load_error == ""
-    assert wait_for(lambda: (g.diagnostics() or {}).get("status") == "serving", DEADLINE)
-    assert g.diagnostics()["last_error"] == "" and g.diagnostics()["level"] == b"\x00"
+    assert wait_for(lambda: g.diag("status") == "serving", DEADLINE)
+    assert g.diag("last_error") == "" and g.health().level == "ok"
 
     # A missing directory is accepted as a value and fails to load; the model keeps serving and the
     # parameter is set back to the directory serving, so a parameter dump never carries the bad one.
@@ -219,7 +230,7 @@ def test_hot_reload_by_topic_and_parameter(graph, models):
     assert "does not exist" in g.node.last_load_error
     assert wait_for(lambda: params.get("model_dir") == str(models["a"]), DEADLINE), params.get("model_dir")
     assert g.node.get_parameter("model_dir").value == str(models["a"])
-    assert g.classify(solid("green"), 5)["label"] == "green"
+    assert g.classify(solid("green"), 5).label == "green"
     assert g.node.loads == 3  # setting it back loaded nothing again
     time.sleep(0.5)
     assert g.node.loads == 3 and not g.node.loading and g.node.status() == "load failed; previous model serving"
@@ -235,9 +246,9 @@ def test_waits_for_a_model_then_loads_one_from_the_topic(graph, models):
     g.image_pub.publish(frame_msg(solid("red"), 1))
     assert wait_for(lambda: g.node.without_model == 1, DEADLINE)
     assert g.node.classified == 0
-    g.model_pub.publish(String(data=str(models["b"])))
+    assert g.client.switch_model(str(models["b"])).ok, g.client.last_error
     g.ready()
-    assert g.classify(solid("yellow"), 2)["label"] == "yellow"
+    assert g.classify(solid("yellow"), 2).label == "yellow"
 
 
 def test_decision_parameters_are_validated_together(graph, models):
@@ -248,7 +259,7 @@ def test_decision_parameters_are_validated_together(graph, models):
     assert not g.node.set_parameters([Parameter("ema_alpha", value=0.0)])[0].successful
     assert not g.node.set_parameters([Parameter("backend", value="tflite")])[0].successful
     assert g.node.set_parameters([Parameter("n", value=5), Parameter("k", value=4)])[0].successful
-    labels = [g.classify(solid("blue"), 10 + i)["label"] for i in range(4)]
+    labels = [g.classify(solid("blue"), 10 + i).label for i in range(4)]
     assert labels == ["unknown", "unknown", "unknown", "blue"]  # 4 of the last 5 votes needed
 
 
@@ -276,42 +287,41 @@ def test_overload_drops_stale_frames_and_never_queues(graph, models):
             node.received > 0
             and node.pending == 0
             and accounted == node.received
-            and g.scores.count() == node.classified
+            and len(g.results()) == node.classified
         )
 
     assert wait_for(settled, DEADLINE), (node.received, node.classified, node.dropped, node.pending)
     assert node.max_pending == 1
     assert node.dropped > node.classified >= 1
-    stamps = [stamp_of(r) for r in g.results()]
+    stamps = [r.stamp_ns for r in g.results()]
     assert stamps == sorted(set(stamps))  # always a newer frame, never an old one after a new one
     for r in g.results():  # every result belongs to its own frame
-        assert r["label"] == CLASSES_A[(stamp_of(r) - first) % 3]
+        assert r.label == CLASSES_A[(r.stamp_ns - first) % 3]
     # Right after the burst the next frame is classified next: no backlog is worked off.
-    before = g.scores.count()
+    before = len(g.results())
     last = first + 10_000
     g.classify(solid("blue"), last)
-    assert [stamp_of(r) for r in g.results()[before:]] == [last]
+    assert [r.stamp_ns for r in g.results()[before:]] == [last]
 
 
 # -- process: signals -----------------------------------------------------------------------------
 @pytest.mark.parametrize("mode", ["int", "int2", "term"])
 def test_process_stops_cleanly(mode, node_process, ros_context, models):
     proc = node_process("classifier_node", "-p", f"model_dir:={models['a']}", "-p", "backend:=onnxruntime")
-    source = Node("frame_source", context=ros_context)
-    pub = source.create_publisher(Image, "image_raw", SENSOR_DATA)
-    scores = Collector(ros_context, String, "/classifier_node/scores", EVENTS, name="scores")
-    classes = Collector(ros_context, String, "/classifier_node/classes", LATCHED, name="classes")
-    with Spinner(ros_context, source, scores, classes):
-        assert wait_for(lambda: classes.count() > 0 or proc.proc.poll() is not None, 40.0)
-        assert classes.count() > 0, proc.output()
-        assert json.loads(classes.msgs[-1].data) == CLASSES_A
+    source = FrameSource(ros_context)
+    pub = source.image_pub
+    with Spinner(ros_context, source) as spinner:
+        client = spinner.own(graph_client(ros_context))
+        assert wait_for(lambda: client.classes() is not None or proc.proc.poll() is not None, 40.0)
+        assert client.classes() is not None, proc.output()
+        assert list(client.classes().names) == CLASSES_A
 
         def got_result() -> bool:  # stream frames like a camera until one is classified
             pub.publish(frame_msg(solid("green"), time.time_ns()))
-            return scores.count() > 0
+            return client.scores() is not None
 
         assert wait_for(got_result, 20.0, interval=0.1), proc.output()
-        assert all(json.loads(m.data)["label"] == "green" for m in list(scores.msgs))  # only green was sent
+        assert all(s.label == "green" for s in client.history("scores"))  # only green was sent
         for _ in range(5):  # keep the worker busy while the signal arrives
             pub.publish(frame_msg(solid("red"), time.time_ns()))
         rc = stop_and_check(proc, mode)
@@ -328,12 +338,11 @@ def test_outside_text_cannot_forge_log_lines(node_process, ros_context, models):
     """A frame's encoding and a model_updated path carrying a newline and a fake log line are written
     escaped into the node's one line: no line of the log is one the node did not write."""
     proc = node_process("classifier_node", "-p", f"model_dir:={models['a']}", "-p", "backend:=onnxruntime")
-    source = Node("frame_source", context=ros_context)
-    pub = source.create_publisher(Image, "image_raw", SENSOR_DATA)
-    model_pub = source.create_publisher(String, "model_updated", EVENTS)
-    classes = Collector(ros_context, String, "/classifier_node/classes", LATCHED, name="classes")
-    with Spinner(ros_context, source, classes):
-        assert wait_for(lambda: classes.count() > 0 or proc.proc.poll() is not None, 40.0), proc.output()
+    source = FrameSource(ros_context)
+    pub = source.image_pub
+    with Spinner(ros_context, source) as spinner:
+        client = spinner.own(graph_client(ros_context))
+        assert wait_for(lambda: client.classes() is not None or proc.proc.poll() is not None, 40.0), proc.output()
 
         def bad_frame_logged() -> bool:
             msg = frame_msg(solid("green"), time.time_ns())
@@ -344,7 +353,7 @@ def test_outside_text_cannot_forge_log_lines(node_process, ros_context, models):
         assert wait_for(bad_frame_logged, 20.0, interval=0.1), proc.output()
 
         def load_failure_logged() -> bool:
-            model_pub.publish(String(data=f"{models['missing']}{FORGED}"))
+            client.switch_model(f"{models['missing']}{FORGED}")  # again until the node logged it
             return "failed" in proc.output()
 
         assert wait_for(load_failure_logged, 20.0, interval=0.2), proc.output()
@@ -387,48 +396,26 @@ def best_schedule_agreement(stamps_s: list[float], labels: list[str]) -> float:
 @pytest.mark.slow
 def test_camera_to_classifier_across_processes(node_process, ros_context, trained_model):
     camera = node_process(
-        "camera_node",
-        "-p",
-        "source:=synthetic",
-        "-p",
-        "width:=64",
-        "-p",
-        "height:=48",
-        "-p",
-        "fps:=10.0",
-        "-p",
-        f"synthetic.scene_period_s:={SCENE_PERIOD_S}",
-        "-p",
-        "synthetic.seed:=11",
-        "-p",
-        "synthetic.classes:=[free, blocked]",
+        "camera_node", *scene_camera_args(SCENE_PERIOD_S, {"source": "synthetic", "synthetic.seed": 11})
     )
-    classifier = node_process(
-        "classifier_node",
-        "-p",
-        f"model_dir:={trained_model}",
-        "-p",
-        "smoothing:=none",
-        "-p",
-        "threads:=1",
-    )
-    scores = Collector(ros_context, String, "/classifier_node/scores", EVENTS, name="scores")
-    with Spinner(ros_context, scores):
+    classifier = node_process("classifier_node", *ros_args(model_dir=trained_model, smoothing="none", threads=1))
+    with graph_client(ros_context) as client:
         # Three full scene cycles of results.
         def enough() -> bool:
-            stamps = [stamp_of(json.loads(m.data)) for m in list(scores.msgs)]
+            stamps = [s.stamp_ns for s in client.history("scores")]
             return len(stamps) > 10 and (max(stamps) - min(stamps)) / 1e9 >= 3 * 2 * SCENE_PERIOD_S
 
         ok = wait_for(enough, 90.0, interval=0.2)
-        assert ok, f"{scores.count()} results\n--- camera:\n{camera.output()}\n--- classifier:\n{classifier.output()}"
-    results = [json.loads(m.data) for m in list(scores.msgs)]
+        count = len(client.history("scores"))
+        assert ok, f"{count} results\n--- camera:\n{camera.output()}\n--- classifier:\n{classifier.output()}"
+        results = client.history("scores")
     for proc in (classifier, camera):
         assert stop_and_check(proc, "int") == 0, proc.output()
         assert "Traceback" not in proc.stderr()
-    stamps = [stamp_of(r) / 1e9 for r in results]
-    raw = [r["raw_label"] for r in results]
+    stamps = [r.stamp_ns / 1e9 for r in results]
+    raw = [r.raw_label for r in results]
     assert {"free", "blocked"} <= set(raw)
-    assert all(r["frame_id"] == "camera" for r in results)
+    assert all(r.frame_id == "camera" for r in results)
     agreement = best_schedule_agreement(stamps, raw)
     assert agreement >= 0.85, (agreement, list(zip(stamps, raw, strict=True)))
 

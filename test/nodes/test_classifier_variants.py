@@ -16,7 +16,6 @@ import pytest
 from classifier_rig import ClassifierRig
 from fixtures_models import build_colour_model_dir, solid
 from graphutil import wait_for
-from std_msgs.msg import String
 from test_classifier_node import DEADLINE, graph  # noqa: F401  (graph is a fixture)
 
 from dli_perception.core.variant_build import add_variants
@@ -43,17 +42,17 @@ def variant_model(tmp_path_factory) -> Path:
 def test_default_precision_serves_int8_and_a_corrupt_variant_falls_back_to_fp32(graph, variant_model, tmp_path):  # noqa: F811
     g: ClassifierRig = graph(model_dir=str(variant_model))  # precision: the default (auto)
     g.ready()
-    assert g.classify(solid("green"), 1)["label"] == "green"
-    assert wait_for(lambda: (g.diagnostics() or {}).get("variant") == "int8_qdq", DEADLINE)
-    diag = g.diagnostics()
+    assert g.classify(solid("green"), 1).label == "green"
+    assert wait_for(lambda: g.diag("variant") == "int8_qdq", DEADLINE)
+    diag = g.health().values
     assert diag["precision"] == "int8" and diag["variant_reason"].startswith("serving int8_qdq (")
     assert "top-1 agreement with fp32" in diag["variant_reason"]
 
     broken = shutil.copytree(variant_model, tmp_path / "broken")
     (broken / "model.int8.onnx").write_bytes(b"\0" * 64)
-    g.model_pub.publish(String(data=str(broken)))
-    assert wait_for(lambda: (g.diagnostics() or {}).get("model_dir") == str(broken), DEADLINE)
-    assert wait_for(lambda: (g.diagnostics() or {}).get("variant") == "fp32", DEADLINE)
-    diag = g.diagnostics()
+    assert g.client.switch_model(str(broken)).ok, g.client.last_error
+    assert wait_for(lambda: g.diag("model_dir") == str(broken), DEADLINE)
+    assert wait_for(lambda: g.diag("variant") == "fp32", DEADLINE)
+    diag = g.health().values
     assert "does not match metadata.json" in diag["variant_reason"] and diag["status"] == "serving"
-    assert g.classify(solid("blue"), 2)["label"] == "blue"
+    assert g.classify(solid("blue"), 2).label == "blue"

@@ -1,4 +1,8 @@
-"""In-process frame hand-off: camera_node -> classifier_node without a ROS subscription; registry rules."""
+"""In-process frame hand-off: camera_node -> classifier_node without a ROS subscription; registry rules.
+
+The classifier's results are read through the package's graph client; the frames a ROS subscriber gets
+are read raw (their stamps are what is compared).
+"""
 
 from __future__ import annotations
 
@@ -6,17 +10,15 @@ import cv2
 import numpy as np
 import pytest
 from fixtures_models import build_colour_model_dir, solid
-from graphutil import Collector, Spinner, wait_for
+from graphutil import Collector, Spinner, graph_client, wait_for
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from sensor_msgs.msg import Image
-from std_msgs.msg import String
 
-from dli_perception.core.contracts import Scores
 from dli_perception.nodes import localframes
 from dli_perception.nodes.camera_node import CameraNode
 from dli_perception.nodes.classifier_node import ClassifierNode
-from dli_perception.nodes.qos import EVENTS, SENSOR_DATA
+from dli_perception.nodes.qos import SENSOR_DATA
 
 pytestmark = pytest.mark.graph
 DEADLINE_S = 20.0
@@ -55,9 +57,9 @@ def test_classifier_takes_camera_frames_in_process_and_ros_subscribers_still_get
     camera = _camera(ros_context, folder)
     classifier = _classifier(ros_context, model)
     assert classifier.image_sub is None  # no ROS subscription: frames come by direct call
-    scores = Collector(ros_context, String, "/classifier_node/scores", EVENTS, name="scores")
-    with Spinner(ros_context, camera, classifier, scores):
-        assert wait_for(lambda: scores.count() >= 5, DEADLINE_S), classifier.status()
+    with Spinner(ros_context, camera, classifier) as spinner:
+        client = spinner.own(graph_client(ros_context))
+        assert wait_for(lambda: len(client.history("scores")) >= 5, DEADLINE_S), classifier.status()
         assert camera.image_pub.get_subscription_count() == 0
         # a ROS subscriber that joins later gets the same frames through DDS
         images = Collector(ros_context, Image, "image_raw", SENSOR_DATA, name="images")
@@ -65,16 +67,12 @@ def test_classifier_takes_camera_frames_in_process_and_ros_subscribers_still_get
             assert wait_for(lambda: images.count() >= 3, DEADLINE_S)
             ros_stamps = {(m.header.stamp.sec, m.header.stamp.nanosec) for m in list(images.msgs)}
             assert wait_for(
-                lambda: any(divmod(r.stamp_ns, 1_000_000_000) in ros_stamps for r in _results(scores)),
+                lambda: any(divmod(r.stamp_ns, 1_000_000_000) in ros_stamps for r in client.history("scores")),
                 DEADLINE_S,
             )
-    results = _results(scores)
+        results = client.history("scores")
     assert {r.label for r in results} == {"red"}
     assert classifier.received >= len(results) and classifier.bad == 0
-
-
-def _results(collector: Collector) -> list[Scores]:
-    return [Scores.decode(m.data) for m in list(collector.msgs)]
 
 
 def test_without_enable_or_with_the_classifier_first_frames_go_through_ros(ros_context, red_scene):

@@ -1,32 +1,30 @@
-"""reaction_node over real topics: the right Twist per class, zero Twist on every stop path, clean exits."""
+"""reaction_node over real topics: the right Twist per class, zero Twist on every stop path, clean exits.
+
+The test publishes labels as the classifier does (bad ones included) and reads ``cmd_vel`` raw (the
+Twist itself is what is checked); it enables the node and reads its state through the package's
+graph client.
+"""
 
 from __future__ import annotations
 
-import contextlib
 import statistics
-import threading
 import time
 
 import pytest
 from geometry_msgs.msg import Twist, TwistStamped
-from graphutil import Collector, Spinner, stop_and_check, unique_ns, wait_for, wait_seen
+from graphutil import Collector, Spinner, graph_client, repeating, stop_and_check, unique_ns, wait_for
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from std_msgs.msg import String
-from std_srvs.srv import SetBool
 
 from dli_perception.core.contracts import Label, ReactionState
 from dli_perception.errors import ConfigError
-from dli_perception.nodes.qos import EVENTS, LATCHED
+from dli_perception.nodes.qos import EVENTS
 from dli_perception.nodes.reaction_node import ReactionNode
 
 pytestmark = pytest.mark.graph
 DISCOVERY_S = 20.0  # deadline for the first message across processes (discovery took up to ~3 s here)
 DEADLINE_S = 10.0  # deadline for a reaction once the graph is connected
-
-
-def _state(msg: String) -> ReactionState:
-    return ReactionState.decode(msg.data)
 
 
 def _velocity(msg) -> tuple[float, float]:
@@ -35,21 +33,14 @@ def _velocity(msg) -> tuple[float, float]:
 
 
 class Driver(Node):
-    """Publishes labels and calls ``~/enable`` on the reaction node under test."""
+    """Publishes labels on ``label`` as they are, as the classifier does (bad ones included)."""
 
     def __init__(self, context, ns: str) -> None:
         super().__init__("driver", context=context, namespace=ns)
         self.label_pub = self.create_publisher(String, "label", EVENTS)
-        self.enable_client = self.create_client(SetBool, "reaction_node/enable")
 
     def send(self, label: str) -> None:
         self.label_pub.publish(String(data=label))
-
-    def enable(self, on: bool) -> SetBool.Response:
-        assert self.enable_client.wait_for_service(timeout_sec=DISCOVERY_S)
-        future = self.enable_client.call_async(SetBool.Request(data=on))
-        assert wait_for(future.done, timeout=DEADLINE_S)
-        return future.result()
 
 
 def _last_is(collector: Collector, velocity: tuple[float, float]) -> bool:
@@ -78,38 +69,41 @@ def test_right_twist_per_class_only_after_enable_and_zero_on_every_stop(ros_cont
     node = _reaction(ros_context, ns, max_linear_accel=0.0, max_angular_accel=0.0)
     driver = Driver(ros_context, ns)
     cmds = Collector(ros_context, Twist, f"{ns}/cmd_vel", EVENTS, name="cmds")
-    states = Collector(ros_context, String, f"{ns}/reaction_node/state", LATCHED, name="states")
-    with Spinner(ros_context, node, driver, cmds, states, threads=3) as spinner:
+    with Spinner(ros_context, node, driver, cmds) as spinner:
+        client = spinner.own(graph_client(ros_context, ns))
+        states = lambda start=0: client.history("reaction_state", start)  # noqa: E731
+
+        def now(reason: str) -> bool:
+            return client.wait_for_reaction(lambda s: s.reason == reason, DEADLINE_S) is not None
+
         # disabled at start: labels arrive, every command is zero
         assert wait_for(lambda: (driver.send("free"), node._policy.counters.labels_received >= 5)[1], DISCOVERY_S, 0.05)
         assert wait_for(lambda: cmds.count() >= 5, DEADLINE_S)
         assert all(_velocity(m) == (0.0, 0.0) for m in list(cmds.msgs))
-        assert wait_for(lambda: states.count() > 0, DEADLINE_S)
-        assert all(_state(m).reason == "disabled" for m in list(states.msgs))
+        assert wait_for(lambda: len(states()) > 0, DEADLINE_S)
+        assert all(s.reason == "disabled" for s in states())
 
-        response = driver.enable(True)
-        assert response.success and response.message == "motion enabled"
+        response = client.enable_reaction(True, timeout_s=DISCOVERY_S)
+        assert response.ok and response.message == "motion enabled", response
         assert _drive_until(driver, "free", cmds, (0.15, 0.0), DEADLINE_S)
-        n_states = states.count()
+        n_states = len(states())
         assert _drive_until(driver, "blocked", cmds, (0.0, 1.0), DEADLINE_S)
         blocked = ReactionState(True, "blocked", "moving", 0.0, 1.0)  # a plain label: no source header
-        assert wait_seen(states, lambda m: _state(m) == blocked, DEADLINE_S, n_states), [
-            m.data for m in list(states.msgs)[n_states:]
-        ]
+        assert client.wait_for_reaction(lambda s: s == blocked, DEADLINE_S, start=n_states), states(n_states)
 
         # unknown: zero while it lasts
         assert _drive_until(driver, "unknown", cmds, (0.0, 0.0), DEADLINE_S)
-        assert wait_for(lambda: _state(states.msgs[-1]).reason == "unknown", DEADLINE_S)
+        assert now("unknown"), client.last_error
         # an unmapped label takes the default (stop)
         assert _drive_until(driver, "free", cmds, (0.15, 0.0), DEADLINE_S)
         assert _drive_until(driver, "cat", cmds, (0.0, 0.0), DEADLINE_S)
-        assert wait_for(lambda: _state(states.msgs[-1]).reason == "unmapped", DEADLINE_S)
+        assert now("unmapped"), client.last_error
 
         # labels stop: the watchdog sends zero (the policy tests pin the exact timing)
         assert _drive_until(driver, "free", cmds, (0.15, 0.0), DEADLINE_S)
         stale_before = node._policy.counters.stale_events
         assert wait_for(lambda: _last_is(cmds, (0.0, 0.0)), DEADLINE_S)
-        assert wait_for(lambda: _state(states.msgs[-1]).reason == "stale", DEADLINE_S)
+        assert now("stale"), client.last_error
         assert node._policy.counters.stale_events == stale_before + 1
         n = cmds.count()
         assert wait_for(lambda: cmds.count() >= n + 3, DEADLINE_S)  # and keeps sending zero
@@ -117,45 +111,28 @@ def test_right_twist_per_class_only_after_enable_and_zero_on_every_stop(ros_cont
 
         # disable while moving: zero, and labels no longer move it
         assert _drive_until(driver, "blocked", cmds, (0.0, 1.0), DEADLINE_S)
-        assert driver.enable(False).success
+        assert client.enable_reaction(False).ok, client.last_error
         assert wait_for(lambda: (driver.send("blocked"), _last_is(cmds, (0.0, 0.0)))[1], DEADLINE_S, 0.05)
         n = cmds.count()
         assert wait_for(lambda: (driver.send("blocked"), cmds.count() >= n + 5)[1], DEADLINE_S, 0.05)
         assert all(_velocity(m) == (0.0, 0.0) for m in list(cmds.msgs)[n - 1 :])
-        assert wait_for(lambda: _state(states.msgs[-1]).reason == "disabled", DEADLINE_S)
+        assert now("disabled"), client.last_error
 
         # destroyed while moving, labels still coming: its last command is zero, received while cmds still spins
-        assert driver.enable(True).success
+        assert client.enable_reaction(True).ok, client.last_error
         assert _drive_until(driver, "free", cmds, (0.15, 0.0), DEADLINE_S)
-        n_cmds, n_states = cmds.count(), states.count()
-        with _labels_every_50_ms(driver, "free"):
+        n_cmds, n_states = cmds.count(), len(states())
+        with repeating(lambda: driver.send("free"), 0.05):
             spinner.destroy(node)
             assert wait_for(lambda: cmds.count() > n_cmds and _last_is(cmds, (0.0, 0.0)), DEADLINE_S), [
                 _velocity(m) for m in list(cmds.msgs)[n_cmds - 1 :]
             ]
         # the zero is the shutdown path's (not the watchdog's or a label's), and nothing moves it after
-        shutdown = [_state(m) for m in list(states.msgs)[n_states:]]
+        assert wait_for(lambda: any(s.reason == "shutdown" for s in states(n_states)), DEADLINE_S), states(n_states)
+        shutdown = states(n_states)
         assert shutdown and shutdown[-1].reason == "shutdown" and shutdown[-1].linear_x == 0.0, shutdown
         assert all(r.reason != "stale" for r in shutdown), shutdown
         assert all(_velocity(m) == (0.15, 0.0) for m in list(cmds.msgs)[n_cmds - 1 : -1])
-
-
-@contextlib.contextmanager
-def _labels_every_50_ms(driver: Driver, label: str):
-    """Keep publishing ``label`` from a thread while the block runs."""
-    stop = threading.Event()
-
-    def keep_sending() -> None:
-        while not stop.wait(0.05):
-            driver.send(label)
-
-    sender = threading.Thread(target=keep_sending, daemon=True)
-    sender.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        sender.join(timeout=5.0)
 
 
 def test_ramp_limits_speed_up_and_thumbs_table_with_stamped_output(ros_context):
@@ -171,7 +148,7 @@ def test_ramp_limits_speed_up_and_thumbs_table_with_stamped_output(ros_context):
     )
     driver = Driver(ros_context, ns)
     cmds = Collector(ros_context, TwistStamped, f"{ns}/cmd_vel", EVENTS, name="cmds")
-    with Spinner(ros_context, node, driver, cmds, threads=3):
+    with Spinner(ros_context, node, driver, cmds):
         assert _drive_until(driver, "thumbs_up", cmds, (0.15, 0.0), DISCOVERY_S)
         speeds = [_velocity(m)[0] for m in list(cmds.msgs)]
         stamps = [m.header.stamp.sec + m.header.stamp.nanosec * 1e-9 for m in list(cmds.msgs)]
@@ -209,7 +186,7 @@ def test_watchdog_stops_at_the_stale_deadline_not_at_the_next_periodic_command(r
     driver = Driver(ros_context, ns)
     cmds = Collector(ros_context, TwistStamped, f"{ns}/cmd_vel", EVENTS, name="cmds")
     lateness_s: list[float] = []
-    with Spinner(ros_context, node, driver, cmds, threads=3):
+    with Spinner(ros_context, node, driver, cmds):
         assert wait_for(lambda: driver.label_pub.get_subscription_count() > 0, DISCOVERY_S)
         assert wait_for(lambda: node.cmd_pub.get_subscription_count() > 0, DISCOVERY_S)
         for _ in range(6):
@@ -240,7 +217,7 @@ def test_bad_label_message_stops_and_is_counted(ros_context):
     node = _reaction(ros_context, ns, start_enabled=True, max_linear_accel=0.0, min_score=0.5)
     driver = Driver(ros_context, ns)
     cmds = Collector(ros_context, Twist, f"{ns}/cmd_vel", EVENTS, name="cmds")
-    with Spinner(ros_context, node, driver, cmds, threads=3):
+    with Spinner(ros_context, node, driver, cmds):
         scored = Label("free", 0.9).encode()
         assert _drive_until(driver, scored, cmds, (0.15, 0.0), DISCOVERY_S)
         assert _drive_until(driver, "free", cmds, (0.0, 0.0), DEADLINE_S)  # no score: below min_score
@@ -256,22 +233,10 @@ def test_process_stops_with_a_final_zero_twist(node_process, ros_context, mode):
     proc = node_process("reaction_node", "-p", "start_enabled:=true", "-r", f"__ns:={ns}")
     driver = Driver(ros_context, ns)
     cmds = Collector(ros_context, Twist, f"{ns}/cmd_vel", EVENTS, name="cmds")
-    stop_labels = threading.Event()
-
-    def keep_sending() -> None:
-        while not stop_labels.wait(0.05):
-            driver.send("free")
-
-    sender = threading.Thread(target=keep_sending, daemon=True)
-    with Spinner(ros_context, driver, cmds):
-        sender.start()
-        try:
-            ok = wait_for(lambda: _last_is(cmds, (0.15, 0.0)), DISCOVERY_S)
-            assert ok, f"never moving; node output:\n{proc.output()}"
-            assert stop_and_check(proc, mode) == 0  # labels keep coming while it stops
-            assert wait_for(lambda: _last_is(cmds, (0.0, 0.0)), DEADLINE_S), [_velocity(m) for m in cmds.msgs[-5:]]
-        finally:
-            stop_labels.set()
-            sender.join(timeout=5.0)
+    with Spinner(ros_context, driver, cmds), repeating(lambda: driver.send("free"), 0.05):
+        ok = wait_for(lambda: _last_is(cmds, (0.15, 0.0)), DISCOVERY_S)
+        assert ok, f"never moving; node output:\n{proc.output()}"
+        assert stop_and_check(proc, mode) == 0  # labels keep coming while it stops
+        assert wait_for(lambda: _last_is(cmds, (0.0, 0.0)), DEADLINE_S), [_velocity(m) for m in cmds.msgs[-5:]]
     assert "Traceback" not in proc.stderr(), proc.stderr()
     assert _velocity(cmds.msgs[-1]) == (0.0, 0.0)

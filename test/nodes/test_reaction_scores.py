@@ -3,30 +3,27 @@
 
 Both nodes run in one private context with a nearest-colour model (test/fixtures_models.py) and a
 frame publisher; the reaction node uses the built-in collision-avoidance table (free: forward,
-blocked: turn in place).
+blocked: turn in place). ``cmd_vel`` is read raw; the reaction state, diagnostics and model switch
+go through the package's graph client.
 """
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from fixtures_models import build_colour_model_dir, solid
 from geometry_msgs.msg import Twist
-from graphutil import Collector, Spinner, unique_ns, wait_for
+from graphutil import Collector, Spinner, graph_client, repeating, unique_ns, wait_for
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from sensor_msgs.msg import Image
-from std_msgs.msg import String
 
 from dli_perception.core.contracts import ReactionState
 from dli_perception.core.imaging import cv2_to_imgmsg
 from dli_perception.nodes.classifier_node import ClassifierNode
-from dli_perception.nodes.qos import EVENTS, LATCHED, SENSOR_DATA
+from dli_perception.nodes.qos import EVENTS, SENSOR_DATA
 from dli_perception.nodes.reaction_node import ReactionNode
 
 pytestmark = pytest.mark.graph
@@ -66,7 +63,6 @@ class Camera(Node):
     def __init__(self, context, ns: str) -> None:
         super().__init__("frames", context=context, namespace=ns)
         self.pub = self.create_publisher(Image, "image_raw", SENSOR_DATA)
-        self.model_pub = self.create_publisher(String, "model_updated", EVENTS)
         self.colour = FREE
         self.age_s = 0.0
         self.sent_ns: list[int] = []
@@ -79,21 +75,9 @@ class Camera(Node):
         self.sent_ns.append(stamp_ns)
         self.pub.publish(msg)
 
-    @contextmanager
-    def streaming(self) -> Iterator[None]:
-        stop = threading.Event()
-
-        def run() -> None:
-            while not stop.wait(0.05):
-                self.send()
-
-        thread = threading.Thread(target=run, daemon=True)
-        thread.start()
-        try:
-            yield
-        finally:
-            stop.set()
-            thread.join(timeout=5.0)
+    def streaming(self):
+        """Send a frame every 50 ms while the block runs."""
+        return repeating(self.send, 0.05)
 
 
 def _twist(msg: Twist) -> tuple[float, float]:
@@ -102,10 +86,6 @@ def _twist(msg: Twist) -> tuple[float, float]:
 
 def _last(collector: Collector, check: Callable[[object], bool]) -> bool:
     return collector.count() > 0 and check(collector.msgs[-1])
-
-
-def _state(collector: Collector) -> ReactionState | None:
-    return ReactionState.decode(collector.msgs[-1].data) if collector.count() else None
 
 
 def test_scores_drive_the_robot_and_min_score_stops_only_while_the_model_is_unsure(ros_context, models):
@@ -118,25 +98,25 @@ def test_scores_drive_the_robot_and_min_score_stops_only_while_the_model_is_unsu
     )
     camera = Camera(ros_context, ns)
     cmds = Collector(ros_context, Twist, f"{ns}/cmd_vel", EVENTS, name="cmds")
-    states = Collector(ros_context, String, f"{ns}/reaction_node/state", LATCHED, name="states")
-    with Spinner(ros_context, classifier, reaction, camera, cmds, states, threads=4), camera.streaming():
+    with Spinner(ros_context, classifier, reaction, camera, cmds) as spinner, camera.streaming():
+        client = spinner.own(graph_client(ros_context, ns))
         # a sure "free": forward, and the state names the frame it came from
         assert wait_for(lambda: _last(cmds, lambda m: _twist(m) == (0.15, 0.0)), DEADLINE), (
             classifier.status(),
-            _state(states),
+            client.reaction_state(),
         )
-        assert wait_for(lambda: (_state(states) or ReactionState(False, None, "")).reason == "moving", DEADLINE)
-        state = _state(states)
+        state: ReactionState | None = client.wait_for_reaction(lambda s: s.reason == "moving", DEADLINE)
+        assert state is not None, client.last_error
         assert state.label == "free" and state.frame_id == FRAME_ID and state.stamp_ns in camera.sent_ns, state
         # an unsure frame (score about 0.5 < min_score 0.8): the label counts as unknown, the robot stops
         camera.colour = UNSURE
         assert wait_for(lambda: _last(cmds, lambda m: _twist(m) == (0.0, 0.0)), DEADLINE)
-        assert wait_for(lambda: _state(states).reason == "low-score", DEADLINE), _state(states)
+        assert client.wait_for_reaction(lambda s: s.reason == "low-score", DEADLINE), client.reaction_state()
         assert reaction._policy.last_command.reason == "low-score"
         # a sure "blocked" moves it again: a low score never stops it for good
         camera.colour = BLOCKED
-        assert wait_for(lambda: _last(cmds, lambda m: _twist(m) == (0.0, 1.0)), DEADLINE), _state(states)
-        assert _state(states).label == "blocked"
+        assert wait_for(lambda: _last(cmds, lambda m: _twist(m) == (0.0, 1.0)), DEADLINE), client.reaction_state()
+        assert client.wait_for_reaction(lambda s: s.label == "blocked", DEADLINE), client.reaction_state()
         # the classifier's plain labels arrived too, and were left to simple consumers
         assert reaction.labels_ignored > 0 and reaction.bad_messages == 0
 
@@ -151,7 +131,7 @@ def test_results_from_old_frames_are_ignored_with_max_frame_age(ros_context, mod
     )
     camera = Camera(ros_context, ns)
     cmds = Collector(ros_context, Twist, f"{ns}/cmd_vel", EVENTS, name="cmds")
-    with Spinner(ros_context, classifier, reaction, camera, cmds, threads=4), camera.streaming():
+    with Spinner(ros_context, classifier, reaction, camera, cmds), camera.streaming():
         assert wait_for(lambda: _last(cmds, lambda m: _twist(m) == (0.15, 0.0)), DEADLINE)
         assert reaction.old_results == 0
         camera.age_s = 5.0  # the same scene, from frames 5 s old: too old to act on
@@ -163,43 +143,28 @@ def test_results_from_old_frames_are_ignored_with_max_frame_age(ros_context, mod
         assert all(_twist(m) == (0.0, 0.0) for m in list(cmds.msgs)[n - 1 :])  # plain labels did not move it
 
 
-def _reaction_status(diags: Collector, ns: str) -> DiagnosticStatus | None:
-    name = f"{ns.strip('/')}/reaction_node"
-    for msg in reversed(list(diags.msgs)):
-        for status in msg.status:
-            if status.name == name:
-                return status
-    return None
-
-
-def _values(status: DiagnosticStatus | None) -> dict[str, str]:
-    return {} if status is None else {kv.key: kv.value for kv in status.values}
-
-
 def test_warns_when_the_models_classes_and_the_action_table_do_not_fit(ros_context, models):
     ns = unique_ns("reaction_scores")
     classifier = _classifier(ros_context, ns, models["shapes"])
     reaction = ReactionNode(context=ros_context, namespace=ns)  # the built-in free/blocked table
     camera = Camera(ros_context, ns)
-    diags = Collector(ros_context, DiagnosticArray, "/diagnostics", EVENTS, name="diags")
-    with Spinner(ros_context, classifier, reaction, camera, diags, threads=4):
-        assert wait_for(
-            lambda: _values(_reaction_status(diags, ns)).get("model_classes") == "circle, square, triangle",
-            DEADLINE,
-        ), _reaction_status(diags, ns)
-        status = _reaction_status(diags, ns)
-        assert status.level == DiagnosticStatus.WARN, status
+    with Spinner(ros_context, classifier, reaction, camera) as spinner:
+        client = spinner.own(graph_client(ros_context, ns))
+
+        def with_classes(names: str):
+            return client.wait_for_health("reaction_node", lambda h: h.values.get("model_classes") == names, DEADLINE)
+
+        status = with_classes("circle, square, triangle")
+        assert status is not None, client.last_error
+        assert status.level == "warn", status
         assert "share no names" in status.message, status.message
-        mismatch = _values(status)["class_table_mismatch"]
+        mismatch = status.values["class_table_mismatch"]
         assert "classes with no action: circle, square, triangle" in mismatch, mismatch
         assert "actions for classes the model doesn't have: free, blocked" in mismatch, mismatch
 
         # the classifier swaps to a model whose classes the table maps: the warning goes
-        assert wait_for(lambda: camera.model_pub.get_subscription_count() > 0, DEADLINE)
-        camera.model_pub.publish(String(data=str(models["collision"])))
-        assert wait_for(
-            lambda: _values(_reaction_status(diags, ns)).get("model_classes") == "free, blocked", DEADLINE
-        ), _reaction_status(diags, ns)
-        status = _reaction_status(diags, ns)
-        assert status.level == DiagnosticStatus.OK and _values(status)["class_table_mismatch"] == "", status
+        assert wait_for(lambda: client.switch_model(str(models["collision"])).ok, DEADLINE), client.last_error
+        status = with_classes("free, blocked")
+        assert status is not None, client.last_error
+        assert status.level == "ok" and status.values["class_table_mismatch"] == "", status
         assert reaction._mismatch == ""

@@ -1,7 +1,8 @@
 """Rigs for the reliability tests and ``benchmarks/reliability.py``: real nodes, topics, one private context.
 
-:class:`~classifier_rig.ClassifierRig` drives a classifier_node and :class:`~recorder_client.Teacher`
-a recorder_node (both shared with the node tests); here are the recorder and file-system helpers.
+:class:`~classifier_rig.ClassifierRig` drives a classifier_node (shared with the node tests), the
+package's graph client (:func:`graphutil.graph_client`) a recorder_node, and a
+:class:`~graphutil.FrameSource` sends it frames; here are the recorder and file-system helpers.
 Waits poll with deadlines; nothing sleeps a fixed time.
 """
 
@@ -16,9 +17,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from graphutil import DISCOVERY_S, wait_for
+from graphutil import DISCOVERY_S, FrameSource, wait_for
 from rclpy.parameter import Parameter
-from recorder_client import Teacher
 from sensor_msgs.msg import Image
 
 from dli_perception.core.dataset import IMAGE_EXTENSIONS, MANIFEST_NAME
@@ -35,7 +35,7 @@ def recorder_node(context, root: Path, ns: str = "", **params: Any):
     )
 
 
-def deliver_frame(recorder, teacher: Teacher, msg: Image) -> None:
+def deliver_frame(recorder, source: FrameSource, msg: Image) -> None:
     """Publish ``msg`` until the recorder holds it as its newest frame (matched by stamp)."""
     stamp = (msg.header.stamp.sec, msg.header.stamp.nanosec)
 
@@ -43,7 +43,7 @@ def deliver_frame(recorder, teacher: Teacher, msg: Image) -> None:
         frame = recorder._frame
         if frame is not None and (frame.msg.header.stamp.sec, frame.msg.header.stamp.nanosec) == stamp:
             return True
-        teacher.image_pub.publish(msg)
+        source.image_pub.publish(msg)
         return False
 
     assert wait_for(step, DISCOVERY_S, interval=0.05), "the recorder never received the frame"

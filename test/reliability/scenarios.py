@@ -18,11 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from classifier_rig import ClassifierRig, diagnostics_of, frame_msg
-from diagnostic_msgs.msg import DiagnosticArray
+from classifier_rig import ClassifierRig, frame_msg
 from fixtures_models import solid
 from fuzzmsgs import expected_outcome, images, roundtrip
-from graphutil import DEADLINE_S, DISCOVERY_S, Collector, NodeProcess, Spinner, ros_args, wait_for
+from graphutil import DEADLINE_S, DISCOVERY_S, FrameSource, NodeProcess, Spinner, graph_client, ros_args, wait_for
 from harness import (
     RssSampler,
     assert_manifest_matches_files,
@@ -30,15 +29,11 @@ from harness import (
     recorder_node,
 )
 from hypothesis import HealthCheck, given, settings
-from rclpy.node import Node
-from recorder_client import Teacher
-from std_msgs.msg import String
-from std_srvs.srv import SetBool
 
-from dli_perception.core.contracts import Counts, Scores, TrainProgress
+from dli_perception.core.contracts import Counts, Scores
 from dli_perception.core.dataset import DatasetStore
 from dli_perception.core.preprocess import PreprocessConfig
-from dli_perception.nodes.qos import EVENTS, LATCHED
+from dli_perception.graph_client import Result
 
 
 def _fuzz_settings(examples: int):
@@ -71,7 +66,7 @@ def fuzz_classifier(context, model_dir: Path, examples: int, input_size: int = 3
     counted as bad; ``errors`` (anything else) must stay 0. Good frames after the fuzzing must still be
     classified right, and /diagnostics must report the same counts.
     """
-    with Spinner(context, threads=3) as spinner:
+    with Spinner(context) as spinner:
         rig = ClassifierRig(context, spinner, model_dir=str(model_dir), smoothing="none")
         rig.ready()
         node = rig.node
@@ -93,13 +88,11 @@ def fuzz_classifier(context, model_dir: Path, examples: int, input_size: int = 3
         fuzz_s = time.monotonic() - t0
         for i, colour in enumerate(("red", "green", "blue")):  # good frames after all that
             result = rig.classify_counted(solid(colour, 30, 40), 3_000_000_000_000 + i)
-            assert result["label"] == colour, result
+            assert result.label == colour, result
         total_good = tally["good"] + 3
         assert (node.received, node.dropped, node.errors) == (rig.sent, 0, 0)
-        assert wait_for(lambda: (rig.diagnostics() or {}).get("frames_classified") == str(total_good), DEADLINE_S), (
-            rig.diagnostics()
-        )
-        diag = rig.diagnostics()
+        assert wait_for(lambda: rig.diag("frames_classified") == str(total_good), DEADLINE_S), rig.health()
+        diag = rig.health().values
         assert diag["frames_bad"] == str(tally["bad"]) and diag["frames_received"] == str(rig.sent), diag
         assert diag["errors"] == "0" and diag["status"] == "serving", diag
         return {
@@ -117,11 +110,13 @@ def fuzz_classifier(context, model_dir: Path, examples: int, input_size: int = 3
 def fuzz_recorder(context, root: Path, examples: int) -> dict[str, Any]:
     """Throw mostly malformed frames at a recorder_node and capture each; check refusals, counts and files."""
     recorder = recorder_node(context, root, dedupe=False, image_format="png")
-    teacher = Teacher(context)
+    source = FrameSource(context)
     tally: Counter[str] = Counter()
     stamp = iter(range(1_000_000_000, 2**62))
-    with Spinner(context, recorder, teacher, threads=4):
-        teacher.teach("fuzz")
+    with Spinner(context, recorder, source) as spinner:
+        teacher = spinner.own(graph_client(context))
+        assert teacher.set_label("fuzz", DISCOVERY_S).ok, teacher.last_error
+        assert teacher.wait_for_services(DISCOVERY_S, ["capture"]) == []
         t0 = time.monotonic()
 
         @_fuzz_settings(examples)
@@ -130,28 +125,28 @@ def fuzz_recorder(context, root: Path, examples: int) -> dict[str, Any]:
             msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(next(stamp), 1_000_000_000)
             expected = expected_outcome(roundtrip(msg))
             tally[expected] += 1
-            deliver_frame(recorder, teacher, msg)
+            deliver_frame(recorder, source, msg)
             r = teacher.capture()
             if expected == "good":
-                assert r.success, r.message
+                assert r.ok, r.message
             else:
-                assert not r.success and "cannot be converted" in r.message, r.message
+                assert r.result is Result.REFUSED and "cannot be converted" in r.message, r.message
             assert recorder.refused["bad_frame"] == tally["bad"] and recorder.saved == tally["good"]
 
         throw()
         fuzz_s = time.monotonic() - t0
         pixels = solid((10, 200, 30), 24, 32)  # a good frame after all that is saved
-        deliver_frame(recorder, teacher, frame_msg(pixels, 3_000_000_000_000))
+        deliver_frame(recorder, source, frame_msg(pixels, 3_000_000_000_000))
         r = teacher.capture()
-        assert r.success, r.message
+        assert r.ok, r.message
         saved = tally["good"] + 1
         assert recorder.refused == Counter({"bad_frame": tally["bad"]}), recorder.refused
-        assert wait_for(
-            lambda: teacher.diag("saved") == str(saved) and teacher.diag("refused_bad_frame") == str(tally["bad"]),
+        assert teacher.wait_for_health(
+            "recorder_node",
+            lambda h: h.values.get("saved") == str(saved) and h.values.get("refused_bad_frame") == str(tally["bad"]),
             DEADLINE_S,
-        ), teacher.diags[-1:]
-        assert wait_for(lambda: bool(teacher.counts) and teacher.counts[-1] == {"fuzz": saved, "_total": saved},
-                        DEADLINE_S), teacher.counts[-1:]  # fmt: skip
+        ), teacher.last_error
+        assert teacher.wait_for_counts(lambda c: c == Counts({"fuzz": saved}), DEADLINE_S), teacher.last_error
         frames_received = recorder._frames_received
     assert assert_manifest_matches_files(root) == Counter({"fuzz": saved})
     with DatasetStore(root) as store:
@@ -204,29 +199,23 @@ def soak(
         [*remap, *ros_args(dataset_dir=root, capture_rate_hz=record_hz, max_frame_age_s=2.0)],
     )
     procs = [camera, classifier, recorder]
-    driver = Node("soak_driver", context=context, namespace=ns)
-    label_pub = driver.create_publisher(String, "teach_label", EVENTS)
-    recording = driver.create_client(SetBool, "recorder_node/set_recording")
-    scores = Collector(context, String, f"{ns}/classifier_node/scores", EVENTS, name="soak_scores")
-    counts = Collector(context, String, f"{ns}/recorder_node/counts", LATCHED, name="soak_counts")
-    diags = Collector(context, DiagnosticArray, "/diagnostics", EVENTS, name="soak_diags")
+    scores = _TimedScores()
     try:
-        with Spinner(context, driver, scores, counts, diags, threads=3):
+        with graph_client(context, ns, on_update=scores.on_update) as teacher:
             assert wait_for(lambda: scores.count() > 0, DISCOVERY_S * 2), classifier.output()[-3000:]
-            assert recording.wait_for_service(timeout_sec=DISCOVERY_S), recorder.output()[-3000:]
-            future = recording.call_async(SetBool.Request(data=True))
-            assert wait_for(future.done, DEADLINE_S) and future.result().success
+            reply = teacher.set_recording(True, timeout_s=DISCOVERY_S)
+            assert reply.ok, (reply, recorder.output()[-3000:])
             start = scores.count()
             stop_labels = threading.Event()
 
             def teach() -> None:  # what is shown changes now and then
                 i = 0
                 while not stop_labels.wait(0.2):
-                    label_pub.publish(String(data=labels[(i // 50) % len(labels)]))
+                    teacher.set_label(labels[(i // 50) % len(labels)], timeout_s=0.2)  # sent; confirmed or not
                     i += 1
 
-            teacher = threading.Thread(target=teach, daemon=True)
-            teacher.start()
+            labeller = threading.Thread(target=teach, daemon=True)
+            labeller.start()
             t0 = time.monotonic()
             with (
                 RssSampler(classifier.pid, lambda: scores.count() - start) as c_rss,
@@ -239,27 +228,25 @@ def soak(
                 )
             elapsed = time.monotonic() - t0
             stop_labels.set()
-            teacher.join(timeout=5)
+            labeller.join(timeout=5)
             ended = {p.cmd[0].rsplit("/", 1)[-1]: p.proc.returncode for p in procs if p.proc.poll() is not None}
             assert not ended, (
                 f"a node process ended during the soak: {ended}",
                 [p.output()[-1500:] for p in procs],
             )
             assert ok, (scores.count() - start, classifier.output()[-2000:])
-            future = recording.call_async(SetBool.Request(data=False))
-            assert wait_for(future.done, DEADLINE_S)
-            results = [
-                (Scores.decode(m.data), t) for m, t in zip(list(scores.msgs), list(scores.received_ns), strict=True)
-            ]
+            reply = teacher.set_recording(False, timeout_s=DEADLINE_S)
+            assert reply.result in (Result.SUCCEEDED, Result.REFUSED), reply  # answered
+            results = scores.results()
             codes = {"camera_node": _stop(camera)}  # the stream ends; the last frames are worked off
-            n_diags = len(diags.msgs)
-            assert wait_for(lambda: len(diags.msgs) > n_diags + 2, DEADLINE_S)
-            diag = diagnostics_of(diags, "soak/classifier_node") or {}
-            rec_diag = diagnostics_of(diags, "soak/recorder_node") or {}
+            n_diags = len(teacher.health_history("classifier_node"))
+            assert wait_for(lambda: len(teacher.health_history("classifier_node")) > n_diags + 1, DEADLINE_S)
+            diag = _values(teacher.node_health("classifier_node"))
+            rec_diag = _values(teacher.node_health("recorder_node"))
             codes.update(classifier_node=_stop(classifier), recorder_node=_stop(recorder))
             # the recorder publishes its final counts on the way out (latched)
-            assert wait_for(lambda: counts.count() > 0, DEADLINE_S)
-            final_counts = Counts.decode(counts.msgs[-1].data)
+            assert wait_for(lambda: teacher.counts() is not None, DEADLINE_S)
+            final_counts: Counts = teacher.counts()
     finally:
         for p in procs:
             p.kill()
@@ -308,6 +295,35 @@ def soak(
     }
 
 
+class _TimedScores:
+    """Every classifier result with the wall-clock time it arrived here (``time.time_ns()``).
+
+    Its :meth:`on_update` is the graph client's ``on_update`` hook, called as each result arrives.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._results: list[tuple[Scores, int]] = []
+
+    def on_update(self, kind: str, value: Any) -> None:
+        if kind == "scores":
+            now = time.time_ns()
+            with self._lock:
+                self._results.append((value, now))
+
+    def count(self) -> int:
+        with self._lock:
+            return len(self._results)
+
+    def results(self) -> list[tuple[Scores, int]]:
+        with self._lock:
+            return list(self._results)
+
+
+def _values(health) -> dict[str, str]:
+    return dict(health.values) if health is not None else {}
+
+
 def _stop(proc: NodeProcess) -> int:
     import signal
 
@@ -344,20 +360,17 @@ def overload(
         "classifier_node",
         [*remap, *ros_args(model_dir=model_dir, backend="onnxruntime", threads=threads, smoothing="none")],
     )
-    scores = Collector(context, String, f"{ns}/classifier_node/scores", EVENTS, name="ov_scores")
-    diags = Collector(context, DiagnosticArray, "/diagnostics", EVENTS, name="ov_diags")
+    scores = _TimedScores()
     try:
-        with Spinner(context, scores, diags, threads=2):
+        with graph_client(context, ns, on_update=scores.on_update) as teacher:
             assert wait_for(lambda: scores.count() > 5, DISCOVERY_S * 3), classifier.output()[-3000:]
             start = scores.count()
             with RssSampler(classifier.pid, lambda: scores.count() - start) as rss:
                 time.sleep(seconds)  # a measurement window, not a wait for an event
-            d0 = diagnostics_of(diags, "overload/classifier_node") or {}
-            results = [
-                (Scores.decode(m.data), t) for m, t in zip(list(scores.msgs), list(scores.received_ns), strict=True)
-            ]
-            assert wait_for(lambda: len(diags.msgs) > 0, DEADLINE_S)
-            diag = diagnostics_of(diags, "overload/classifier_node") or d0
+            d0 = _values(teacher.node_health("classifier_node"))
+            results = scores.results()
+            assert wait_for(lambda: teacher.node_health("classifier_node") is not None, DEADLINE_S)
+            diag = _values(teacher.node_health("classifier_node")) or d0
         codes = [_stop(camera), _stop(classifier)]
     finally:
         camera.kill()
@@ -389,27 +402,6 @@ def overload(
 
 
 # --------------------------------------------------------------------------- trainer crash
-
-
-class _Operator(Node):
-    """Calls the trainer's ~/train and records ~/progress."""
-
-    def __init__(self, context, ns: str) -> None:
-        from std_srvs.srv import Trigger
-
-        super().__init__("operator", context=context, namespace=ns)
-        self._trigger = Trigger
-        self.train_client = self.create_client(Trigger, "trainer_node/train")
-        self.progress: list[TrainProgress] = []
-        self.create_subscription(
-            String, "trainer_node/progress", lambda m: self.progress.append(TrainProgress.decode(m.data)), EVENTS
-        )
-
-    def train(self):
-        assert self.train_client.wait_for_service(timeout_sec=DISCOVERY_S)
-        future = self.train_client.call_async(self._trigger.Request())
-        assert wait_for(future.done, DISCOVERY_S)
-        return future.result()
 
 
 def trainer_crash_and_resume(
@@ -445,15 +437,15 @@ def trainer_crash_and_resume(
     }
     epochs = int(values["epochs"])
     proc = NodeProcess("trainer_node", ["-r", f"__ns:={ns}", *ros_args(**values)])
-    op = _Operator(context, ns)
     try:
-        with Spinner(context, op):
-            assert op.train().success, proc.output()
+        with graph_client(context, ns) as op:
+            reply = op.start_training(timeout_s=DISCOVERY_S * 2)
+            assert reply.ok, (reply, proc.output())
 
             def mid_epoch() -> bool:
-                return any(e.phase == "train" and e.epoch == kill_epoch for e in list(op.progress))
+                return any(e.phase == "train" and e.epoch == kill_epoch for e in op.history("progress"))
 
-            assert wait_for(mid_epoch, 180.0, interval=0.01), (op.progress[-3:], proc.output()[-3000:])
+            assert wait_for(mid_epoch, 180.0, interval=0.01), (op.history("progress")[-3:], proc.output()[-3000:])
             t_kill = time.monotonic()
             proc.send(signal.SIGKILL)  # no handler runs: a power cut, an OOM kill
             assert proc.wait(timeout=10) == -signal.SIGKILL

@@ -19,32 +19,38 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from classifier_rig import ClassifierRig, diagnostics_of, frame_msg
-from diagnostic_msgs.msg import DiagnosticArray
+from classifier_rig import ClassifierRig, frame_msg
 from fixtures_models import build_colour_model_dir, solid
 from geometry_msgs.msg import Twist
-from graphutil import DEADLINE_S, DISCOVERY_S, Collector, Spinner, ros_args, unique_ns, wait_for
+from graphutil import (
+    DEADLINE_S,
+    DISCOVERY_S,
+    Collector,
+    FrameSource,
+    Spinner,
+    graph_client,
+    ros_args,
+    unique_ns,
+    wait_for,
+)
 from harness import (
     assert_manifest_matches_files,
     manifest,
     recorder_node,
     sigterm_all,
 )
-from rclpy.node import Node
 from rclpy.parameter import Parameter
-from recorder_client import Teacher
 from scenarios import trainer_crash_and_resume
 from sensor_msgs.msg import Image
 from std_msgs.msg import String
-from std_srvs.srv import SetBool, Trigger
 
 from dli_perception.core import fsutil
-from dli_perception.core.contracts import Counts
 from dli_perception.core.dataset import DatasetStore
 from dli_perception.core.imaging import imgmsg_to_cv2
 from dli_perception.core.modeldir import LABELS_FILE, METADATA_FILE, ONNX_FILE
+from dli_perception.graph_client import Result
 from dli_perception.nodes.camera_node import CameraNode
-from dli_perception.nodes.qos import EVENTS, LATCHED, SENSOR_DATA
+from dli_perception.nodes.qos import EVENTS, SENSOR_DATA
 
 pytestmark = pytest.mark.graph
 
@@ -94,9 +100,9 @@ def test_camera_source_vanishing_and_returning_is_reported_and_frames_resume(ros
     }
     camera = CameraNode(context=ros_context, parameter_overrides=[Parameter(k, value=v) for k, v in params.items()])
     images = Collector(ros_context, Image, "image_raw", SENSOR_DATA, name="images")
-    diags = Collector(ros_context, DiagnosticArray, "/diagnostics", EVENTS, name="diags")
     source = camera._source
-    with Spinner(ros_context, camera, images, diags, threads=3):
+    with Spinner(ros_context, camera, images) as spinner:
+        client = spinner.own(graph_client(ros_context))
         assert wait_for(lambda: images.count() >= 3, DISCOVERY_S)
         assert all(_colour(m) == red for m in list(images.msgs))  # every frame so far, not only the last
 
@@ -111,13 +117,10 @@ def test_camera_source_vanishing_and_returning_is_reported_and_frames_resume(ros
         failures = source.failures
         assert wait_for(lambda: source.failures >= failures + 2, DEADLINE_S)  # it keeps retrying...
         assert camera.published == published  # ...and publishes nothing meanwhile
-        assert wait_for(
-            lambda: "camera unavailable" in (diagnostics_of(diags, "camera_node") or {}).get("message", ""),
-            DEADLINE_S,
-        )
-        down = diagnostics_of(diags, "camera_node")
-        assert down["level"] == b"\x02" and int(down["failures"]) >= 2 and down["reconnects"] == "0"
-        assert ("no images" if kind == "folder" else "does not exist") in down["last_error"], down
+        down = client.wait_for_health("camera_node", lambda h: "camera unavailable" in h.message, DEADLINE_S)
+        assert down is not None, client.last_error
+        assert down.level == "error" and int(down.values["failures"]) >= 2 and down.values["reconnects"] == "0"
+        assert ("no images" if kind == "folder" else "does not exist") in down.values["last_error"], down
 
         # It comes back, with other pictures: frames resume from the new source.
         if kind == "folder":
@@ -126,10 +129,9 @@ def test_camera_source_vanishing_and_returning_is_reported_and_frames_resume(ros
             _write_video(path, blue)
         assert wait_for(lambda: images.count() > 0 and _colour(images.msgs[-1]) == blue, DEADLINE_S)
         assert source.connected and source.reconnects == 1
-        assert wait_for(
-            lambda: (diagnostics_of(diags, "camera_node") or {}).get("message") == "publishing", DEADLINE_S
-        ), diagnostics_of(diags, "camera_node")
-        assert diagnostics_of(diags, "camera_node")["reconnects"] == "1"
+        up = client.wait_for_health("camera_node", lambda h: h.message == "publishing", DEADLINE_S)
+        assert up is not None, client.last_error
+        assert up.values["reconnects"] == "1"
 
 
 # --------------------------------------------------------------------------- model directory
@@ -185,12 +187,12 @@ CORRUPTIONS = [
 def test_serving_model_dir_corrupted_in_place_is_refused_and_the_old_model_keeps_serving(ros_context, tmp_path, models):
     serving = tmp_path / "serving"
     _install(models["a"], serving)
-    with Spinner(ros_context, threads=3) as spinner:
+    with Spinner(ros_context) as spinner:
         rig = ClassifierRig(ros_context, spinner, model_dir=str(serving), smoothing="none")
         rig.ready()
         node = rig.node
         stamp = iter(range(1, 10_000))
-        assert rig.classify_counted(solid("red"), next(stamp))["label"] == "red"
+        assert rig.classify_counted(solid("red"), next(stamp)).label == "red"
         serving_classes = CLASSES_A
         for n, kind in enumerate(CORRUPTIONS, start=1):
             _corrupt(kind, serving, models)
@@ -202,12 +204,12 @@ def test_serving_model_dir_corrupted_in_place_is_refused_and_the_old_model_keeps
             assert node.status() == "load failed; previous model serving", kind
             colour = serving_classes[n % 3]
             result = rig.classify_counted(solid(colour), next(stamp))
-            assert result["label"] == colour and set(result["scores"]) == set(serving_classes), (kind, result)
+            assert result.label == colour and set(result.scores) == set(serving_classes), (kind, result)
             if n == 1:  # reported: WARN, the error, the model still serving
-                assert wait_for(lambda: (rig.diagnostics() or {}).get("model_load_failures") == "1", DEADLINE_S)
-                diag = rig.diagnostics()
-                assert diag["level"] == b"\x01" and str(serving) in diag["last_error"], (kind, diag)
-                assert diag["classes"] == ",".join(serving_classes)
+                assert wait_for(lambda: rig.diag("model_load_failures") == "1", DEADLINE_S)
+                diag = rig.health()
+                assert diag.level == "warn" and str(serving) in diag.values["last_error"], (kind, diag)
+                assert diag.values["classes"] == ",".join(serving_classes)
             # A good model arrives at the same path (the other one, so the swap is visible) and is served.
             good = models["b"] if serving_classes == CLASSES_A else models["a"]
             serving_classes = CLASSES_B if serving_classes == CLASSES_A else CLASSES_A
@@ -220,14 +222,18 @@ def test_serving_model_dir_corrupted_in_place_is_refused_and_the_old_model_keeps
                 kind,
                 node.last_error,
             )
-            assert rig.classify_counted(solid(serving_classes[0]), next(stamp))["label"] == serving_classes[0]
+            assert rig.classify_counted(solid(serving_classes[0]), next(stamp)).label == serving_classes[0]
             assert node.status() == "serving"
         assert node.errors == 0 and node.bad == 0
         assert node.loads == 1 + len(CORRUPTIONS) and node.load_failures == len(CORRUPTIONS)
-        assert wait_for(
-            lambda: (rig.diagnostics() or {}).get("model_load_failures") == str(len(CORRUPTIONS)), DEADLINE_S
-        )
-        assert rig.diagnostics()["status"] == "serving"
+        # /diagnostics (1 Hz) reports the failures and, once the last good model loaded, serving again
+        assert rig.client.wait_for_health(
+            "classifier_node",
+            lambda h: (
+                h.values.get("model_load_failures") == str(len(CORRUPTIONS)) and h.values.get("status") == "serving"
+            ),
+            DEADLINE_S,
+        ), rig.health()
 
 
 def test_model_dir_swapped_and_corrupted_while_reloads_run_never_stops_serving(ros_context, tmp_path, models):
@@ -238,7 +244,7 @@ def test_model_dir_swapped_and_corrupted_while_reloads_run_never_stops_serving(r
     shutil.copytree(models["a"], corrupt)
     _corrupt("torn_onnx", corrupt, models)
     flips = 40
-    with Spinner(ros_context, threads=3) as spinner:
+    with Spinner(ros_context) as spinner:
         rig = ClassifierRig(ros_context, spinner, model_dir=str(serving), smoothing="none")
         rig.ready()
         node = rig.node
@@ -258,14 +264,14 @@ def test_model_dir_swapped_and_corrupted_while_reloads_run_never_stops_serving(r
         while not done.is_set():  # frames keep coming and each one is answered by a complete model
             stamp += 1
             result = rig.classify_counted(solid("red"), stamp)
-            classes = set(result["scores"])
+            classes = set(result.scores)
             assert classes in (set(CLASSES_A), set(CLASSES_B)), result
             if classes == set(CLASSES_A):
-                assert result["label"] == "red", result
+                assert result.label == "red", result
         flipper.join(timeout=DEADLINE_S)
         rig.model_pub.publish(String(data=""))
         assert wait_for(lambda: rig.current_classes() == CLASSES_B and not node.loading, DEADLINE_S)
-        assert rig.classify_counted(solid("yellow"), stamp + 1)["label"] == "yellow"
+        assert rig.classify_counted(solid("yellow"), stamp + 1).label == "yellow"
         assert node.errors == 0 and node.bad == 0 and node.loads >= 2
         assert node.load_failures >= 1  # the corrupt copies (and swaps caught half-way) were refused
 
@@ -334,16 +340,17 @@ def test_disk_full_while_recording_refuses_reports_stays_up_and_recovers(ros_con
     try:
         root = mnt / "ds"
         recorder = recorder_node(ros_context, root, image_format="png", capture_rate_hz=30.0, queue_size=2)
-        teacher = Teacher(ros_context)
+        frames = FrameSource(ros_context)
         rng = np.random.default_rng(0)
         stamp = iter(range(1_000_000_000, 2_000_000_000))
 
         def noise_frame() -> None:  # incompressible 48x64 frames: ~9 kB each as PNG
-            teacher.image_pub.publish(frame_msg(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8), next(stamp)))
+            frames.image_pub.publish(frame_msg(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8), next(stamp)))
 
-        with Spinner(ros_context, recorder, teacher, threads=4):
-            teacher.teach("road")
-            assert teacher.set_recording(True).success
+        with Spinner(ros_context, recorder, frames) as spinner:
+            teacher = spinner.own(graph_client(ros_context))
+            assert teacher.set_label("road", DISCOVERY_S).ok, teacher.last_error
+            assert teacher.set_recording(True, DISCOVERY_S).ok, teacher.last_error
             assert wait_for(lambda: (noise_frame(), recorder.refused["dataset_error"] >= 3)[1], 60.0, interval=0.02), (
                 recorder.saved,
                 recorder.refused,
@@ -355,21 +362,23 @@ def test_disk_full_while_recording_refuses_reports_stays_up_and_recovers(ros_con
             received = recorder._frames_received
             assert wait_for(lambda: (noise_frame(), recorder._frames_received > received + 3)[1], DEADLINE_S)
             r = teacher.capture()
-            assert not r.success and "disk is full" in r.message, r.message
-            assert wait_for(lambda: "disk is full" in teacher.diag("message"), DEADLINE_S), teacher.diags[-1:]
-            full = [d for d in list(teacher.diags) if "disk is full" in d.get("message", "")]
-            assert all(d["level"] == b"\x01" for d in full), full[-3:]  # every report of it is a warning
-            assert wait_for(lambda: int(teacher.diag("refused_dataset_error", "0")) >= 3, DEADLINE_S), teacher.diags[
-                -1:
-            ]
-            assert teacher.set_recording(False).success
+            assert r.result is Result.REFUSED and "disk is full" in r.message, r.message
+            assert teacher.wait_for_health("recorder_node", lambda h: "disk is full" in h.message, DEADLINE_S), (
+                teacher.last_error
+            )
+            full = [h for h in teacher.health_history("recorder_node") if "disk is full" in h.message]
+            assert all(h.level == "warn" for h in full), full[-3:]  # every report of it is a warning
+            assert teacher.wait_for_health(
+                "recorder_node", lambda h: int(h.values.get("refused_dataset_error", "0")) >= 3, DEADLINE_S
+            ), teacher.last_error
+            assert teacher.set_recording(False).ok, teacher.last_error
             assert wait_for(lambda: recorder._queue.qsize() == 0, DEADLINE_S)
             assert assert_manifest_matches_files(root) == Counter({"road": recorder.saved})
             # Space comes back: recording works again without a restart.
             subprocess.run(["mount", "-o", "remount,size=8m", str(mnt)], check=True, capture_output=True)
             before = recorder.saved
             noise_frame()
-            assert wait_for(lambda: (noise_frame(), teacher.capture().success)[1], DEADLINE_S)
+            assert wait_for(lambda: (noise_frame(), teacher.capture().ok)[1], DEADLINE_S)
             assert recorder.saved == before + 1
         counts = assert_manifest_matches_files(root)
         assert counts == Counter({"road": recorder.saved}) and len(manifest(root)) == recorder.saved
@@ -414,31 +423,27 @@ def test_sigterm_to_every_node_of_a_running_pipeline_exits_cleanly_with_a_final_
             ),
         ),
     }
-    driver = Node("driver", context=ros_context, namespace=ns)
-    label_pub = driver.create_publisher(String, "teach_label", EVENTS)
-    recording = driver.create_client(SetBool, "recorder_node/set_recording")
-    train = driver.create_client(Trigger, "trainer_node/train")
     cmds = Collector(ros_context, Twist, f"{ns}/cmd_vel", EVENTS, name="cmds")
-    counts = Collector(ros_context, String, f"{ns}/recorder_node/counts", LATCHED, name="counts")
-    progress = Collector(ros_context, String, f"{ns}/trainer_node/progress", EVENTS, name="progress")
 
     def moving() -> bool:
         return any(m.linear.x != 0.0 or m.angular.z != 0.0 for m in list(cmds.msgs))
 
-    with Spinner(ros_context, driver, cmds, counts, progress):
-        for client in (recording, train):
-            assert client.wait_for_service(timeout_sec=DISCOVERY_S), {k: p.output()[-2000:] for k, p in procs.items()}
-        recording.call_async(SetBool.Request(data=True))
-        train.call_async(Trigger.Request())
+    with Spinner(ros_context, cmds) as spinner:
+        teacher = spinner.own(graph_client(ros_context, ns))
+        missing = teacher.wait_for_services(DISCOVERY_S, ["set_recording", "train"])
+        assert not missing, (missing, {k: p.output()[-2000:] for k, p in procs.items()})
+        assert teacher.set_recording(True).ok, teacher.last_error
+        assert teacher.start_training().ok, teacher.last_error
         # Everything is busy: the robot drives on the labels, frames are recorded, a model trains.
         assert wait_for(moving, DISCOVERY_S * 2), procs["reaction_node"].output()[-2000:]
 
         def recorded() -> bool:
-            label_pub.publish(String(data="free"))  # what is being shown; repeated until frames are saved
-            return counts.count() > 0 and Counts.decode(counts.msgs[-1].data).total >= 2
+            teacher.set_label("free", timeout_s=0.1)  # what is being shown; repeated until frames are saved
+            counts = teacher.counts()
+            return counts is not None and counts.total >= 2
 
         assert wait_for(recorded, DISCOVERY_S, interval=0.1), procs["recorder_node"].output()[-2000:]
-        assert wait_for(lambda: any('"train"' in m.data for m in list(progress.msgs)), 120.0), procs[
+        assert wait_for(lambda: any(p.phase == "train" for p in teacher.history("progress")), 120.0), procs[
             "trainer_node"
         ].output()[-2000:]
         codes = sigterm_all(procs.values())

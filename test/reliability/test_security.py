@@ -29,7 +29,7 @@ import numpy as np
 import pytest
 from classifier_rig import ClassifierRig, frame_msg
 from fixtures_models import build_colour_model_dir, solid
-from graphutil import DEADLINE_S, Spinner, unique_ns, wait_for
+from graphutil import DEADLINE_S, DISCOVERY_S, FrameSource, Spinner, graph_client, unique_ns, wait_for
 from harness import (
     assert_manifest_matches_files,
     deliver_frame,
@@ -39,10 +39,10 @@ from harness import (
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from rclpy.parameter import Parameter
-from recorder_client import Teacher
 
 from dli_perception.core.dataset import MANIFEST_NAME, DatasetStore, validate_label
 from dli_perception.errors import DatasetError, InvalidLabelError
+from dli_perception.graph_client import Result
 
 NASTY_LABELS = [
     "../../etc/x",
@@ -120,20 +120,22 @@ def test_teach_labels_from_the_topic_never_write_outside_the_dataset(ros_context
     top, root, canary = _sandbox(tmp_path)
     ns = unique_ns("security")
     recorder = recorder_node(ros_context, root, ns=ns, image_format="png")
-    teacher = Teacher(ros_context, ns)
+    source = FrameSource(ros_context, ns)
     outcomes: Counter[str] = Counter()
-    with Spinner(ros_context, recorder, teacher, threads=4):
+    with Spinner(ros_context, recorder, source) as spinner:
+        teacher = spinner.own(graph_client(ros_context, ns))
+        assert teacher.wait_for_services(DISCOVERY_S, ["capture"]) == []
         for i, label in enumerate(NASTY_LABELS):
-            teacher.teach(label)
-            deliver_frame(recorder, teacher, frame_msg(solid((i * 11 % 256, 40, 90)), 1_000_000_000 + i))
+            source.say_label(teacher, label)  # raw, as any node on the graph may send it
+            deliver_frame(recorder, source, frame_msg(solid((i * 11 % 256, 40, 90)), 1_000_000_000 + i))
             r = teacher.capture()
             expected = _expected_dir(label)
             if expected is None:
-                assert not r.success and "invalid label" in r.message, (label, r.message)
+                assert r.result is Result.REFUSED and "invalid label" in r.message, (label, r.message)
                 outcomes["refused"] += 1
             else:
-                assert r.success, (label, r.message)
-                saved = Path(r.message.split()[1])
+                assert r.ok, (label, r.message)
+                saved = Path(r.path)
                 assert saved.parent == root.resolve() / expected, (label, saved)
                 outcomes["saved"] += 1
     _assert_inside(top, root, canary)
@@ -253,16 +255,17 @@ def test_dataset_dir_symlink_tricks(ros_context, tmp_path):
     (real / "planted").symlink_to(top / "canary", target_is_directory=True)  # a class dir leading out
     ns = unique_ns("security")
     recorder = recorder_node(ros_context, link, ns=ns, image_format="png")
-    teacher = Teacher(ros_context, ns)
-    with Spinner(ros_context, recorder, teacher, threads=4):
-        teacher.teach("cup")
-        deliver_frame(recorder, teacher, frame_msg(solid("red"), 1_000_000_001))
+    source = FrameSource(ros_context, ns)
+    with Spinner(ros_context, recorder, source) as spinner:
+        teacher = spinner.own(graph_client(ros_context, ns))
+        assert teacher.set_label("cup", DISCOVERY_S).ok, teacher.last_error
+        deliver_frame(recorder, source, frame_msg(solid("red"), 1_000_000_001))
+        r = teacher.capture(DISCOVERY_S)
+        assert r.ok and Path(r.path).parent == real.resolve() / "cup", r.message
+        assert teacher.set_label("planted", DISCOVERY_S).ok, teacher.last_error
+        deliver_frame(recorder, source, frame_msg(solid("green"), 1_000_000_002))
         r = teacher.capture()
-        assert r.success and Path(r.message.split()[1]).parent == real.resolve() / "cup", r.message
-        teacher.teach("planted")
-        deliver_frame(recorder, teacher, frame_msg(solid("green"), 1_000_000_002))
-        r = teacher.capture()
-        assert not r.success and "symbolic link" in r.message, r.message
+        assert r.result is Result.REFUSED and "symbolic link" in r.message, r.message
         assert recorder.refused["dataset_error"] == 1
     _assert_inside(top, real, canary, planted=(link, real / "planted"))
     assert assert_manifest_matches_files(real) == Counter({"cup": 1})
@@ -406,7 +409,7 @@ def test_pickled_code_in_training_checkpoints_and_weights_never_runs(torch_files
 @pytest.mark.graph
 def test_classifier_node_refuses_a_model_dir_with_pickled_code_and_keeps_serving(ros_context, torch_files, tmp_path):
     good = build_colour_model_dir(tmp_path / "good", ("red", "green", "blue"))
-    with Spinner(ros_context, threads=3) as spinner:
+    with Spinner(ros_context) as spinner:
         rig = ClassifierRig(ros_context, spinner, model_dir=str(good), smoothing="none")
         rig.ready()
         assert rig.node.set_parameters(
@@ -414,7 +417,7 @@ def test_classifier_node_refuses_a_model_dir_with_pickled_code_and_keeps_serving
         )[0].successful
         assert wait_for(lambda: rig.node.load_failures == 1 and not rig.node.loading, DEADLINE_S * 3)
         assert "weights_only" in rig.node.last_load_error
-        assert rig.classify_counted(solid("blue"), 1)["label"] == "blue"  # the previous model still serves
+        assert rig.classify_counted(solid("blue"), 1).label == "blue"  # the previous model still serves
     assert not torch_files["marker"].exists()
 
 

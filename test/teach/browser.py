@@ -89,6 +89,12 @@ class Station:
     def kill(self) -> None:
         kill_group(self.proc)
 
+    def assert_clean_exit(self, rc: int) -> None:
+        """The station exited 0 (``rc`` from :meth:`stop`) and printed no traceback."""
+        out = self.output()
+        assert rc == 0, out
+        assert "Traceback" not in out, out
+
 
 SCENE_JS = """() => {
   // The synthetic camera's class, from the pixels on the page: free is drawn on green, blocked on magenta.

@@ -107,16 +107,23 @@ def test_teach_two_classes_train_and_watch_in_a_browser(tmp_path):
 
             clock = SceneClock(page)
             for name in CLASSES:
+                deadline = time.monotonic() + 120.0
                 while _count(page, name) < PER_CLASS:
+                    assert time.monotonic() < deadline, f"{name}: {_count(page, name)} saved, then: {_message(page)}"
                     clock.wait_for_fresh(name, min_left_s=1.5)
                     before = _count(page, name)
                     page.click(f'[data-class="{name}"] .capture')
-                    expect(page.locator("#message")).to_contain_text("saved", timeout=10_000)
+                    # Saved (the count rises), or refused as a duplicate: the camera sends 10 frames/s and on a
+                    # quiet machine the page is ready for the next click before the next frame, which the
+                    # recorder rightly refuses to save twice ("... nothing was saved"). Then click again.
                     page.wait_for_function(
-                        "([n, c]) => parseInt(document.querySelector(`[data-class='${n}'] .count`).textContent) > c",
+                        """([n, c]) => parseInt(document.querySelector(`[data-class='${n}'] .count`).textContent) > c
+                            || document.querySelector('#message').textContent.includes('duplicate')""",
                         arg=[name, before],
                         timeout=10_000,
                     )
+                    if _count(page, name) > before:
+                        expect(page.locator("#message")).to_contain_text("saved")
             expect(page.locator('[data-class="free"] .thumbs img').first).to_be_visible()
 
             # hold to record, inside one "blocked" scene
@@ -190,9 +197,7 @@ def test_teach_two_classes_train_and_watch_in_a_browser(tmp_path):
             browser.close()
     finally:
         rc = station.stop()
-    out = station.output()
-    assert rc == 0, out
-    assert "Traceback" not in out, out
+    station.assert_clean_exit(rc)
 
 
 def test_nodes_that_are_not_running_are_shown_and_explained(tmp_path):
@@ -215,5 +220,4 @@ def test_nodes_that_are_not_running_are_shown_and_explained(tmp_path):
             browser.close()
     finally:
         rc = station.stop()
-    assert rc == 0, station.output()
-    assert "Traceback" not in station.output()
+    station.assert_clean_exit(rc)

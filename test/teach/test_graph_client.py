@@ -39,7 +39,7 @@ def test_teach_capture_undo_and_classify_through_the_client(ros_context, tmp_pat
     recorder = RecorderNode(
         context=ros_context, parameter_overrides=[Parameter("dataset_dir", value=str(tmp_path / "data"))]
     )
-    spinner = Spinner(ros_context, recorder, threads=4)
+    spinner = Spinner(ros_context, recorder)
     with spinner:
         assert teacher.wait_for_nodes(["recorder_node"], DEADLINE) == []
         # bad input is refused here, nothing sent; a capture before any frame is refused by the node
@@ -106,7 +106,7 @@ def test_enable_stop_and_a_node_that_is_missing(ros_context, teacher):
 
     reaction = ReactionNode(context=ros_context)
     twists = Collector(ros_context, Twist, "cmd_vel", EVENTS, name="twists")
-    with Spinner(ros_context, reaction, twists, threads=3):
+    with Spinner(ros_context, reaction, twists):
         assert teacher.enable_reaction(True, timeout_s=DEADLINE).ok
         assert wait_for(lambda: (s := teacher.reaction_state()) is not None and s.enabled, DEADLINE)
         state = teacher.reaction_state()

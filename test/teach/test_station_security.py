@@ -142,8 +142,26 @@ def test_bad_input_gets_a_clear_message_and_changes_nothing(server_on):
     assert status == 413
     status, body = _run(_post(base + "/api/react", {"enabled": "yes"}))
     assert status == 400 and "true or false" in body["message"]
-    status, body = _run(_post(base + "/api/target_xy", {"x": 0.5, "y": 0.5}))
-    assert status == 501 and "regression" in body["message"]
+    # XY targets and label sets: junk refused before anything reaches a node; a good one for another task: 409
+    for target, says in [
+        ({"xy": [1.5, 0.0]}, "outside [-1, 1]"),
+        ({"xy": [0.0]}, "as [x, y]"),
+        ({"xy": ["0.1", 0.2]}, "must be a number"),
+        ({"xy": "0.1,0.2"}, "as [x, y]"),
+        ({"labels": "cup"}, "as a list"),
+        ({"labels": ["cup"] * 65}, "at most 64"),
+        ({"labels": ["../x"]}, "path separator"),
+        ({"labels": ["cup"]}, "unknown label(s) ['cup']"),
+        ({"xy": [0.1, 0.2], "labels": []}, "not both"),
+    ]:
+        status, body = _run(_post(base + "/api/capture", target))
+        assert status == 400 and says in body["message"], (target, body)
+    status, body = _run(
+        _post(base + "/api/capture", data=b'{"xy": [NaN, 0.5]}', headers={"Content-Type": "application/json"})
+    )
+    assert status == 400 and "outside [-1, 1]" in body["message"], body
+    status, body = _run(_post(base + "/api/capture", {"xy": [0.5, 0.5]}))
+    assert status == 409 and "records classification, not regression" in body["message"], body
     status, text, _ = _run(_get(base + "/static/..%2Fserver.py"))
     assert status == 404
     # no node runs in this namespace: the station says which one is missing

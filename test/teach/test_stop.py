@@ -11,16 +11,13 @@ must still reach a subscriber after the signal.
 
 from __future__ import annotations
 
-import re
-import signal
 import sys
 import uuid
-from collections.abc import Callable
-from pathlib import Path
 
 import pytest
 from geometry_msgs.msg import Twist
 from graphutil import Collector, Spinner, stop_and_check, wait_for, wait_seen
+from procutil import wait_stage
 
 from dli_perception.nodes.qos import EVENTS
 
@@ -74,35 +71,9 @@ def _wait_serving(proc) -> None:
     assert proc.proc.poll() is None, proc.output()[-4000:]
 
 
-def _catches_sigterm(pid: int) -> bool:
-    """The package's first handlers are in (Python itself leaves SIGTERM alone): its earliest moment."""
-    status = Path(f"/proc/{pid}/status").read_text()
-    caught = int(re.search(r"^SigCgt:\s*([0-9a-f]+)", status, re.MULTILINE).group(1), 16)
-    return bool(caught & (1 << (signal.SIGTERM - 1)))
-
-
-# Moments of the start-up, seen from outside: the stop handlers just installed, rclpy being imported
-# (its native module is mapped), the ROS middleware being started (rclpy.init loads the RMW library),
-# OpenCV being imported (in-process: the nodes are being built).
-STAGES: dict[str, Callable[[int], bool]] = {
-    "handlers": _catches_sigterm,
-    "rclpy-import": lambda pid: "_rclpy_pybind11" in Path(f"/proc/{pid}/maps").read_text(),
-    "rmw-start": lambda pid: re.search(r"librmw_\w+_cpp", Path(f"/proc/{pid}/maps").read_text()) is not None,
-    "opencv-import": lambda pid: re.search(r"/cv2[/.]", Path(f"/proc/{pid}/maps").read_text()) is not None,
-}
-
-
 def _wait_stage(proc, stage: str) -> None:
-    """Poll every millisecond until the process reached ``stage`` (signals are then sent at once)."""
-
-    def reached() -> bool:
-        try:
-            return proc.proc.poll() is not None or STAGES[stage](proc.pid)
-        except (FileNotFoundError, ProcessLookupError):
-            return True
-
-    assert wait_for(reached, START_S, interval=0.001), proc.output()[-4000:]
-    assert proc.proc.poll() is None, f"ended before {stage}:\n{proc.output()[-4000:]}"
+    """Wait until the process reached ``stage`` of the start (signals are then sent at once)."""
+    assert wait_stage(proc.proc, stage, START_S), f"ended before {stage}:\n{proc.output()[-4000:]}"
 
 
 @pytest.mark.parametrize("how", ["cli", "module"])
