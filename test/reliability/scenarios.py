@@ -36,11 +36,18 @@ from dli_perception.core.preprocess import PreprocessConfig
 from dli_perception.graph_client import Result
 
 
-def _fuzz_settings(examples: int):
+def _fuzz_settings(examples: int, reproducible: bool):
+    """Hypothesis settings for a fuzz run over the graph.
+
+    ``reproducible`` (the tests) draws the same examples on every run, so the tests' check that the
+    strategy covered both good and malformed frames cannot fail by chance: randomly drawn, 1 run in 40
+    of 60 examples had fewer than half malformed. The long benchmark runs draw fresh examples.
+    """
     return settings(
         max_examples=examples,
         deadline=None,
         database=None,
+        derandomize=reproducible,
         suppress_health_check=[
             HealthCheck.too_slow,
             HealthCheck.data_too_large,
@@ -59,12 +66,15 @@ def _percentiles(values: list[float]) -> dict[str, float]:
 # --------------------------------------------------------------------------- fuzzing
 
 
-def fuzz_classifier(context, model_dir: Path, examples: int, input_size: int = 32) -> dict[str, Any]:
+def fuzz_classifier(
+    context, model_dir: Path, examples: int, input_size: int = 32, reproducible: bool = True
+) -> dict[str, Any]:
     """Throw ``examples`` mostly malformed frames at a classifier_node, one at a time; check its bookkeeping.
 
     Every frame must be received and then classified (converter and preprocessing accept it) or
     counted as bad; ``errors`` (anything else) must stay 0. Good frames after the fuzzing must still be
-    classified right, and /diagnostics must report the same counts.
+    classified right, and /diagnostics must report the same counts. ``reproducible`` draws the same
+    examples on every run (see :func:`_fuzz_settings`).
     """
     with Spinner(context) as spinner:
         rig = ClassifierRig(context, spinner, model_dir=str(model_dir), smoothing="none")
@@ -75,7 +85,7 @@ def fuzz_classifier(context, model_dir: Path, examples: int, input_size: int = 3
         stamp = iter(range(1_000_000_000, 2**62))
         t0 = time.monotonic()
 
-        @_fuzz_settings(examples)
+        @_fuzz_settings(examples, reproducible)
         @given(msg=images())
         def throw(msg):
             msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(next(stamp), 1_000_000_000)
@@ -107,7 +117,7 @@ def fuzz_classifier(context, model_dir: Path, examples: int, input_size: int = 3
         }
 
 
-def fuzz_recorder(context, root: Path, examples: int) -> dict[str, Any]:
+def fuzz_recorder(context, root: Path, examples: int, reproducible: bool = True) -> dict[str, Any]:
     """Throw mostly malformed frames at a recorder_node and capture each; check refusals, counts and files."""
     recorder = recorder_node(context, root, dedupe=False, image_format="png")
     source = FrameSource(context)
@@ -119,7 +129,7 @@ def fuzz_recorder(context, root: Path, examples: int) -> dict[str, Any]:
         assert teacher.wait_for_services(DISCOVERY_S, ["capture"]) == []
         t0 = time.monotonic()
 
-        @_fuzz_settings(examples)
+        @_fuzz_settings(examples, reproducible)
         @given(msg=images(good_fraction=3))
         def throw(msg):
             msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(next(stamp), 1_000_000_000)
