@@ -30,6 +30,7 @@ def run(threads: int, seconds: float, domain: int) -> dict:
     from rclpy.parameter import Parameter
     from sensor_msgs.msg import Image
 
+    from dli_perception.core.contracts import stamp_ns_of
     from dli_perception.demo.robot import SimulatedRobot
     from dli_perception.demo.xy_scene import SceneCamera, TargetMotion
     from dli_perception.nodes.qos import EVENTS, SENSOR_DATA
@@ -49,7 +50,7 @@ def run(threads: int, seconds: float, domain: int) -> dict:
     points = oracle.create_publisher(PointStamped, "xy", EVENTS)
 
     def answer(msg: Image) -> None:
-        shown = scene.truth(msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec)
+        shown = scene.truth(stamp_ns_of(msg.header))
         if shown is not None:
             out = PointStamped(header=msg.header)
             out.point.x, out.point.y = shown.x, shown.y

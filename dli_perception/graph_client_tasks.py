@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from dli_perception.core.contracts import LabelSet, Scores, XYResult
+from dli_perception.core.contracts import LabelSet, Scores, XYResult, stamp_ns_of
 from dli_perception.graph_client_types import Reply, Result
 
 
@@ -116,7 +116,6 @@ class TaskTargets:
         from dli_perception.nodes.qos import EVENTS
 
         def on_point(msg: Any) -> None:
-            stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
-            callback(msg.point.x, msg.point.y, stamp, msg.header.frame_id)
+            callback(msg.point.x, msg.point.y, stamp_ns_of(msg.header), msg.header.frame_id)
 
         self._frame_subs.append(self.node.create_subscription(PointStamped, topic, on_point, EVENTS))

@@ -16,7 +16,7 @@ import collections
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from dli_perception.core.contracts import ClassList, Counts, ReactionState, Scores
+from dli_perception.core.contracts import ClassList, Counts, ReactionState, Scores, stamp_ns_of
 from dli_perception.graph_client_types import NodeHealth
 
 
@@ -136,7 +136,7 @@ class Watching:
         self._watching.add("camera")
 
         def on_info(msg: Any) -> None:
-            stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+            stamp = stamp_ns_of(msg.header)
             with self._lock:
                 first = self._latest.get("camera_first_stamp_ns")
                 if first is None or stamp < first:

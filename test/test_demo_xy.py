@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from procutil import interrupt_at
 
-from dli_perception.core.contracts import XYResult
+from dli_perception.core.contracts import XYResult, stamp_ns_of
 from dli_perception.demo.config import DemoConfig
 from dli_perception.demo.xy_scene import FOV_DEG, FrameTruth, TargetMotion, image_x
 from dli_perception.demo.xy_scoring import TrackingScore, XYLiveScore, check_xy_dataset
@@ -142,7 +142,7 @@ def test_steering_closes_the_loop_through_the_scene_with_perfect_targets(ros_con
             self.sent = 0
 
         def on_image(self, msg: Image) -> None:
-            shown = scene.truth(msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec)
+            shown = scene.truth(stamp_ns_of(msg.header))
             if shown is not None:
                 out = PointStamped(header=msg.header)
                 out.point.x, out.point.y = shown.x, shown.y

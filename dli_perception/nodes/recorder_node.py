@@ -75,7 +75,7 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from std_msgs.msg import String
 from std_srvs.srv import SetBool, Trigger
 
-from dli_perception.core.contracts import Counts
+from dli_perception.core.contracts import Counts, stamp_ns_of
 from dli_perception.core.dataset import DatasetStore
 from dli_perception.core.recording import DRAIN_TIMEOUT_S, Recorder, RecorderHooks
 from dli_perception.core.recording_jobs import MAX_WAITING_CALLS
@@ -326,7 +326,7 @@ class RecorderNode(Node):
         self.recorder.configure(**{k: v for k, v in changes.items() if k in keys})
 
     def _on_image(self, msg: Any) -> None:
-        self.recorder.offer_frame(msg, msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec)
+        self.recorder.offer_frame(msg, stamp_ns_of(msg.header))
 
     def _on_label(self, msg: String) -> None:
         if self.recorder.set_label(msg.data):

@@ -15,6 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from dli_perception.core.contracts import stamp_ns_of
+
 OVERLAY_FRESH_S = 1.0
 """The overlay is shown while its newest frame is younger than this (seconds); else the raw camera."""
 JPEG_QUALITY = 75
@@ -32,10 +34,6 @@ class Frame:
     width: int
     height: int
     encoded_ns: int
-
-
-def _stamp_ns(msg: Any) -> int:
-    return msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
 
 
 def encode_jpeg(msg: Any, width: int | None = None, quality: int = JPEG_QUALITY) -> tuple[bytes, int, int]:
@@ -143,7 +141,7 @@ class FrameEncoder:
                 continue
             self._seq += 1
             self.encoded += 1
-            self.on_frame(Frame(self._seq, _stamp_ns(msg), source, jpeg, width, height, time.time_ns()))
+            self.on_frame(Frame(self._seq, stamp_ns_of(msg.header), source, jpeg, width, height, time.time_ns()))
 
     def close(self) -> None:
         with self._lock:

@@ -30,7 +30,7 @@ from sensor_msgs.msg import Image
 from std_msgs.msg import String
 
 from dli_perception.core.backend_options import BackendOptions
-from dli_perception.core.contracts import LabelSet, XYResult
+from dli_perception.core.contracts import LabelSet, XYResult, stamp_ns_of
 from dli_perception.core.imaging import to_rgb8
 from dli_perception.core.overlay import xy_pixel
 from dli_perception.core.preprocess import preprocess_batch
@@ -59,10 +59,6 @@ def offline(model_dir: Path, msg: Image) -> np.ndarray:
         return backend.infer(preprocess_batch([to_rgb8(msg)], backend.metadata.preprocess))[0]
     finally:
         backend.close()
-
-
-def stamp_ns(header) -> int:
-    return header.stamp.sec * 1_000_000_000 + header.stamp.nanosec
 
 
 class TaskRig(ClassifierRig):
@@ -96,11 +92,11 @@ class TaskRig(ClassifierRig):
 
     def point_for(self, msg: Image) -> tuple[PointStamped, XYResult]:
         """Publish ``msg`` and wait for its point on ``xy`` and its ``~/xy_result``."""
-        stamp = stamp_ns(msg.header)
+        stamp = stamp_ns_of(msg.header)
         self.image_pub.publish(msg)
 
         def found():
-            point = next((p for p in list(self.points.msgs) if stamp_ns(p.header) == stamp), None)
+            point = next((p for p in list(self.points.msgs) if stamp_ns_of(p.header) == stamp), None)
             result = next((r for r in self.client.history("xy_result") if r.stamp_ns == stamp), None)
             return point, result
 
@@ -110,7 +106,7 @@ class TaskRig(ClassifierRig):
         return found()
 
     def label_set_for(self, msg: Image) -> LabelSet:
-        stamp = stamp_ns(msg.header)
+        stamp = stamp_ns_of(msg.header)
         self.image_pub.publish(msg)
 
         def found():
@@ -153,7 +149,11 @@ def test_regression_points_carry_the_source_header_and_the_offline_prediction(gr
         assert point.point.z == 0.0
         assert (result.x, result.y) == (point.point.x, point.point.y)
         assert (result.raw_x, result.raw_y) == pytest.approx(tuple(want), abs=1e-4)
-        assert (result.stamp_ns, result.frame_id, result.model) == (stamp_ns(msg.header), f"cam_{i}", str(models["xy"]))
+        assert (result.stamp_ns, result.frame_id, result.model) == (
+            stamp_ns_of(msg.header),
+            f"cam_{i}",
+            str(models["xy"]),
+        )
         assert result.latency_ms >= result.inference_ms >= 0.0 and "inference" in result.stages_ms
     # A regression model publishes nothing on the classification and multi-label topics.
     assert not g.labels() and not g.results() and g.label_texts.count() == 0
@@ -243,7 +243,7 @@ def test_multilabel_active_labels_scores_and_thresholds(graph, models):
         logits = offline(models["ml"], msg)
         assert [result.scores[k] for k in LABELS] == pytest.approx(1 / (1 + np.exp(-logits)), abs=1e-5)
         assert result.changed == (active != previous) and result.frame_id == f"ml_{i}"
-        assert result.stamp_ns == stamp_ns(msg.header)
+        assert result.stamp_ns == stamp_ns_of(msg.header)
         previous = active
     assert wait_for(lambda: g.label_texts.count() == len(ML_FRAMES), DEADLINE_S)
     assert [m.data for m in g.label_texts.msgs] == [",".join(a) for _, a in ML_FRAMES]
@@ -377,13 +377,13 @@ def test_process_serves_stamped_points_and_stops_cleanly(node_process, ros_conte
             want = offline(models["xy"], msg)
 
             def arrived(msg=msg) -> bool:  # publish until the node, still starting, takes this frame
-                if not any(stamp_ns(p.header) == stamp_ns(msg.header) for p in list(points.msgs)):
+                if not any(stamp_ns_of(p.header) == stamp_ns_of(msg.header) for p in list(points.msgs)):
                     pub.publish(msg)
                     return False
                 return True
 
             assert wait_for(arrived, 30.0, interval=0.25), proc.output()
-            point = next(p for p in list(points.msgs) if stamp_ns(p.header) == stamp_ns(msg.header))
+            point = next(p for p in list(points.msgs) if stamp_ns_of(p.header) == stamp_ns_of(msg.header))
             assert point.header.frame_id == f"p{i}"
             assert (point.point.x, point.point.y) == pytest.approx(tuple(want), abs=1e-4)
         rc = stop_and_check(proc, "int")
