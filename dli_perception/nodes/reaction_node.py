@@ -63,10 +63,11 @@ from std_srvs.srv import SetBool
 
 from dli_perception import transport
 from dli_perception.core.action_table import COLLISION_AVOIDANCE, ActionTable, class_table_mismatch, load_action_table
-from dli_perception.core.contracts import ClassList, Label, ReactionState, Scores
+from dli_perception.core.contracts import ClassList, Label, ReactionState, Scores, stamp_ns_of
 from dli_perception.core.logtext import quoted
 from dli_perception.core.reaction import MOVING, STALE, Command, PolicyConfig, ReactionPolicy
 from dli_perception.core.steering import SteeringConfig, SteeringPolicy
+from dli_perception.core.tasks import XY_NAMES
 from dli_perception.errors import BadMessageError
 from dli_perception.nodes.diagnostics import OK, WARN, DiagnosticsPublisher
 from dli_perception.nodes.params import declare
@@ -81,9 +82,6 @@ SHUTDOWN_ACK_TIMEOUT_S = 0.5
 """How long destroy_node waits for subscribers to acknowledge the final zero Twist."""
 
 __all__ = ["PARAMS", "ReactionNode", "load_table", "main", "resolve_actions_file", "steer_class_mismatch"]
-
-XY_CLASSES = ("x", "y")
-"""The output names of a regression model (what the steer policy expects on ``<classifier>/classes``)."""
 
 SOURCE_NONE: tuple[int | None, str] = (None, "")
 """The source header of a label that came without one (plain labels)."""
@@ -107,7 +105,7 @@ def load_table(actions_file: str) -> ActionTable:
 
 def steer_class_mismatch(classes: tuple[str, ...]) -> str:
     """Why a model with ``classes`` cannot steer (its outputs are not an XY target); "" when it can."""
-    if tuple(classes) == XY_CLASSES:
+    if tuple(classes) == XY_NAMES:
         return ""
     return (
         f"the steer policy follows a regression model's XY target (outputs x, y), but the model's outputs are "
@@ -157,10 +155,10 @@ class ReactionNode(Node):
             self.xy_sub = self.create_subscription(PointStamped, "xy", self._on_xy, **overridable(self, SENSOR_DATA))
         else:
             self.label_sub = self.create_subscription(String, "label", self._on_label, **overridable(self, EVENTS))
-        if p["classifier"] and not self._steer:
-            self.scores_sub = self.create_subscription(
-                String, f"{p['classifier']}/scores", self._on_scores, **overridable(self, EVENTS)
-            )
+            if p["classifier"]:
+                self.scores_sub = self.create_subscription(
+                    String, f"{p['classifier']}/scores", self._on_scores, **overridable(self, EVENTS)
+                )
         if p["classifier"]:
             self.classes_sub = self.create_subscription(String, f"{p['classifier']}/classes", self._on_classes, LATCHED)
         self.enable_srv = self.create_service(SetBool, "~/enable", self._on_enable)
@@ -242,7 +240,7 @@ class ReactionNode(Node):
 
     def _on_xy(self, msg: PointStamped) -> None:
         """steer: a target point (normalised image coordinates) with its source image's header."""
-        stamp_ns = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+        stamp_ns = stamp_ns_of(msg.header)
         x, y = float(msg.point.x), float(msg.point.y)
         if not (math.isfinite(x) and math.isfinite(y)):
             self.bad_messages += 1
