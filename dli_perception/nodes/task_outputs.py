@@ -121,10 +121,12 @@ class TaskPublishers:
         self.labels_pub.publish(String(data=",".join(active)))
 
     def publish_result(self, result: LiveResult) -> None:
-        """The full result of a regression or multi-label frame (nothing for classification)."""
+        """The full result of a regression or multi-label frame (nothing for classification), encoded only
+        while someone subscribes, like the classifier's ``~/scores``."""
         if result.xy is not None:
-            self.xy_result_pub.publish(String(data=result.xy.encode()))
-        elif result.label_set is not None:
+            if self.xy_result_pub.get_subscription_count() > 0:
+                self.xy_result_pub.publish(String(data=result.xy.encode()))
+        elif result.label_set is not None and self.label_set_pub.get_subscription_count() > 0:
             self.label_set_pub.publish(String(data=result.label_set.encode()))
 
 
