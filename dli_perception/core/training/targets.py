@@ -160,6 +160,11 @@ class TaskHead:
             self.baseline_xy = (
                 [float(v) for v in np.asarray(self.train_targets).reshape(-1, 2).mean(axis=0)] if n else [0, 0]
             )
+        self._pos_weight = None
+        if self.task == tasks.MULTILABEL:  # fixed by the training split: worked out once, used every batch
+            y = np.asarray(self.train_targets, dtype=np.float64).reshape(-1, len(self.names))
+            pos = y.sum(axis=0)
+            self._pos_weight = np.clip((len(y) - pos) / np.maximum(pos, 1.0), *POS_WEIGHT_RANGE)
 
     @property
     def metric_name(self) -> str:
@@ -184,12 +189,10 @@ class TaskHead:
             return (torch.nn.MSELoss() if self.loss == "mse" else torch.nn.SmoothL1Loss(beta=0.1)).to(device)
         return torch.nn.BCEWithLogitsLoss(pos_weight=torch.as_tensor(self.pos_weight(), dtype=torch.float32)).to(device)
 
-    def pos_weight(self) -> np.ndarray:
-        """Negatives / positives of each label in the training split, clipped to :data:`POS_WEIGHT_RANGE`."""
-        y = np.asarray(self.train_targets, dtype=np.float64).reshape(-1, len(self.names))
-        pos = y.sum(axis=0)
-        neg = len(y) - pos
-        return np.clip(neg / np.maximum(pos, 1.0), *POS_WEIGHT_RANGE)
+    def pos_weight(self) -> np.ndarray | None:
+        """Negatives / positives of each label in the training split, clipped to :data:`POS_WEIGHT_RANGE`
+        (None unless multilabel)."""
+        return self._pos_weight
 
     def batch_score(self, outputs: torch.Tensor, targets: torch.Tensor) -> float:
         """Sum over the batch of the per-image running figure: correct top-1 (classification), Euclidean error
@@ -204,11 +207,10 @@ class TaskHead:
             return float(((outputs > 0) == (targets > 0.5)).all(dim=1).sum())
 
     def loss_sum(self, outputs: torch.Tensor, targets: torch.Tensor) -> float:
-        """Summed validation loss of a batch (the training loss, class/positive weights included)."""
+        """Summed validation loss of a regression or multilabel batch (the training loss, positive weights
+        included); classification is evaluated by ``steps.evaluate``."""
         import torch.nn.functional as F
 
-        if self.task == tasks.CLASSIFICATION:
-            return float(F.cross_entropy(outputs.float(), targets, reduction="sum"))
         if self.task == tasks.REGRESSION:
             fn = (
                 F.mse_loss
