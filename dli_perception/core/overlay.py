@@ -122,21 +122,7 @@ def draw_overlay(
     ranked = sorted((scores or {}).items(), key=lambda kv: -_fraction(kv[1]))
     geo = layout(h, w, len(ranked), style)
 
-    banner = out[: geo.banner_height]
-    np.multiply(banner, 1.0 - style.banner_alpha, out=banner, casting="unsafe")
-
-    text = f"{label}  {round(100 * _fraction(score))}%"
-    baseline_y = min(h - 1, geo.pad + geo.line_height - max(1, geo.line_height // 5))
-    cv2.putText(
-        out,
-        text,
-        (geo.pad, baseline_y),
-        cv2.FONT_HERSHEY_SIMPLEX,
-        geo.font_scale,
-        style.text_colour,
-        geo.thickness,
-        cv2.LINE_AA,
-    )
+    _banner(out, geo, f"{label}  {round(100 * _fraction(score))}%", style)
     y = geo.pad + geo.line_height
     colour = style.unknown_colour if unknown else style.known_colour
     _bar(out, geo.bar_left, y, geo.bar_width, geo.bar_height, _fraction(score), colour)
