@@ -26,6 +26,7 @@ from dli_perception.core import tasks  # noqa: E402
 from dli_perception.core import training as T  # noqa: E402
 from dli_perception.core.dataset import DatasetStore  # noqa: E402
 from dli_perception.core.preprocess import PreprocessConfig  # noqa: E402
+from dli_perception.core.training.service import torch_threads  # noqa: E402
 from dli_perception.errors import DatasetError, TrainingError  # noqa: E402
 
 SIZE = 48
@@ -95,7 +96,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def xy_run(tmp_path_factory):
     root = make_xy_store(tmp_path_factory.mktemp("xy") / "ds")
     events = []
-    result = T.train(root, cfg(), on_progress=events.append)
+    with torch_threads(1):  # module-scoped: set up before the function-scoped one_torch_thread
+        result = T.train(root, cfg(), on_progress=events.append)
     return root, result, events
 
 
