@@ -1,5 +1,7 @@
 """reaction_node with ``policy:=steer`` over real topics: XY targets on ``xy`` (PointStamped) drive cmd_vel like
-road following; disabled, stale, missing, old and bad targets stop it with a zero Twist; so does every exit."""
+road following; disabled, stale, missing, old and bad targets stop it with a zero Twist; so does every exit.
+Enabling, the node's state and its health go through the graph client; targets and the class list are
+published raw, as a classifier would."""
 
 from __future__ import annotations
 
@@ -7,15 +9,12 @@ import math
 import time
 
 import pytest
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from geometry_msgs.msg import PointStamped, Twist, TwistStamped
-from graphutil import Collector, Spinner, repeating, stop_and_check, unique_ns, wait_for, wait_seen
+from graphutil import Collector, Spinner, graph_client, repeating, stop_and_check, unique_ns, wait_for
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from std_msgs.msg import String
-from std_srvs.srv import SetBool
 
-from dli_perception.core.contracts import ReactionState
 from dli_perception.core.steering import target_angle
 from dli_perception.nodes.qos import EVENTS, LATCHED
 from dli_perception.nodes.reaction_node import ReactionNode
@@ -33,24 +32,18 @@ def _velocity(msg) -> tuple[float, float]:
     return round(twist.linear.x, 6), round(twist.angular.z, 6)
 
 
-def _state(msg: String) -> ReactionState:
-    return ReactionState.decode(msg.data)
-
-
 def _expected(x: float, y: float, speed: float = 0.2, kp: float = 1.0, limit: float = 1.2) -> tuple[float, float]:
     return round(speed, 6), round(max(-limit, min(limit, -kp * target_angle(x, y))), 6)
 
 
 class Targets(Node):
-    """Publishes target points on ``xy`` (stamped now, or ``age_s`` ago) and calls ``~/enable``."""
+    """Publishes target points on ``xy`` (stamped now, or ``age_s`` ago) and a class list, as a classifier."""
 
     def __init__(self, context, ns: str) -> None:
         super().__init__("targets", context=context, namespace=ns)
         self.pub = self.create_publisher(PointStamped, "xy", EVENTS)
         self.classes_pub = self.create_publisher(String, "classifier_node/classes", LATCHED)
-        self.enable_client = self.create_client(SetBool, "reaction_node/enable")
         self.age_s = 0.0
-        self.last_stamp_ns = 0
 
     def send(self, x: float, y: float) -> None:
         msg = PointStamped()
@@ -58,14 +51,7 @@ class Targets(Node):
         msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp_ns, 1_000_000_000)
         msg.header.frame_id = FRAME_ID
         msg.point.x, msg.point.y = float(x), float(y)
-        self.last_stamp_ns = stamp_ns
         self.pub.publish(msg)
-
-    def enable(self, on: bool) -> SetBool.Response:
-        assert self.enable_client.wait_for_service(timeout_sec=DISCOVERY_S)
-        future = self.enable_client.call_async(SetBool.Request(data=on))
-        assert wait_for(future.done, timeout=DEADLINE_S)
-        return future.result()
 
 
 def _last_is(collector: Collector, velocity: tuple[float, float]) -> bool:
@@ -94,8 +80,9 @@ def test_steer_follows_targets_after_enable_and_stops_on_every_stop_path(ros_con
     node = _reaction(ros_context, ns, **NO_RAMP)
     targets = Targets(ros_context, ns)
     cmds = Collector(ros_context, Twist, f"{ns}/cmd_vel", EVENTS, name="cmds")
-    states = Collector(ros_context, String, f"{ns}/reaction_node/state", LATCHED, name="states")
-    with Spinner(ros_context, node, targets, cmds, states) as spinner:
+    with Spinner(ros_context, node, targets, cmds) as spinner:
+        client = spinner.own(graph_client(ros_context, ns))
+        states = lambda start=0: client.history("reaction_state", start)  # noqa: E731
         assert node.label_sub is None and node.scores_sub is None  # steer listens to xy only
         # disabled: targets arrive, every command is zero
         assert wait_for(
@@ -103,32 +90,33 @@ def test_steer_follows_targets_after_enable_and_stops_on_every_stop_path(ros_con
         )
         assert wait_for(lambda: cmds.count() >= 5, DEADLINE_S)
         assert all(_velocity(m) == (0.0, 0.0) for m in list(cmds.msgs))
-        assert wait_for(lambda: states.count() > 0 and _state(states.msgs[-1]).reason == "disabled", DEADLINE_S)
+        assert client.wait_for_reaction(lambda s: s.reason == "disabled", DEADLINE_S), client.last_error
 
-        assert targets.enable(True).success
+        assert client.enable_reaction(True, timeout_s=DISCOVERY_S).ok, client.last_error
         # a target to the right turns clockwise (negative angular.z) at kp * angle; to the left the other way
         right, left, near = (0.5, 0.0), (-0.3, -0.6), (0.9, 0.95)
         assert _drive_until(targets, right, cmds, _expected(*right), DEADLINE_S)
         assert _expected(*right)[1] == round(-math.pi / 4, 6)
-        moving = ReactionState(True, None, "moving", *_expected(*right), targets.last_stamp_ns, FRAME_ID)
-        assert wait_seen(states, lambda m: _state(m).reason == "moving", DEADLINE_S)
-        state = next(_state(m) for m in reversed(list(states.msgs)) if _state(m).reason == "moving")
-        assert state.label is None and state.frame_id == moving.frame_id and state.stamp_ns is not None
+        state = client.wait_for_reaction(lambda s: s.reason == "moving", DEADLINE_S, start=0)
+        assert state is not None, client.last_error
+        assert state.label is None and state.frame_id == FRAME_ID and state.stamp_ns is not None
         assert _drive_until(targets, left, cmds, _expected(*left), DEADLINE_S)
         assert _expected(*left)[1] > 0
         assert _drive_until(targets, near, cmds, (0.2, -1.2), DEADLINE_S)  # clamped to steer_max_angular
 
         # a bad (NaN) point: zero at once, reason bad-target; a good one moves it again
-        n_states = states.count()
+        n_states = len(states())
         assert _drive_until(targets, (math.nan, 0.0), cmds, (0.0, 0.0), DEADLINE_S)
-        assert wait_seen(states, lambda m: _state(m).reason == "bad-target", DEADLINE_S, n_states)
+        assert client.wait_for_reaction(lambda s: s.reason == "bad-target", DEADLINE_S, start=n_states), states(
+            n_states
+        )
         assert node.bad_messages > 0
         assert _drive_until(targets, right, cmds, _expected(*right), DEADLINE_S)
 
         # targets stop: the watchdog sends zero (reason stale) and keeps sending zero
         stale_before = node._policy.counters.stale_events
         assert wait_for(lambda: _last_is(cmds, (0.0, 0.0)), DEADLINE_S)
-        assert wait_for(lambda: _state(states.msgs[-1]).reason == "stale", DEADLINE_S)
+        assert client.wait_for_reaction(lambda s: s.reason == "stale", DEADLINE_S), client.last_error
         assert node._policy.counters.stale_events == stale_before + 1
         n = cmds.count()
         assert wait_for(lambda: cmds.count() >= n + 3, DEADLINE_S)
@@ -145,21 +133,22 @@ def test_steer_follows_targets_after_enable_and_stops_on_every_stop_path(ros_con
         assert _drive_until(targets, right, cmds, expected, DEADLINE_S)
 
         # disabled while moving: zero, and targets no longer move it
-        assert targets.enable(False).success
+        assert client.enable_reaction(False).ok, client.last_error
         assert wait_for(lambda: (targets.send(*right), _last_is(cmds, (0.0, 0.0)))[1], DEADLINE_S, 0.05)
         n = cmds.count()
         assert wait_for(lambda: (targets.send(*right), cmds.count() >= n + 5)[1], DEADLINE_S, 0.05)
         assert all(_velocity(m) == (0.0, 0.0) for m in list(cmds.msgs)[n - 1 :])
 
         # destroyed while moving with targets still coming: the last command is the shutdown zero
-        assert targets.enable(True).success
+        assert client.enable_reaction(True).ok, client.last_error
         assert _drive_until(targets, right, cmds, expected, DEADLINE_S)
-        n_cmds, n_states = cmds.count(), states.count()
+        n_cmds, n_states = cmds.count(), len(states())
         with _sending(targets, right):
             spinner.destroy(node)
             assert wait_for(lambda: cmds.count() > n_cmds and _last_is(cmds, (0.0, 0.0)), DEADLINE_S)
-        shutdown = [_state(m) for m in list(states.msgs)[n_states:]]
-        assert shutdown and shutdown[-1].reason == "shutdown" and not shutdown[-1].moving, shutdown
+            shutdown = client.wait_for_reaction(lambda s: s.reason == "shutdown", DEADLINE_S, start=n_states)
+        assert shutdown is not None and not shutdown.moving, states(n_states)
+        assert states()[-1] == shutdown
 
 
 def test_steer_ignores_old_targets_and_ramps_up_with_stamped_output(ros_context):
@@ -193,27 +182,20 @@ def test_steer_warns_when_the_model_gives_no_xy_target(ros_context):
     ns = unique_ns("reaction_steer")
     node = _reaction(ros_context, ns)
     targets = Targets(ros_context, ns)
-    diags = Collector(ros_context, DiagnosticArray, "/diagnostics", EVENTS, name="diags")
-    with Spinner(ros_context, node, targets, diags):
+    with Spinner(ros_context, node, targets) as spinner:
+        client = spinner.own(graph_client(ros_context, ns))
         targets.classes_pub.publish(String(data='["free", "blocked"]'))
         assert wait_for(lambda: "regression model" in node._mismatch, DISCOVERY_S), node._mismatch
-        name = f"{ns.strip('/')}/reaction_node"
 
-        def warned() -> bool:
-            for msg in list(diags.msgs):
-                for status in msg.status:
-                    values = {kv.key: kv.value for kv in status.values}
-                    if (
-                        status.name == name
-                        and status.level == DiagnosticStatus.WARN
-                        and "outputs x, y" in status.message
-                        and values.get("policy") == "steer"
-                        and values.get("model_classes") == "free, blocked"
-                    ):
-                        return True
-            return False
+        def warned(health) -> bool:
+            return (
+                health.level == "warn"
+                and "outputs x, y" in health.message
+                and health.values.get("policy") == "steer"
+                and health.values.get("model_classes") == "free, blocked"
+            )
 
-        assert wait_for(warned, DISCOVERY_S)
+        assert client.wait_for_health("reaction_node", warned, DISCOVERY_S), client.health()
         targets.classes_pub.publish(String(data='["x", "y"]'))
         assert wait_for(lambda: node._mismatch == "", DEADLINE_S)
 
