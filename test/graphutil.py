@@ -202,6 +202,13 @@ def graph_client(context: Context, ns: str = "", **kw):
     return Teacher(ns, context=context, history=HISTORY, **{"node_name": "test_client", **kw})
 
 
+def refused(reply, *words: str) -> bool:
+    """The node answered a graph client call with no (``Result.REFUSED``), its reason holding every one of ``words``."""
+    from dli_perception.graph_client import Result
+
+    return reply.result is Result.REFUSED and all(w in reply.message for w in words)
+
+
 class FrameSource(Node):
     """The camera's side of a test graph, and anyone else's raw text: what the graph client does not send.
 

@@ -27,6 +27,7 @@ from graphutil import (
     Spinner,
     graph_client,
     overrides,
+    refused,
     stop_and_check,
     unique_ns,
     wait_for,
@@ -94,11 +95,6 @@ def _label(teacher: Teacher, label: str) -> None:
     assert reply.ok, reply.message
 
 
-def _refused(reply: Reply, *words: str) -> bool:
-    """The recorder answered no, and its reason holds every one of ``words``."""
-    return reply.result is Result.REFUSED and all(w in reply.message for w in words)
-
-
 def _last_counts(teacher: Teacher, predicate) -> Counts:
     counts = teacher.wait_for_counts(predicate, timeout_s=DEADLINE_S)
     assert counts is not None, teacher.last_error
@@ -126,15 +122,15 @@ def test_capture_refusals_undo_and_counts_in_one_process(ros_context, tmp_path):
         assert teacher.wait_for_services(DISCOVERY_S, ["capture", "undo"]) == []
         # no label, then a label but no frame yet
         r = teacher.capture()
-        assert _refused(r, "no teach label"), r
+        assert refused(r, "no teach label"), r
         _label(teacher, "cup")
         r = teacher.capture()
-        assert _refused(r, "no frame received yet"), r
+        assert refused(r, "no frame received yet"), r
         # an invalid label (sent raw: the client refuses it) is refused with the validator's reason, nothing written
         source.say_label(teacher, "../x")
         _frame_delivered(recorder, source, _pixels(0))
         r = teacher.capture()
-        assert _refused(r, "invalid label", "path separator"), r
+        assert refused(r, "invalid label", "path separator"), r
         assert _disk(root) == Counter()
         # three cups, two balls (each a new frame), then undo the last ball
         saved: list[tuple[str, np.ndarray]] = []
@@ -149,7 +145,7 @@ def test_capture_refusals_undo_and_counts_in_one_process(ros_context, tmp_path):
                 saved.append((label, path))
         # the same frame again is a duplicate: refused, nothing written
         r = teacher.capture()
-        assert _refused(r) and r.message.startswith("duplicate"), r.message
+        assert refused(r) and r.message.startswith("duplicate"), r.message
         r = teacher.undo()
         assert r.ok and "removed ball/" in r.message and r.path.startswith("ball/"), r.message
         assert not saved[-1][1].exists() and saved[-2][1].exists()
@@ -158,13 +154,13 @@ def test_capture_refusals_undo_and_counts_in_one_process(ros_context, tmp_path):
         # label cleared with "none" (sent raw, as the recorder reads it): refused again
         source.say_label(teacher, "none")
         r = teacher.capture()
-        assert _refused(r, "no teach label"), r
+        assert refused(r, "no teach label"), r
         # a stale frame is refused: the newest frame is older than max_frame_age_s
         assert recorder.set_parameters([Parameter("max_frame_age_s", value=0.05)])[0].successful
         _label(teacher, "cup")
         assert wait_for(lambda: time.monotonic() - recorder._frame.received > 0.05, timeout=DEADLINE_S)
         r = teacher.capture()
-        assert _refused(r, "stale frame"), r.message
+        assert refused(r, "stale frame"), r.message
         assert recorder.refused["stale_frame"] == 1 and recorder.refused["no_label"] == 2
         assert recorder.refused["invalid_label"] == 1 and recorder.refused["duplicate"] == 1
         diag = teacher.wait_for_health("recorder_node", lambda h: "refused_stale_frame" in h.values, DEADLINE_S)
@@ -197,12 +193,12 @@ def test_class_limit_and_dataset_errors_are_refusals(ros_context, tmp_path):
             assert teacher.capture().ok, teacher.last_error
         _frame_delivered(recorder, source, _pixels(12))
         r = teacher.capture()
-        assert _refused(r, "is full", "max_per_class"), r.message
+        assert refused(r, "is full", "max_per_class"), r.message
         # a class directory that cannot be created (a file is in the way): the store's error comes back
         (root / "mug").write_text("not a directory")
         _label(teacher, "mug")
         r = teacher.capture()
-        assert _refused(r, "mug", "nothing was written"), r.message
+        assert refused(r, "mug", "nothing was written"), r.message
         assert recorder.last_error == r.message
         assert recorder.refused == Counter({"class_full": 1, "dataset_error": 1})
     _assert_consistent(root, {"cup": 2})
@@ -239,7 +235,7 @@ def test_continuous_capture_never_blocks_frames_and_drops_when_the_writer_lags(r
             assert recorder._frames_received > received
             assert recorder._queue.qsize() <= 2
             r = teacher.capture()
-            assert _refused(r, "write_timeout_s"), r.message
+            assert refused(r, "write_timeout_s"), r.message
         assert teacher.set_recording(False).ok, teacher.last_error
         assert wait_for(lambda: recorder.pending_jobs == 0, timeout=DEADLINE_S)
         saved = recorder.saved
@@ -365,7 +361,7 @@ def _capture_new(teacher: Teacher, n: int) -> None:
     def step() -> bool:
         nonlocal done
         r = teacher.capture()
-        assert r.ok or (_refused(r) and r.message.startswith("duplicate")), r.message
+        assert r.ok or (refused(r) and r.message.startswith("duplicate")), r.message
         done += r.ok
         return done == n
 
@@ -380,10 +376,10 @@ def test_camera_recorder_and_client_across_processes(node_process, ros_context, 
     with Spinner(ros_context, source), graph_client(ros_context, ns) as teacher:
         assert teacher.wait_for_services(DISCOVERY_S, ["capture", "undo", "set_recording"]) == [], recorder.output()
         r = teacher.capture()
-        assert _refused(r, "no teach label"), (r, recorder.output())
+        assert refused(r, "no teach label"), (r, recorder.output())
         source.say_label(teacher, "../x")  # raw: the client refuses to send it
         r = teacher.capture()
-        assert _refused(r, "invalid label"), r
+        assert refused(r, "invalid label"), r
         assert _disk(root) == Counter()
         # Across processes the recorder may discover the camera seconds after the client: captures
         # before its first frame are refused as "no frame received yet", which is right, not tested here.
@@ -418,7 +414,7 @@ def test_camera_recorder_and_client_across_processes(node_process, ros_context, 
             "recorder_node", lambda h: float(h.values.get("frame_age_s", "0")) > 0.5, DEADLINE_S
         ), teacher.last_error
         r = teacher.capture()
-        assert _refused(r, "stale frame"), r.message
+        assert refused(r, "stale frame"), r.message
     assert stop_and_check(recorder, "int") == 0
     assert "Traceback" not in recorder.stderr(), recorder.stderr()
     assert f"closed: {sum(expected.values())} images" in recorder.output()

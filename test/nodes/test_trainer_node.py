@@ -13,7 +13,7 @@ from pathlib import Path
 
 import cv2
 import pytest
-from graphutil import Spinner, graph_client, ros_args, stop_and_check, unique_ns, wait_for
+from graphutil import Spinner, graph_client, refused, ros_args, stop_and_check, unique_ns, wait_for
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from std_msgs.msg import String
@@ -21,7 +21,7 @@ from std_msgs.msg import String
 from dli_perception.core.contracts import TrainStatus
 from dli_perception.core.modeldir import load_metadata
 from dli_perception.core.synthetic import SyntheticScenes
-from dli_perception.graph_client import Reply, Result, Teacher
+from dli_perception.graph_client import Reply, Teacher
 from dli_perception.nodes.qos import LATCHED
 from dli_perception.nodes.trainer_node import PARAMS, TrainerNode
 
@@ -98,10 +98,6 @@ def _statuses(op: Teacher) -> list[TrainStatus]:
     return op.history("train_status")
 
 
-def _refused_with(reply: Reply, *words: str) -> bool:
-    return reply.result is Result.REFUSED and all(w in reply.message for w in words)
-
-
 def _state(op: Teacher, **values: str):
     """The trainer's newest diagnostics once it holds ``values`` (None after 10 s)."""
     return op.wait_for_health("trainer_node", lambda h: all(h.values.get(k) == v for k, v in values.items()), 10.0)
@@ -167,11 +163,11 @@ def test_second_train_is_refused_and_cancel_keeps_the_previous_model(ros_context
     with Spinner(ros_context, trainer) as spinner:
         op = _operator(spinner, ros_context, ns)
         r = _cancel(op)
-        assert r.result is Result.REFUSED and "no training" in r.message, r
+        assert refused(r, "no training"), r
         assert _train(op).ok, op.last_error
         assert wait_for(lambda: "train" in _phases(op), timeout=RUN_S), _phases(op)
         r = _train(op)
-        assert r.result is Result.REFUSED and "already running" in r.message and "~/cancel" in r.message, r.message
+        assert refused(r, "already running", "~/cancel"), r.message
         assert _state(op, state="training"), op.last_error
         r = _cancel(op)
         assert r.ok and "cancelling" in r.message, r.message
@@ -223,7 +219,7 @@ def test_refusals_before_starting_and_parameter_checks(ros_context, dataset, tmp
     with Spinner(ros_context, trainer) as spinner:
         op = _operator(spinner, ros_context, ns)
         r = _train(op)
-        assert r.result is Result.REFUSED and "does not exist" in r.message and "nowhere" in r.message, r
+        assert refused(r, "does not exist", "nowhere"), r
         results = trainer.set_parameters(
             [
                 Parameter("dataset_dir", value=str(dataset)),
@@ -233,7 +229,7 @@ def test_refusals_before_starting_and_parameter_checks(ros_context, dataset, tmp
         )
         assert all(res.successful for res in results)
         r = _train(op)  # head-then-finetune needs two epochs: refused with TrainConfig's reason
-        assert _refused_with(r, "invalid training options", "epochs >= 2"), r
+        assert refused(r, "invalid training options", "epochs >= 2"), r
         bad = trainer.set_parameters(
             [
                 Parameter("mode", value="everything"),
@@ -245,7 +241,7 @@ def test_refusals_before_starting_and_parameter_checks(ros_context, dataset, tmp
         inside = [Parameter("model_dir", value=str(dataset / "free" / "m")), Parameter("epochs", value=2)]
         assert all(res.successful for res in trainer.set_parameters(inside))
         r = _train(op)
-        assert _refused_with(r, "must not be inside dataset_dir"), r
+        assert refused(r, "must not be inside dataset_dir"), r
         assert _statuses(op) == [] and trainer.runs["started"] == 0
     common = "dataset_dir model_dir mode epochs batch_size lr weights backbone image_size val_fraction seed device"
     assert {p.name for p in PARAMS} >= {*common.split(), "num_workers"}
