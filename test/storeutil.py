@@ -1,10 +1,18 @@
-"""Dataset-store helpers the recorder tests share (core and node)."""
+"""Dataset-store helpers the recorder, bag and teach tests share."""
 
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 
-from dli_perception.core.dataset import DatasetStore
+from dli_perception.core.dataset import MANIFEST_NAME, DatasetStore
+
+
+def manifest(root: Path) -> list[dict]:
+    """Every line of the dataset's ``manifest.jsonl``, parsed (none while the file does not exist)."""
+    path = Path(root) / MANIFEST_NAME
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
 def slow_store(store: DatasetStore, delay_s: float) -> None:

@@ -7,7 +7,6 @@ error line with exit code 1 for each user mistake.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -19,11 +18,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from storeutil import manifest
 
 from dli_perception import cli
 from dli_perception.commands.bag import parse_class_map
 from dli_perception.core import fsutil
-from dli_perception.core.dataset import MANIFEST_NAME, DatasetStore
+from dli_perception.core.dataset import DatasetStore
 from dli_perception.errors import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -129,10 +129,6 @@ def session_bag(path: Path, storage: str) -> Path:
 
 def disk_counts(root: Path) -> Counter:
     return Counter(p.parent.name for p in root.glob("*/*") if p.suffix in (".jpg", ".png"))
-
-
-def manifest(root: Path) -> list[dict]:
-    return [json.loads(line) for line in (root / MANIFEST_NAME).read_text().splitlines()]
 
 
 def one_error_line(err: str, command: str) -> str:

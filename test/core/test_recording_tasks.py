@@ -7,15 +7,15 @@ counted, and leave the dataset as it was.
 
 from __future__ import annotations
 
-import json
 import math
 from collections import Counter
 
 import pytest
+from storeutil import manifest
 from test_recording import _answer, _files, _frame, _Host
 
 from dli_perception.core.contracts import Counts
-from dli_perception.core.dataset import MANIFEST_NAME, DatasetStore
+from dli_perception.core.dataset import DatasetStore
 from dli_perception.core.recording import Recorder
 from dli_perception.core.recording_jobs import INVALID_TARGET, NO_TARGET, WRONG_TASK
 from dli_perception.core.recording_targets import check_labels, parse_known_labels, resolve_task
@@ -41,7 +41,7 @@ def make(tmp_path):
 
 def _manifest(rec: Recorder) -> list[dict]:
     rec.store.flush()
-    return [json.loads(line) for line in (rec.store.root / MANIFEST_NAME).read_text().splitlines()]
+    return manifest(rec.store.root)
 
 
 def test_regression_captures_carry_the_current_xy_target(make):
@@ -147,7 +147,7 @@ def test_recording_continuously_saves_frames_with_the_target_of_the_moment(make)
     rec.tick()
     rec.set_recording(False)
     assert rec.close()
-    lines = [json.loads(line) for line in (rec.store.root / MANIFEST_NAME).read_text().splitlines()]
+    lines = manifest(rec.store.root)
     assert [line["xy"] for line in lines] == [[0.5, 0.5], [-0.5, 0.0]]
     assert rec.refused[NO_TARGET] == 1
 

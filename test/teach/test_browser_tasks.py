@@ -10,7 +10,6 @@ the label toggles must save the frame with exactly the active set.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from browser import Station, artifact_dir, launch_browser
 
 pytest.importorskip("playwright", reason="playwright is in requirements/dev.txt")
 from playwright.sync_api import expect, sync_playwright  # noqa: E402
+from storeutil import manifest  # noqa: E402
 
 VIEWPORT = {"width": 1280, "height": 600}  # short: the live view is letterboxed (max-height 70vh)
 
@@ -37,19 +37,14 @@ def _station_args(tmp_path, task: str) -> list[str]:
     ]  # fmt: skip
 
 
-def _manifest(root: Path) -> list[dict]:
-    path = root / "manifest.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-
-
 def _wait_entries(root: Path, n: int, timeout_s: float = 10.0) -> list[dict]:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        lines = _manifest(root)
+        lines = manifest(root)
         if len(lines) >= n:
             return lines
         time.sleep(0.1)
-    raise AssertionError(f"the manifest has {len(_manifest(root))} entries, wanted {n}")
+    raise AssertionError(f"the manifest has {len(manifest(root))} entries, wanted {n}")
 
 
 def _picture_rect(page) -> dict:
@@ -104,14 +99,14 @@ def test_regression_click_captures_the_point_clicked(tmp_path, ros_context):
             page.mouse.click(pic["box"]["x"] + 3, pic["y"] + pic["height"] / 2)
             expect(page.locator("#message")).to_contain_text("click inside the picture")
             time.sleep(0.5)
-            assert len(_manifest(root)) == 3
+            assert len(manifest(root)) == 3
             expect(page.locator("#task-thumbs .tdot")).to_have_count(3, timeout=10_000)
             expect(page.locator("#images-count")).to_contain_text("3 images", timeout=10_000)
             # undo drops the last capture and its thumbnail
             page.click("#undo")
             expect(page.locator("#message")).to_contain_text("removed")
             expect(page.locator("#task-thumbs .tdot")).to_have_count(2, timeout=10_000)
-            assert [tuple(e["xy"]) for e in _manifest(root)] == saved[:2]
+            assert [tuple(e["xy"]) for e in manifest(root)] == saved[:2]
 
             # a regression model's result, published as the classifier publishes it, is drawn on the view
             _show_prediction(ros_context, page, (0.5, -0.5))
@@ -181,7 +176,7 @@ def test_multilabel_toggles_capture_the_active_set(tmp_path):
                 expect(page.locator("#message")).to_contain_text("saved", timeout=15_000)
                 _wait_entries(root, step + 1)
                 page.evaluate("() => { document.getElementById('message').textContent = ''; }")
-            assert [e["labels"] for e in _manifest(root)] == wanted
+            assert [e["labels"] for e in manifest(root)] == wanted
             expect(page.locator('.label-toggle[data-label="cup"]')).to_have_text("cup (2)", timeout=10_000)
             expect(page.locator('.label-toggle[data-label="ball"]')).to_have_text("ball (1)")
             expect(page.locator("#task-thumbs .tlabels")).to_have_count(3, timeout=10_000)

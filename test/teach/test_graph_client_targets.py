@@ -4,15 +4,13 @@ classifier's XY and label-set results decoded from the topics."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
 from graphutil import Spinner, wait_for
 from rclpy.parameter import Parameter
 from std_msgs.msg import String
+from storeutil import manifest
 
 from dli_perception.core.contracts import LabelSet, XYResult
-from dli_perception.core.dataset import MANIFEST_NAME
 from dli_perception.graph_client import Result, Teacher
 from dli_perception.nodes.qos import EVENTS
 
@@ -39,10 +37,6 @@ def _nodes(ros_context, data, **params):
     return recorder, camera
 
 
-def _manifest(root) -> list[dict]:
-    return [json.loads(line) for line in (root / MANIFEST_NAME).read_text().splitlines()]
-
-
 def test_xy_targets_through_the_client(ros_context, tmp_path, teacher):
     recorder, camera = _nodes(ros_context, tmp_path / "data", task="regression")
     with Spinner(ros_context, recorder, camera):
@@ -60,7 +54,7 @@ def test_xy_targets_through_the_client(ros_context, tmp_path, teacher):
         assert wait_for(lambda: (f := recorder._frame) is not None and f.seq > 2, DEADLINE)
         assert teacher.capture().ok
         assert wait_for(lambda: (c := teacher.counts()) is not None and c.per_class == {"xy": 2}, DEADLINE)
-    assert [line["xy"] for line in _manifest(tmp_path / "data")] == [[0.5, -0.25], [-1.0, 1.0]]
+    assert [line["xy"] for line in manifest(tmp_path / "data")] == [[0.5, -0.25], [-1.0, 1.0]]
 
 
 def test_label_sets_through_the_client_and_predictions_decoded(ros_context, tmp_path, teacher):
@@ -91,4 +85,4 @@ def test_label_sets_through_the_client_and_predictions_decoded(ros_context, tmp_
 
         assert wait_for(heard, DEADLINE, interval=0.1)
     fake.destroy_node()
-    assert [line["labels"] for line in _manifest(tmp_path / "data")] == [["ball", "cup"]]
+    assert [line["labels"] for line in manifest(tmp_path / "data")] == [["ball", "cup"]]
