@@ -62,7 +62,6 @@ def build_colour_model_dir(
 
     ``colours`` maps each class to an RGB triple (default: :data:`COLOURS` by class name).
     """
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     colours = dict(colours or {c: COLOURS[c] for c in classes})
@@ -84,19 +83,8 @@ def build_colour_model_dir(
             numpy_helper.from_array(bias, "bias"),
         ],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], producer_name="dli_perception tests")
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    dest.mkdir(parents=True)
-    onnx.save(model, str(dest / ONNX_FILE))
-    meta = ModelMetadata(
-        classes=list(classes),
-        preprocess=cfg,
-        backbone="nearest-colour (test fixture)",
-        onnx_sha256=sha256_file(dest / ONNX_FILE),
-    )
-    write_metadata_files(dest, meta)
-    return dest
+    meta = ModelMetadata(classes=list(classes), preprocess=cfg, backbone="nearest-colour (test fixture)")
+    return _save_graph(dest, graph, meta)
 
 
 def _save_graph(dest: Path, graph, meta: ModelMetadata) -> Path:
