@@ -69,11 +69,6 @@ class TaskRig(ClassifierRig):
         self.points = spinner.add(Collector(context, PointStamped, "xy", EVENTS, name="points"))
         self.label_texts = spinner.add(Collector(context, String, "labels", EVENTS, name="label_texts"))
 
-    def diagnostics(self) -> dict[str, str] | None:
-        """The values of the classifier's newest ``/diagnostics`` status (None before the first)."""
-        health = self.health()
-        return None if health is None else dict(health.values)
-
     def task_ready(self) -> None:
         node, tasks = self.node, self.node.tasks
         assert wait_for(
@@ -159,8 +154,8 @@ def test_regression_points_carry_the_source_header_and_the_offline_prediction(gr
     assert not g.labels() and not g.results() and g.label_texts.count() == 0
     assert not g.client.history("label_set")
     assert g.node.classified == len(XY_FRAMES) and g.node.bad == 0
-    assert wait_for(lambda: (g.diagnostics() or {}).get("frames_classified") == str(len(XY_FRAMES)), DEADLINE_S)
-    diag = g.diagnostics()
+    assert wait_for(lambda: g.diag("frames_classified") == str(len(XY_FRAMES)), DEADLINE_S)
+    diag = g.health().values
     assert diag["task"] == "regression" and diag["classes"] == "x,y" and diag["status"] == "serving"
     assert float(diag["latency_p50_ms"]) > 0.0 and "inference=" in diag["stages_p50_ms"]
 
@@ -215,7 +210,7 @@ def test_garbage_frames_are_counted_and_the_node_keeps_publishing_points(graph, 
         point, _ = g.point_for(msg)
         assert (point.point.x, point.point.y) == pytest.approx(expected_xy((255, 255, 255), (0, 0, 0)), abs=1e-4)
     assert g.node.errors == 0 and g.node.classified == 2 and g.points.count() == 2
-    assert wait_for(lambda: (g.diagnostics() or {}).get("frames_bad") == "2", DEADLINE_S)
+    assert wait_for(lambda: g.diag("frames_bad") == "2", DEADLINE_S)
 
 
 # -- multi-label ----------------------------------------------------------------------------------
@@ -248,7 +243,7 @@ def test_multilabel_active_labels_scores_and_thresholds(graph, models):
     assert wait_for(lambda: g.label_texts.count() == len(ML_FRAMES), DEADLINE_S)
     assert [m.data for m in g.label_texts.msgs] == [",".join(a) for _, a in ML_FRAMES]
     assert not g.labels() and not g.results() and g.points.count() == 0
-    assert wait_for(lambda: (g.diagnostics() or {}).get("task") == "multilabel", DEADLINE_S)
+    assert wait_for(lambda: g.diag("task") == "multilabel", DEADLINE_S)
 
 
 def test_label_thresholds_are_checked(graph, models, ros_context):
@@ -316,7 +311,7 @@ def test_hot_swap_between_models_of_different_tasks(graph, models, capfd):
         ),
         DEADLINE_S,
     ), "".join(console)[-2000:]
-    assert wait_for(lambda: (g.diagnostics() or {}).get("task") == "classification", DEADLINE_S)
+    assert wait_for(lambda: g.diag("task") == "classification", DEADLINE_S)
     assert g.current_classes() == ["cyan", "magenta", "yellow"]
 
 
